@@ -1,0 +1,64 @@
+"""Command line: ``python -m fastact {info,bench}`` (also installed as the ``fastact`` script)."""
+
+import argparse
+import sys
+
+
+def _info(args):
+    import os
+    import platform
+
+    import numba
+    import numpy as np
+
+    import fastact
+    from fastact import _runtime
+
+    rows = [
+        ("fastact", fastact.__version__),
+        ("python", platform.python_version()),
+        ("numpy", np.__version__),
+        ("numba", numba.__version__),
+        ("llvmlite", __import__("llvmlite").__version__),
+        ("threading layer", _runtime.threading_layer()),
+        ("threads", str(numba.get_num_threads())),
+        ("cpu count", str(os.cpu_count())),
+        ("parallel threshold", f"{fastact.config.PARALLEL_MIN_SIZE} elements"),
+        ("JIT cache", _runtime.cache_path() or "disabled (no writable location)"),
+        ("CUDA", _cuda_status()),
+    ]
+    for k, v in rows:
+        print(f"{k:20s} {v}")
+    return 0
+
+
+def _cuda_status():
+    try:
+        from numba import cuda
+        if cuda.is_available():
+            return f"available ({cuda.get_current_device().name.decode()})"
+        return "not available (no GPU or driver)"
+    except Exception as exc:  # numba-cuda missing or broken: say so, never fail `info`
+        return f"not available ({type(exc).__name__})"
+
+
+def _bench(args):
+    from fastact import _bench
+    return _bench.main(args)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, threading layer, threads, JIT cache, CUDA").set_defaults(fn=_info)
+    b = sub.add_parser("bench", help="speed ratios against NumPy (and PyTorch when installed)")
+    b.add_argument("--size", type=int, action="append", help="array sizes (default 1e3, 1e5, 1e7)")
+    b.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median)")
+    b.add_argument("--only", nargs="*", help="activation names to run (default: all)")
+    b.set_defaults(fn=_bench)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

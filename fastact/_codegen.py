@@ -1,0 +1,95 @@
+"""The kernel factory: compiles each table entry into loops and ufuncs, lazily, cached on disk.
+
+For an activation ``name`` with scalar forward ``F(x, *p)`` and derivative ``D(x, *p, *b)`` we build
+
+* ``forward_loop(name, parallel)``: ``(x, y, *p)`` over 1-D contiguous arrays, ``y[i] = F(x[i], *p)``;
+* ``backward_loop(name, parallel)``: ``(dy, x, dx, *p, *b)``, ``dx[i] = dy[i] * D(x[i], *p, *b)``;
+* ``ufunc(name, backward)``: a real NumPy ufunc (``@vectorize``, float32 and float64 loops) taking the
+  parameters as broadcasting inputs.
+
+The loop bodies are generated as source text because Numba needs a fixed arity per function; each
+generated function gets a unique name so the on-disk cache (see ``_runtime``) keeps them apart.
+Nothing is compiled until first use, and then only for the dtype that is used.
+"""
+
+import threading
+
+from numba import float32, float64, njit, prange, vectorize
+
+from . import _runtime
+from ._table import ACTIVATIONS
+
+_lock = threading.RLock()
+_built = {}
+
+
+def _params(act, backward):
+    names = [f"p{i}" for i in range(act.nparams)]
+    if backward:
+        names += [f"b{i}" for i in range(len(act.backward_params))]
+    return names
+
+
+def _compile_source(fname, src, glb):
+    code = compile(src, _runtime.GENERATED_FILENAME, "exec")
+    # A real module name: Numba re-imports it when it loads the function's environment from the cache.
+    glb = dict(glb, __name__=__name__)
+    ns = {}
+    exec(code, glb, ns)
+    fn = ns[fname]
+    return fn
+
+
+def _cache():
+    return _runtime.caching_enabled()
+
+
+def _build_loop(act, backward, parallel):
+    p = _params(act, backward)
+    args = ", ".join(p)
+    loop = "prange" if parallel else "range"
+    kind = "bwd" if backward else "fwd"
+    fname = f"{act.name}_{kind}_{'par' if parallel else 'ser'}"
+    if backward:
+        src = (f"def {fname}(dy, x, dx{', ' if p else ''}{args}):\n"
+               f"    for i in {loop}(x.size):\n"
+               f"        dx[i] = dy[i] * D(x[i]{', ' if p else ''}{args})\n")
+    else:
+        src = (f"def {fname}(x, y{', ' if p else ''}{args}):\n"
+               f"    for i in {loop}(x.size):\n"
+               f"        y[i] = F(x[i]{', ' if p else ''}{args})\n")
+    fn = _compile_source(fname, src, {"F": act.forward, "D": act.derivative, "prange": prange})
+    return njit(fn, parallel=parallel, cache=_cache(), nogil=True, error_model="numpy")
+
+
+def _build_ufunc(act, backward):
+    p = _params(act, backward)
+    args = ", ".join(p)
+    kind = "bwd" if backward else "fwd"
+    fname = f"{act.name}_backward" if backward else act.name  # the ufunc's __name__
+    if backward:
+        src = (f"def {fname}(dy, x{', ' if p else ''}{args}):\n"
+               f"    return dy * D(x{', ' if p else ''}{args})\n")
+        nin = 2 + len(p)
+    else:
+        src = (f"def {fname}(x{', ' if p else ''}{args}):\n"
+               f"    return F(x{', ' if p else ''}{args})\n")
+        nin = 1 + len(p)
+    fn = _compile_source(fname, src, {"F": act.forward, "D": act.derivative})
+    fn.__doc__ = f"{'Derivative times dy of ' if backward else ''}{act.name}: {act.formula}"
+    sigs = [float32(*([float32] * nin)), float64(*([float64] * nin))]
+    return vectorize(sigs, cache=_cache())(fn)
+
+
+def get(kind, name, backward=False, parallel=False):
+    """The compiled kernel ``kind`` ('loop' or 'ufunc') for activation ``name``, built on first use."""
+    key = (kind, name, backward, parallel)
+    fn = _built.get(key)
+    if fn is None:
+        with _lock:
+            fn = _built.get(key)
+            if fn is None:
+                act = ACTIVATIONS[name]
+                fn = _build_loop(act, backward, parallel) if kind == "loop" else _build_ufunc(act, backward)
+                _built[key] = fn
+    return fn

@@ -1,0 +1,232 @@
+"""Process-wide set-up done once at import: the threading layer and the on-disk kernel cache.
+
+Threading layer
+    Numba picks OpenMP on this machine when left alone, and parallel loops then run ~10x slower; the
+    workqueue layer aborts the process when two Python threads enter a parallel region at once. TBB is
+    fast and thread- and fork-safe, but the ``tbb`` wheel installs ``libtbb.so.12`` under the
+    environment's ``lib/`` and Numba's ``tbbpool`` extension has no RPATH to find it there. We load the
+    library by its full path with ``RTLD_GLOBAL`` before Numba's first parallel call, so the dynamic
+    loader resolves ``tbbpool``'s dependency to the copy already in the process. Without TBB we fall
+    back to ``workqueue`` and serialise parallel calls with a lock (see :func:`parallel_slot`).
+
+Cache
+    ``cache=True`` in Numba keys a cache entry on the defining file's timestamp only, so a changed
+    helper imported from another module would run stale machine code, and functions generated with
+    ``exec`` cannot be cached at all. :class:`_FastactLocator` stores every fastact kernel under
+    ``<CACHE_DIR>/<version>-<hash of fastact's sources>/``, so any change to any source file (or a new
+    release) starts a fresh cache, and falls back to a temporary directory when that is read-only.
+"""
+
+import contextlib
+import ctypes
+import glob
+import hashlib
+import os
+import sys
+import tempfile
+import threading
+
+import numba
+from numba import njit, prange  # noqa: F401  (prange re-exported for the kernels)
+from numba.core import caching
+
+from . import config
+
+GENERATED_FILENAME = "<fastact-generated>"
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# --------------------------------------------------------------------------------------------------
+# threading layer
+
+
+def _find_libtbb():
+    """Path of libtbb.so.12 installed by the ``tbb`` wheel, or None."""
+    try:
+        from importlib import metadata
+        files = metadata.files("tbb") or []
+        for f in files:
+            name = os.path.basename(str(f))
+            if name.startswith("libtbb.so.12") or name == "tbb12.dll" or name.startswith("libtbb.12"):
+                path = str(f.locate())
+                if os.path.exists(path):
+                    return path
+    except Exception:  # metadata missing or unreadable: try the usual places below
+        pass
+    for prefix in (sys.prefix, sys.base_prefix, os.path.expanduser("~/.local")):
+        hits = sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.12*")))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _setup_threading():
+    """Choose the threading layer; return the name requested (the layer starts at first use)."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return os.environ["NUMBA_THREADING_LAYER"]  # the user's explicit choice wins
+    want = config.THREADING_LAYER
+    if want == "tbb":
+        lib = _find_libtbb()
+        if lib is not None:
+            try:
+                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                lib = None
+        if lib is None:
+            want = "workqueue"
+    numba.config.THREADING_LAYER = want
+    return want
+
+
+REQUESTED_LAYER = _setup_threading()
+_serial_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def parallel_slot():
+    """Yield True when the caller may run a parallel kernel now, False when it must run serially.
+
+    Under TBB (and OpenMP) parallel regions may be entered from several threads: always True. Under
+    workqueue a second concurrent entry aborts the process, so only one thread at a time gets True.
+    """
+    layer = REQUESTED_LAYER
+    if layer in ("tbb", "omp", "threadsafe", "forksafe", "safe"):
+        yield True
+        return
+    got = _serial_lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _serial_lock.release()
+
+
+def threading_layer():
+    """The threading layer in use, or the one requested if no parallel kernel has run yet."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return REQUESTED_LAYER + " (requested; starts at the first parallel call)"
+
+
+# --------------------------------------------------------------------------------------------------
+# cache
+
+
+def _source_hash():
+    h = hashlib.sha256()
+    h.update(numba.__version__.encode())
+    for root, _dirs, files in sorted(os.walk(_PKG_DIR)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                h.update(os.path.relpath(path, _PKG_DIR).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def _writable_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe", delete=True)
+        probe.close()
+        return True
+    except OSError:
+        return False
+
+
+_cache_path = None
+
+
+def cache_path():
+    """The directory compiled kernels are cached in (created on first use), or None if caching is off."""
+    global _cache_path
+    if config.DISABLE_CACHE:
+        return None
+    if _cache_path is None:
+        from . import __version__
+        leaf = f"{__version__}-{_source_hash()}"
+        candidates = [os.path.join(config.CACHE_DIR, leaf),
+                      os.path.join(tempfile.gettempdir(), f"fastact-cache-{os.getuid()}", leaf)]
+        for c in candidates:
+            if _writable_dir(c):
+                _cache_path = c
+                break
+        else:
+            _cache_path = ""
+    return _cache_path or None
+
+
+class _FastactLocator(caching._CacheLocator):
+    """Numba cache locator for fastact's own (mostly generated) kernels."""
+
+    def __init__(self, py_func, py_file):
+        self._path = cache_path()
+
+    def ensure_cache_path(self):
+        os.makedirs(self._path, exist_ok=True)
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return os.path.basename(self._path)
+
+    def get_disambiguator(self):
+        return "fa"
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if py_file != GENERATED_FILENAME and not os.path.abspath(py_file).startswith(_PKG_DIR):
+            return None
+        if cache_path() is None:
+            return None
+        return cls(py_func, py_file)
+
+
+caching.CacheImpl._locator_classes.insert(0, _FastactLocator)
+
+
+def caching_enabled():
+    return cache_path() is not None
+
+
+class _ParallelKernel:
+    """A ``parallel=True`` kernel that degrades to a serial compile of the same function when the
+    threading layer cannot take another concurrent parallel region (workqueue, see parallel_slot)."""
+
+    def __init__(self, py_func, options):
+        self.py_func = py_func
+        self.__doc__ = py_func.__doc__
+        self.__name__ = py_func.__name__
+        self.parallel = njit(py_func, parallel=True, cache=caching_enabled(), **options)
+        self._serial = None
+        self._options = options
+
+    def serial(self, *args):
+        if self._serial is None:
+            # not cached: it would share the parallel variant's cache file (same function)
+            self._serial = njit(self.py_func, cache=False, **self._options)
+        return self._serial(*args)
+
+    def __call__(self, *args):
+        with parallel_slot() as ok:
+            if ok:
+                return self.parallel(*args)
+        return self.serial(*args)
+
+
+def jit(parallel=False, **options):
+    """fastact's ``njit``: on-disk cache (when usable), no GIL, NumPy's division semantics.
+
+    ``error_model='numpy'`` makes x / 0 give inf/NaN as NumPy does instead of raising, and keeps
+    divisions free of the zero check that would stop vectorisation.
+    """
+    options.setdefault("nogil", True)
+    options.setdefault("error_model", "numpy")
+
+    def deco(fn):
+        if parallel:
+            return _ParallelKernel(fn, options)
+        return njit(fn, cache=caching_enabled(), **options)
+    return deco

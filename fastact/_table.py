@@ -1,0 +1,624 @@
+"""The activation table: every elementwise activation defined once.
+
+An entry holds the scalar forward ``f(x, *params)`` and derivative ``f'(x, *params, *backward_params)``
+(Numba-compiled, called by every generated kernel: CPU loops, ufuncs, and later CUDA and C-ABI), the
+parameter names and defaults, the kinks, and a float64 NumPy/SciPy reference of both, which the tests
+use. Adding an activation is one ``_add(Activation(...))`` below; the public functions, ufuncs, tests
+and benchmarks pick it up from :data:`ACTIVATIONS`.
+
+Conventions every scalar function keeps (tests check them):
+
+* NaN in gives NaN out, in the forward and in the derivative (so ``dy * f'(x)`` is NaN too);
+* at a kink the derivative is the left derivative, except at an upper cap (``max_value``, the top of
+  hardtanh/relu6/hardsigmoid, a threshold's jump), where it is 0;
+* the derivative returns ``f'(x)``; the kernels multiply by ``dy``.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import njit
+
+from . import _math as fm
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+GELU_TANH_C = 0.044715
+
+
+@dataclass(frozen=True)
+class Param:
+    """One scalar parameter of an activation.
+
+    ``default`` is the public default; ``none_value`` is what ``None`` means (``max_value=None`` is
+    +inf); ``choices`` maps string values to the float the kernels see (``approximate='tanh'`` -> 1).
+    """
+    name: str
+    default: object
+    doc: str = ""
+    none_value: float = None
+    choices: dict = None
+
+    def to_float(self, value):
+        if value is None:
+            if self.none_value is None:
+                raise TypeError(f"parameter {self.name!r} may not be None")
+            return self.none_value
+        if self.choices is not None:
+            if not isinstance(value, str) or value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {sorted(self.choices)}, got {value!r}")
+            return self.choices[value]
+        return value
+
+
+@dataclass(frozen=True)
+class Activation:
+    name: str
+    forward: object              # njit scalar f(x, *params)
+    derivative: object           # njit scalar f'(x, *params, *backward_params)
+    reference: object            # float64 NumPy reference f(x, *params) on arrays
+    reference_derivative: object  # float64 NumPy reference f'(x, *params, *backward_params)
+    formula: str
+    params: tuple = ()
+    backward_params: tuple = ()
+    kinks: object = lambda *p: ()   # kinks(*params) -> x values where f' jumps
+    transcendental: bool = False  # evaluates exp/erf/tanh: compute-bound, not memory-bound
+    aliases: tuple = ()
+    citation: str = ""
+    torch_name: str = None        # torch.nn.functional name, for the optional PyTorch comparisons
+    numpy_baseline: str = ""      # the NumPy formulation a user would write (benchmarks)
+    domain: tuple = (-6.0, 6.0)   # where tests sample points
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def param_names(self):
+        return tuple(p.name for p in self.params)
+
+    @property
+    def nparams(self):
+        return len(self.params)
+
+
+ACTIVATIONS = {}
+
+
+def _add(act):
+    ACTIVATIONS[act.name] = act
+    return act
+
+
+def _nan_where(x, y):
+    """Reference helper: NaN wherever x is NaN (the float64 references use np.where, which would not)."""
+    return np.where(np.isnan(x), np.nan, y)
+
+
+class _LazySpecial:
+    """scipy.special, imported on first use: only the references use it, and it costs 0.2 s."""
+
+    def __getattr__(self, name):
+        import scipy.special
+        return getattr(scipy.special, name)
+
+
+sp = _LazySpecial()
+
+
+def _ref_errstate(fn):
+    def wrapped(*a):
+        with np.errstate(all="ignore"):
+            return fn(*a)
+    return wrapped
+
+
+# ------------------------------------------------------------------------------------------------ ReLU
+
+
+@njit(cache=False)
+def relu_f(x, negative_slope, max_value, threshold):
+    if x > threshold:
+        return min(x, max_value)
+    if x <= threshold:
+        if negative_slope != 0:
+            return negative_slope * (x - threshold)
+        return 0.0  # not 0 * (x - threshold): that is NaN for x = -inf
+    return x
+
+
+@njit(cache=False)
+def relu_d(x, negative_slope, max_value, threshold, subgradient):
+    if x > threshold:
+        return 1.0 if x < max_value else 0.0
+    if x < threshold:
+        return negative_slope
+    if x == threshold:
+        return negative_slope if subgradient != subgradient else subgradient
+    return x
+
+
+@_ref_errstate
+def _relu_ref(x, negative_slope, max_value, threshold):
+    neg = np.where(x == -np.inf, -np.inf * np.sign(negative_slope) if negative_slope else 0.0,
+                   negative_slope * (x - threshold))
+    return _nan_where(x, np.where(x > threshold, np.minimum(x, max_value), neg))
+
+
+@_ref_errstate
+def _relu_dref(x, negative_slope, max_value, threshold, subgradient):
+    at = negative_slope if np.isnan(subgradient) else subgradient
+    d = np.where(x > threshold, np.where(x < max_value, 1.0, 0.0),
+                 np.where(x < threshold, negative_slope, at))
+    return _nan_where(x, d)
+
+
+_add(Activation(
+    "relu", relu_f, relu_d, _relu_ref, _relu_dref,
+    formula="min(x, max_value) if x > threshold else negative_slope * (x - threshold)",
+    params=(Param("negative_slope", 0.0, "slope below the threshold (Keras' alpha)"),
+            Param("max_value", None, "saturation value; None means no cap", none_value=math.inf),
+            Param("threshold", 0.0, "values at or below it take the negative slope")),
+    backward_params=(Param("subgradient", None, "derivative used at x == threshold; None means the "
+                           "left derivative (negative_slope), as PyTorch", none_value=math.nan),),
+    kinks=lambda a, m, t: (t, m), torch_name="relu", numpy_baseline="np.maximum(x, 0)"))
+
+
+@njit(cache=False)
+def leaky_relu_f(x, negative_slope):
+    if x > 0:
+        return x
+    return negative_slope * x
+
+
+@njit(cache=False)
+def leaky_relu_d(x, negative_slope):
+    if x > 0:
+        return 1.0
+    if x <= 0:
+        return negative_slope
+    return x
+
+
+@_ref_errstate
+def _leaky_ref(x, a):
+    return _nan_where(x, np.where(x > 0, x, a * x))
+
+
+@_ref_errstate
+def _leaky_dref(x, a):
+    return _nan_where(x, np.where(x > 0, 1.0, a))
+
+
+_add(Activation(
+    "leaky_relu", leaky_relu_f, leaky_relu_d, _leaky_ref, _leaky_dref,
+    formula="x if x > 0 else negative_slope * x",
+    params=(Param("negative_slope", 0.01, "slope for x <= 0"),),
+    kinks=lambda a: (0.0,), torch_name="leaky_relu", numpy_baseline="np.where(x > 0, x, 0.01 * x)",
+    citation="Maas, Hannun & Ng (2013), Rectifier nonlinearities improve neural network acoustic models"))
+
+
+@njit(cache=False)
+def relu6_f(x):
+    if x > 0:
+        return min(x, 6.0)
+    if x <= 0:
+        return 0.0
+    return x
+
+
+@njit(cache=False)
+def relu6_d(x):
+    if x > 0:
+        return 1.0 if x < 6.0 else 0.0
+    if x <= 0:
+        return 0.0
+    return x
+
+
+_add(Activation(
+    "relu6", relu6_f, relu6_d,
+    _ref_errstate(lambda x: _nan_where(x, np.clip(x, 0.0, 6.0))),
+    _ref_errstate(lambda x: _nan_where(x, ((x > 0) & (x < 6)).astype(float))),
+    formula="min(max(x, 0), 6)", kinks=lambda: (0.0, 6.0), torch_name="relu6",
+    numpy_baseline="np.clip(x, 0, 6)", domain=(-3.0, 9.0)))
+
+
+@njit(cache=False)
+def hardtanh_f(x, min_val, max_val):
+    if x < min_val:
+        return min_val
+    if x > max_val:
+        return max_val
+    return x
+
+
+@njit(cache=False)
+def hardtanh_d(x, min_val, max_val):
+    if x > min_val and x < max_val:
+        return 1.0
+    if x <= min_val or x >= max_val:
+        return 0.0
+    return x
+
+
+_add(Activation(
+    "hardtanh", hardtanh_f, hardtanh_d,
+    _ref_errstate(lambda x, lo, hi: _nan_where(x, np.clip(x, lo, hi))),
+    _ref_errstate(lambda x, lo, hi: _nan_where(x, ((x > lo) & (x < hi)).astype(float))),
+    formula="min(max(x, min_val), max_val)",
+    params=(Param("min_val", -1.0, "lower end"), Param("max_val", 1.0, "upper end")),
+    kinks=lambda lo, hi: (lo, hi), torch_name="hardtanh", numpy_baseline="np.clip(x, -1, 1)",
+    domain=(-3.0, 3.0)))
+
+
+@njit(cache=False)
+def threshold_f(x, threshold, value):
+    if x <= threshold:
+        return value
+    return x
+
+
+@njit(cache=False)
+def threshold_d(x, threshold, value):
+    if x > threshold:
+        return 1.0
+    if x <= threshold:
+        return 0.0
+    return x
+
+
+_add(Activation(
+    "threshold", threshold_f, threshold_d,
+    _ref_errstate(lambda x, t, v: _nan_where(x, np.where(x > t, x, v))),
+    _ref_errstate(lambda x, t, v: _nan_where(x, (x > t).astype(float))),
+    formula="x if x > threshold else value",
+    params=(Param("threshold", 0.0, "values at or below it are replaced"),
+            Param("value", 0.0, "the replacement")),
+    kinks=lambda t, v: (t,), torch_name="threshold", numpy_baseline="np.where(x > 0, x, 0)"))
+
+
+# ----------------------------------------------------------------------------- exponential family
+
+
+@njit(cache=False)
+def elu_f(x, alpha):
+    if x > 0:
+        return x
+    return alpha * fm.expm1(x)
+
+
+@njit(cache=False)
+def elu_d(x, alpha):
+    if x > 0:
+        return 1.0
+    return alpha * fm.exp(x)
+
+
+_add(Activation(
+    "elu", elu_f, elu_d,
+    _ref_errstate(lambda x, a: np.where(x > 0, x, a * np.expm1(x))),
+    _ref_errstate(lambda x, a: np.where(x > 0, 1.0, a * np.exp(x))),
+    formula="x if x > 0 else alpha * (exp(x) - 1)",
+    params=(Param("alpha", 1.0, "value approached as x -> -inf is -alpha"),),
+    kinks=lambda a: (0.0,), transcendental=True, torch_name="elu",
+    numpy_baseline="np.where(x > 0, x, np.expm1(x))",
+    citation="Clevert, Unterthiner & Hochreiter (2016), arXiv:1511.07289"))
+
+
+@njit(cache=False)
+def celu_f(x, alpha):
+    if x > 0:
+        return x
+    return alpha * fm.expm1(x / alpha)
+
+
+@njit(cache=False)
+def celu_d(x, alpha):
+    if x > 0:
+        return 1.0
+    return fm.exp(x / alpha)
+
+
+_add(Activation(
+    "celu", celu_f, celu_d,
+    _ref_errstate(lambda x, a: np.where(x > 0, x, a * np.expm1(x / a))),
+    _ref_errstate(lambda x, a: np.where(x > 0, 1.0, np.exp(x / a))),
+    formula="x if x > 0 else alpha * (exp(x / alpha) - 1)",
+    params=(Param("alpha", 1.0, "scale of the negative part"),),
+    kinks=lambda a: (0.0,), transcendental=True, torch_name="celu",
+    numpy_baseline="np.where(x > 0, x, np.expm1(x))", citation="Barron (2017), arXiv:1704.07483"))
+
+
+@njit(cache=False)
+def selu_f(x):
+    if x > 0:
+        return SELU_SCALE * x
+    return (SELU_SCALE * SELU_ALPHA) * fm.expm1(x)
+
+
+@njit(cache=False)
+def selu_d(x):
+    if x > 0:
+        return SELU_SCALE
+    return (SELU_SCALE * SELU_ALPHA) * fm.exp(x)
+
+
+_add(Activation(
+    "selu", selu_f, selu_d,
+    _ref_errstate(lambda x: SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(x))),
+    _ref_errstate(lambda x: SELU_SCALE * np.where(x > 0, 1.0, SELU_ALPHA * np.exp(x))),
+    formula="scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6733, scale = 1.0507",
+    kinks=lambda: (0.0,), transcendental=True, torch_name="selu",
+    numpy_baseline="1.0507 * np.where(x > 0, x, 1.6733 * np.expm1(x))",
+    citation="Klambauer et al. (2017), Self-normalizing neural networks, arXiv:1706.02515"))
+
+
+@njit(cache=False)
+def gelu_f(x, approximate):
+    if approximate == 0:
+        return 0.5 * x * fm.erfc(-x * fm.SQRT_HALF)
+    # 0.5 * (1 + tanh(u)) == sigmoid(2u): no cancellation for negative x
+    u = fm.SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
+    return x * fm.sigmoid(2.0 * u)
+
+
+@njit(cache=False)
+def gelu_d(x, approximate):
+    if approximate == 0:
+        return 0.5 * fm.erfc(-x * fm.SQRT_HALF) + x * fm.INV_SQRT_2PI * fm.exp(-0.5 * x * x)
+    u = fm.SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
+    s = fm.sigmoid(2.0 * u)  # 0.5 * (1 + tanh(u))
+    return s + x * (2.0 * s * (1.0 - s)) * fm.SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
+
+
+@_ref_errstate
+def _gelu_ref(x, approximate):
+    if approximate == 0:
+        return 0.5 * x * sp.erfc(-x / np.sqrt(2.0))
+    u = np.sqrt(2.0 / np.pi) * (x + GELU_TANH_C * x ** 3)
+    return 0.5 * x * (1.0 + np.tanh(u))
+
+
+@_ref_errstate
+def _gelu_dref(x, approximate):
+    if approximate == 0:
+        return 0.5 * sp.erfc(-x / np.sqrt(2.0)) + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    c = np.sqrt(2.0 / np.pi)
+    t = np.tanh(c * (x + GELU_TANH_C * x ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * GELU_TANH_C * x * x)
+
+
+_add(Activation(
+    "gelu", gelu_f, gelu_d, _gelu_ref, _gelu_dref,
+    formula="x * Phi(x) = 0.5 * x * erfc(-x / sqrt(2)); approximate='tanh': "
+            "0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))",
+    params=(Param("approximate", "none", "'none' (exact, erf) or 'tanh'",
+                  choices={"none": 0.0, "tanh": 1.0}),),
+    transcendental=True, torch_name="gelu",
+    numpy_baseline="0.5 * x * scipy.special.erfc(-x / np.sqrt(2))",
+    citation="Hendrycks & Gimpel (2016), Gaussian error linear units, arXiv:1606.08415"))
+
+
+@njit(cache=False)
+def silu_f(x):
+    s = fm.sigmoid(x)
+    return x * s if s != 0 else s  # the limit 0 at x = -inf (x * s would be -inf * 0 = NaN)
+
+
+@njit(cache=False)
+def silu_d(x):
+    s = fm.sigmoid(x)
+    return s * (1.0 + x * (1.0 - s)) if s != 0 else s
+
+
+@_ref_errstate
+def _silu_ref(x):
+    s = sp.expit(x)
+    return np.where(s == 0, 0.0, x * s)
+
+
+@_ref_errstate
+def _silu_dref(x):
+    s = sp.expit(x)
+    return np.where(s == 0, 0.0, s * (1.0 + x * (1.0 - s)))
+
+
+_add(Activation(
+    "silu", silu_f, silu_d, _silu_ref, _silu_dref, formula="x * sigmoid(x)",
+    transcendental=True, aliases=("swish",), torch_name="silu", numpy_baseline="x / (1 + np.exp(-x))",
+    citation="Elfwing, Uchibe & Doya (2018), arXiv:1702.03118; Ramachandran et al. (2017), "
+             "arXiv:1710.05941"))
+
+
+@njit(cache=False)
+def mish_f(x):
+    # tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2) with n = e^x: one exp, no log, no tanh.
+    if x > 20.0:
+        return x
+    n = fm.exp(x)
+    a = n * (n + 2.0)
+    return x * a / (a + 2.0) if a != 0 else a
+
+
+@njit(cache=False)
+def mish_d(x):
+    if x > 20.0:
+        return 1.0
+    n = fm.exp(x)
+    a = n * (n + 2.0)
+    if a == 0:
+        return a
+    t = a / (a + 2.0)                       # tanh(softplus(x))
+    sech2 = (4.0 * a + 4.0) / ((a + 2.0) * (a + 2.0))  # 1 - t^2
+    return t + x * sech2 * (n / (1.0 + n))   # d softplus / dx = sigmoid(x)
+
+
+@_ref_errstate
+def _mish_ref(x):
+    return np.where(x == -np.inf, 0.0, x * np.tanh(np.logaddexp(0.0, x)))
+
+
+@_ref_errstate
+def _mish_dref(x):
+    t = np.tanh(np.logaddexp(0.0, x))
+    return np.where(x == -np.inf, 0.0, t + x * (1.0 - t * t) * sp.expit(x))
+
+
+_add(Activation(
+    "mish", mish_f, mish_d, _mish_ref, _mish_dref, formula="x * tanh(softplus(x))",
+    transcendental=True, torch_name="mish", numpy_baseline="x * np.tanh(np.log1p(np.exp(x)))",
+    citation="Misra (2019), Mish: a self regularized non-monotonic activation function, "
+             "arXiv:1908.08681"))
+
+
+@njit(cache=False)
+def hardswish_f(x):
+    if x <= -3.0:
+        return 0.0
+    if x >= 3.0:
+        return x
+    return x * (x + 3.0) / 6.0
+
+
+@njit(cache=False)
+def hardswish_d(x):
+    if x <= -3.0:
+        return 0.0
+    if x <= 3.0:
+        return x / 3.0 + 0.5
+    if x > 3.0:
+        return 1.0
+    return x
+
+
+_add(Activation(
+    "hardswish", hardswish_f, hardswish_d,
+    _ref_errstate(lambda x: _nan_where(x, x * np.clip(x + 3.0, 0.0, 6.0) / 6.0)),
+    _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3, 0.0, np.where(x <= 3, x / 3 + 0.5, 1.0)))),
+    formula="x * relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardswish",
+    numpy_baseline="x * np.clip(x + 3, 0, 6) / 6",
+    citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244"))
+
+
+@njit(cache=False)
+def hardsigmoid_f(x):
+    if x <= -3.0:
+        return 0.0
+    if x >= 3.0:
+        return 1.0
+    return x / 6.0 + 0.5
+
+
+@njit(cache=False)
+def hardsigmoid_d(x):
+    if x > -3.0 and x < 3.0:
+        return 1.0 / 6.0
+    if x <= -3.0 or x >= 3.0:
+        return 0.0
+    return x
+
+
+_add(Activation(
+    "hardsigmoid", hardsigmoid_f, hardsigmoid_d,
+    _ref_errstate(lambda x: _nan_where(x, np.clip(x / 6.0 + 0.5, 0.0, 1.0))),
+    _ref_errstate(lambda x: _nan_where(x, np.where((x > -3) & (x < 3), 1.0 / 6.0, 0.0))),
+    formula="relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardsigmoid",
+    numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)"))
+
+
+@njit(cache=False)
+def sigmoid_f(x):
+    return fm.sigmoid(x)
+
+
+@njit(cache=False)
+def sigmoid_d(x):
+    s = fm.sigmoid(x)
+    return s * (1.0 - s)
+
+
+_add(Activation(
+    "sigmoid", sigmoid_f, sigmoid_d, _ref_errstate(lambda x: sp.expit(x)),
+    _ref_errstate(lambda x: sp.expit(x) * (1.0 - sp.expit(x))),
+    formula="1 / (1 + exp(-x))", transcendental=True, torch_name="sigmoid",
+    numpy_baseline="1 / (1 + np.exp(-x))"))
+
+
+@njit(cache=False)
+def tanh_f(x):
+    return fm.tanh(x)
+
+
+@njit(cache=False)
+def tanh_d(x):
+    t = fm.tanh(x)
+    return 1.0 - t * t
+
+
+_add(Activation(
+    "tanh", tanh_f, tanh_d, _ref_errstate(np.tanh), _ref_errstate(lambda x: 1.0 - np.tanh(x) ** 2),
+    formula="tanh(x)", transcendental=True, torch_name="tanh", numpy_baseline="np.tanh(x)"))
+
+
+@njit(cache=False)
+def softsign_f(x):
+    if x == math.inf:
+        return 1.0
+    if x == -math.inf:
+        return -1.0
+    return x / (1.0 + abs(x))
+
+
+@njit(cache=False)
+def softsign_d(x):
+    a = 1.0 + abs(x)
+    return 1.0 / (a * a)
+
+
+_add(Activation(
+    "softsign", softsign_f, softsign_d,
+    _ref_errstate(lambda x: np.where(np.isinf(x), np.sign(x), x / (1.0 + np.abs(x)))),
+    _ref_errstate(lambda x: 1.0 / (1.0 + np.abs(x)) ** 2),
+    formula="x / (1 + |x|)", torch_name="softsign", numpy_baseline="x / (1 + np.abs(x))"))
+
+
+@njit(cache=False)
+def softplus_f(x, beta, threshold):
+    z = beta * x
+    if z > threshold:
+        return x
+    return fm.log1p(fm.exp(z)) / beta
+
+
+@njit(cache=False)
+def softplus_d(x, beta, threshold):
+    z = beta * x
+    if z > threshold:
+        return 1.0
+    return fm.sigmoid(z)
+
+
+_add(Activation(
+    "softplus", softplus_f, softplus_d,
+    _ref_errstate(lambda x, b, t: np.where(b * x > t, x, np.logaddexp(0.0, b * x) / b)),
+    _ref_errstate(lambda x, b, t: np.where(b * x > t, 1.0, sp.expit(b * x))),
+    formula="log(1 + exp(beta * x)) / beta, or x where beta * x > threshold",
+    params=(Param("beta", 1.0, "sharpness"),
+            Param("threshold", 20.0, "above beta * x > threshold the function is linear")),
+    kinks=lambda b, t: (t / b,), transcendental=True, torch_name="softplus",
+    numpy_baseline="np.log1p(np.exp(x))"))
+
+#: names of the activations, in table order (tests and benchmarks parametrise over this)
+NAMES = tuple(ACTIVATIONS)
+#: every public spelling, aliases included -> table entry
+BY_NAME = dict(ACTIVATIONS)
+for _a in ACTIVATIONS.values():
+    for _alias in _a.aliases:
+        BY_NAME[_alias] = _a
+
+
+def get(name):
+    """The table entry for an activation name or alias; ValueError naming the valid ones otherwise."""
+    try:
+        return BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(BY_NAME)}") from None

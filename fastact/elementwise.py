@@ -1,0 +1,434 @@
+"""Elementwise activations with NumPy ufunc semantics, generated from the activation table.
+
+The drivers here take the public arguments, apply NumPy's conventions (dtype resolution, broadcasting,
+``out=``) and send the common case -- scalar parameters, contiguous arrays -- to a compiled 1-D loop
+over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, both cores above). Array-valued
+parameters go through the real ufunc, which broadcasts them.
+
+Dtypes: float32 and float64 compute natively; float16 computes in and returns float32 (Numba has no
+float16 arithmetic); integers and bools compute in float64, as NumPy's ``np.exp`` does; complex input is
+a TypeError.
+"""
+
+import math
+
+import numpy as np
+
+from . import _codegen, _runtime, config
+from . import _math as fm
+from ._table import ACTIVATIONS, leaky_relu_d, leaky_relu_f
+
+__all__ = []  # filled by _publish()
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _compute_dtype(*dtypes):
+    """The dtype a kernel computes in for inputs of these dtypes (NumPy ufunc casting, float16 -> f32)."""
+    dt = np.result_type(*dtypes)
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind in "biuf":  # bool, ints, longdouble
+        return np.dtype(np.float64)
+    raise TypeError(f"fastact activations take real numbers; got an array of dtype {dt}")
+
+
+def _check_out(out, shape):
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype.kind != "f":
+        raise TypeError(f"out must be a floating-point array, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {shape}")
+
+
+def _same_buffer(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides and a.shape == b.shape)
+
+
+def _run(name, backward, arrays, pvals, out):
+    """Apply the compiled loop to ``arrays`` ((x,) or (dy, x)) with scalar parameters ``pvals``."""
+    dt = _compute_dtype(*(a.dtype for a in arrays))
+    shape = arrays[0].shape if len(arrays) == 1 else np.broadcast_shapes(*(a.shape for a in arrays))
+    if out is not None:
+        _check_out(out, shape)
+    x = arrays[-1]
+    order = "F" if (x.flags.f_contiguous and not x.flags.c_contiguous) else "C"
+    ins = []
+    for a in arrays:
+        if a.shape != shape:
+            a = np.broadcast_to(a, shape)
+        ins.append(np.asarray(a, dtype=dt, order=order))
+    direct = (out is not None and out.dtype == dt
+              and (out.flags.c_contiguous if order == "C" else out.flags.f_contiguous)
+              and not any(np.may_share_memory(out, a) and not _same_buffer(out, a) for a in ins))
+    res = out if direct else np.empty(shape, dtype=dt, order=order)
+    n = res.size
+    if n:
+        pv = [dt.type(v) for v in pvals]
+        flat = [a.reshape(-1, order=order) for a in ins] + [res.reshape(-1, order=order)]
+        with _runtime.parallel_slot() as may_parallel:
+            parallel = may_parallel and n >= config.PARALLEL_MIN_SIZE
+            _codegen.get("loop", name, backward, parallel)(*flat, *pv)
+    if out is None:
+        return res if res.ndim else res[()]
+    if res is not out:
+        np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def _param_values(specs, values):
+    return [spec.to_float(v) for spec, v in zip(specs, values)]
+
+
+def _apply(act, backward, arrays, values, out):
+    specs = act.params + (act.backward_params if backward else ())
+    pvals = _param_values(specs, values)
+    arrays = [np.asarray(a) for a in arrays]
+    if all(np.ndim(v) == 0 for v in pvals):
+        return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
+    # Array-valued parameters: the real ufunc broadcasts them against the inputs.
+    dt = _compute_dtype(*(a.dtype for a in arrays), *(np.asarray(v).dtype for v in pvals))
+    args = [a.astype(dt, copy=False) for a in arrays] + [np.asarray(v, dtype=dt) for v in pvals]
+    if out is not None:
+        _check_out(out, np.broadcast_shapes(*(a.shape for a in args)))
+    with np.errstate(all="ignore"):
+        return _codegen.get("ufunc", act.name, backward)(*args, out=out)
+
+
+# --------------------------------------------------------------------------------------- publishing
+
+_DOC = """{title}.
+
+    ``{formula}``
+{citation}
+    Parameters
+    ----------
+    x : array_like
+        Input of any shape; float32 and float64 are computed natively, float16 in float32, integers in
+        float64.
+{pdoc}    out : ndarray, optional
+        Where to write the result (may be ``x`` itself); must have the result's shape.
+
+    Returns
+    -------
+    ndarray
+        ``f(x)``, same shape (and, for float inputs, same dtype) as ``x``; a scalar for 0-d input.
+
+    See Also
+    --------
+    {name}_backward
+"""
+
+_BDOC = """Gradient of :func:`{name}`: ``dx = dy * f'(x)``.
+
+    At a kink the derivative is the left derivative, except at an upper cap where it is 0.
+    NaN in ``dy`` or ``x`` gives NaN in ``dx``.
+
+    Parameters
+    ----------
+    dy : array_like
+        Gradient of the loss with respect to the output ``f(x)``; broadcasts against ``x``.
+    x : array_like
+        The forward's input.
+{pdoc}    out : ndarray, optional
+        Where to write ``dx``.
+
+    Returns
+    -------
+    ndarray
+        ``dx``, with the broadcast shape of ``dy`` and ``x``.
+"""
+
+
+def _pdoc(params):
+    lines = []
+    for p in params:
+        lines.append(f"    {p.name} : float or array_like, default {p.default!r}\n        {p.doc}\n")
+    return "".join(lines)
+
+
+def _publish(act):
+    names = [p.name for p in act.params]
+    bnames = [p.name for p in act.backward_params]
+    fsig = "".join(f", {p.name}={p.default!r}" for p in act.params)
+    bsig = "".join(f", {p.name}={p.default!r}" for p in act.params + act.backward_params)
+    tup = "(" + "".join(f"{n}, " for n in names) + ")"
+    btup = "(" + "".join(f"{n}, " for n in names + bnames) + ")"
+    src = (f"def {act.name}(x{fsig}, *, out=None):\n"
+           f"    return _apply(_ACT, False, (x,), {tup}, out)\n"
+           f"def {act.name}_backward(dy, x{bsig}, *, out=None):\n"
+           f"    return _apply(_ACT, True, (dy, x), {btup}, out)\n")
+    ns = {}
+    exec(compile(src, f"<fastact.{act.name}>", "exec"), {"_apply": _apply, "_ACT": act}, ns)
+    fwd, bwd = ns[act.name], ns[f"{act.name}_backward"]
+    citation = f"\n    Reference: {act.citation}.\n" if act.citation else ""
+    fwd.__doc__ = _DOC.format(title=act.name.replace("_", " ").capitalize() + " activation",
+                              formula=act.formula, citation=citation, pdoc=_pdoc(act.params),
+                              name=act.name)
+    bwd.__doc__ = _BDOC.format(name=act.name, pdoc=_pdoc(act.params + act.backward_params))
+    out = {act.name: fwd, f"{act.name}_backward": bwd}
+    for alias in act.aliases:
+        out[alias] = fwd
+        out[f"{alias}_backward"] = bwd
+    for fn in (fwd, bwd):
+        fn.__module__ = "fastact"
+    return out
+
+
+for _act in ACTIVATIONS.values():
+    _fns = _publish(_act)
+    globals().update(_fns)
+    __all__.extend(_fns)
+
+
+# -------------------------------------------------------------------------------------------- PReLU
+
+def _prelu_layout(x, weight, axis):
+    """x viewed as (outer, C, inner) with C = weight.size; raises naming the shapes when they disagree."""
+    if weight.ndim > 1:
+        raise ValueError(f"prelu: weight must be 1-D (one slope per channel), got shape {weight.shape}")
+    if weight.size == 0:
+        raise ValueError("prelu: weight is empty")
+    if weight.size == 1:
+        return (x.size, 1, 1) if x.ndim == 0 else (x.shape[0], 1, x.size // max(x.shape[0], 1))
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise ValueError(f"prelu: axis {axis} is out of range for x of shape {x.shape}")
+    if x.shape[ax] != weight.size:
+        raise ValueError(f"prelu: weight has {weight.size} elements but x.shape[{axis}] is "
+                         f"{x.shape[ax]} (x has shape {x.shape})")
+    outer = int(np.prod(x.shape[:ax], dtype=np.int64))
+    inner = int(np.prod(x.shape[ax + 1:], dtype=np.int64))
+    return outer, weight.size, inner
+
+
+def prelu(x, weight, axis=1, *, out=None):
+    """Parametric ReLU: ``x if x > 0 else weight[c] * x`` with ``c`` the index along ``axis``.
+
+    Parameters
+    ----------
+    x : array_like
+        Input, e.g. NCHW activations.
+    weight : array_like
+        One slope per channel (``x.shape[axis]`` elements), or a single slope shared by all.
+    axis : int, default 1
+        The channel axis.
+    out : ndarray, optional
+        Where to write the result.
+
+    Returns
+    -------
+    ndarray
+
+    References
+    ----------
+    He et al. (2015), Delving deep into rectifiers, arXiv:1502.01852.
+    """
+    x = np.asarray(x)
+    w = np.asarray(weight)
+    dt = _compute_dtype(x.dtype, w.dtype)
+    outer, C, inner = _prelu_layout(x, w, axis)
+    if out is not None:
+        _check_out(out, x.shape)
+    xc = np.ascontiguousarray(x, dtype=dt)
+    res = np.empty(x.shape, dtype=dt)
+    if res.size:
+        _prelu_forward_kernel(xc.reshape(outer, C, inner), np.ascontiguousarray(w, dtype=dt).reshape(C),
+                              res.reshape(outer, C, inner))
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def prelu_backward(dy, x, weight, axis=1, *, out=None):
+    """Gradients of :func:`prelu`: returns ``(dx, dweight)``.
+
+    ``dx = dy * (1 if x > 0 else weight[c])``; ``dweight[c]`` sums ``dy * x`` over the elements of
+    channel ``c`` with ``x <= 0``. ``dweight`` has ``weight``'s shape and accumulates in float64.
+    """
+    dy = np.asarray(dy)
+    x = np.asarray(x)
+    w = np.asarray(weight)
+    if dy.shape != x.shape:
+        raise ValueError(f"prelu_backward: dy has shape {dy.shape} but x has shape {x.shape}")
+    dt = _compute_dtype(dy.dtype, x.dtype, w.dtype)
+    outer, C, inner = _prelu_layout(x, w, axis)
+    if out is not None:
+        _check_out(out, x.shape)
+    dx = np.empty(x.shape, dtype=dt)
+    part = np.zeros((outer, C), dtype=np.float64)
+    if dx.size:
+        shp = (outer, C, inner)
+        _prelu_backward_kernel(np.ascontiguousarray(dy, dtype=dt).reshape(shp),
+                               np.ascontiguousarray(x, dtype=dt).reshape(shp),
+                               np.ascontiguousarray(w, dtype=dt).reshape(C), dx.reshape(shp), part)
+    dw = part.sum(axis=0).astype(dt).reshape(w.shape)
+    if out is not None:
+        np.copyto(out, dx, casting="same_kind")
+        dx = out
+    elif dx.ndim == 0:
+        dx = dx[()]
+    return dx, dw
+
+
+@_runtime.jit(parallel=True)
+def _prelu_forward_kernel(x3, w, y3):
+    # x3, y3 are (O, C, I); w is (C,)
+    O, C, I = x3.shape
+    for oc in _runtime.prange(O * C):
+        o = oc // C
+        c = oc - o * C
+        a = w[c]
+        for i in range(I):
+            y3[o, c, i] = leaky_relu_f(x3[o, c, i], a)
+
+
+@_runtime.jit(parallel=True)
+def _prelu_backward_kernel(dy3, x3, w, dx3, dw_part):
+    # dy3, x3, dx3 are (O, C, I); w is (C,); dw_part is (O, C) float64, summed over O by the caller
+    O, C, I = x3.shape
+    for oc in _runtime.prange(O * C):
+        o = oc // C
+        c = oc - o * C
+        a = w[c]
+        acc = 0.0
+        for i in range(I):
+            v = x3[o, c, i]
+            g = dy3[o, c, i]
+            dx3[o, c, i] = g * leaky_relu_d(v, a)
+            if not v > 0:
+                acc += g * v
+        dw_part[o, c] = acc
+
+
+# ------------------------------------------------------------------------------------------ softmax
+
+@_runtime.jit(parallel=True)
+def _softmax_rows(x2, y2, log):
+    # x2, y2 are (R, L): softmax (or log-softmax) of each row
+    R, L = x2.shape
+    for r in _runtime.prange(R):
+        m = x2[r, 0]
+        for j in range(1, L):
+            v = x2[r, j]
+            if v > m or v != v:
+                m = v
+            if m != m:
+                break
+        s = 0.0
+        if log:
+            for j in range(L):
+                s += fm.exp(x2[r, j] - m)
+            lse = m + math.log(s)
+            for j in range(L):
+                y2[r, j] = x2[r, j] - lse
+        else:
+            for j in range(L):
+                e = fm.exp(x2[r, j] - m)
+                y2[r, j] = e
+                s += e
+            inv = 1.0 / s
+            for j in range(L):
+                y2[r, j] = y2[r, j] * inv
+
+
+@_runtime.jit(parallel=True)
+def _softmax_backward_rows(dy2, y2, dx2, log):
+    # dy2, y2, dx2 are (R, L); y2 is the forward output (log-probabilities when log is True)
+    R, L = y2.shape
+    for r in _runtime.prange(R):
+        s = 0.0
+        if log:
+            for j in range(L):
+                s += dy2[r, j]
+            for j in range(L):
+                dx2[r, j] = dy2[r, j] - fm.exp(y2[r, j]) * s
+        else:
+            for j in range(L):
+                s += dy2[r, j] * y2[r, j]
+            for j in range(L):
+                dx2[r, j] = y2[r, j] * (dy2[r, j] - s)
+
+
+def _rows(a, axis, dt):
+    """``a`` with ``axis`` moved last, as a contiguous (rows, L) array of dtype dt."""
+    if a.ndim == 0:
+        a = a.reshape(1)
+        axis = 0 if axis in (0, -1) else axis
+    moved = np.moveaxis(a, axis, -1)
+    return np.ascontiguousarray(moved, dtype=dt), moved.shape
+
+
+def _softmax_impl(x, axis, out, log):
+    x = np.asarray(x)
+    dt = _compute_dtype(x.dtype)
+    xr, mshape = _rows(x, axis, dt)
+    if out is not None:
+        _check_out(out, x.shape)
+    res = np.empty(mshape, dtype=dt)
+    if res.size:
+        L = mshape[-1]
+        _softmax_rows(xr.reshape(-1, L), res.reshape(-1, L), log)
+    res = np.moveaxis(res, -1, axis).reshape(x.shape) if x.ndim else res.reshape(())
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def _softmax_backward_impl(dy, y, axis, out, log):
+    dy = np.asarray(dy)
+    y = np.asarray(y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy has shape {dy.shape} but y has shape {y.shape}")
+    dt = _compute_dtype(dy.dtype, y.dtype)
+    dyr, mshape = _rows(dy, axis, dt)
+    yr, _ = _rows(y, axis, dt)
+    if out is not None:
+        _check_out(out, y.shape)
+    res = np.empty(mshape, dtype=dt)
+    if res.size:
+        L = mshape[-1]
+        _softmax_backward_rows(dyr.reshape(-1, L), yr.reshape(-1, L), res.reshape(-1, L), log)
+    res = np.moveaxis(res, -1, axis).reshape(y.shape) if y.ndim else res.reshape(())
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def softmax(x, axis=-1, *, out=None):
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))`` (stable for any magnitude).
+
+    A row holding NaN gives a row of NaN. See :func:`softmax_backward`, which takes the output ``y``.
+    """
+    return _softmax_impl(x, axis, out, False)
+
+
+def log_softmax(x, axis=-1, *, out=None):
+    """Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``."""
+    return _softmax_impl(x, axis, out, True)
+
+
+def softmax_backward(dy, y, axis=-1, *, out=None):
+    """Gradient of :func:`softmax` from its output ``y``: ``dx = y * (dy - sum(dy * y, axis))``."""
+    return _softmax_backward_impl(dy, y, axis, out, False)
+
+
+def log_softmax_backward(dy, y, axis=-1, *, out=None):
+    """Gradient of :func:`log_softmax` from its output ``y``: ``dx = dy - exp(y) * sum(dy, axis)``."""
+    return _softmax_backward_impl(dy, y, axis, out, True)
+
+
+__all__ += ["prelu", "prelu_backward", "softmax", "log_softmax", "softmax_backward",
+            "log_softmax_backward"]
+
+#: every elementwise activation the public API offers (table entries plus prelu), for parametrising
+ELEMENTWISE = tuple(ACTIVATIONS) + ("prelu",)
