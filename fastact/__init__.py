@@ -12,9 +12,18 @@ from . import config
 from ._table import ACTIVATIONS as _TABLE
 from .elementwise import *  # noqa: F401,F403
 from .elementwise import __all__ as _elementwise_all
+from .conv import conv2d, conv2d_backward
 from .gradcheck import GradcheckError, gradcheck
+from .linear import linear, linear_backward
+from .loss import cross_entropy, cross_entropy_backward
+from .pool import max_pool2d, max_pool2d_backward
 
 #: names of the table's elementwise activations (tests and benchmarks parametrise over these)
 ACTIVATIONS = tuple(_TABLE)
 
-__all__ = ["__version__", "config", "ACTIVATIONS", "GradcheckError", "gradcheck", *_elementwise_all]
+#: the layer functions (tests and benchmarks parametrise over these)
+LAYERS = ("conv2d", "max_pool2d", "linear", "cross_entropy")
+
+__all__ = ["__version__", "config", "ACTIVATIONS", "LAYERS", "GradcheckError", "gradcheck",
+           *_elementwise_all, "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+           "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]

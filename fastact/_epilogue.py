@@ -1,0 +1,130 @@
+"""Generated GEMM epilogues and backward prologues: bias + activation in the pass that writes the output.
+
+Shapes (one key for the file): K = output channels / features, M = columns of a GEMM tile.
+
+* ``conv_epilogue(act)(g, b, y, z, *p)``: ``g`` is a conv GEMM tile viewed (K, nb, PQ), ``y`` and ``z``
+  the output rows it belongs to viewed (K, nb, PQ) (transposed views of NCHW slices); writes
+  ``y = act(g + b[k])`` and, when ``z.size`` is not 0, the pre-activation ``z = g + b[k]`` in the same
+  pass (training keeps z for the backward).
+* ``linear_epilogue(act)(g, b, y, z, *p)``: ``g``, ``y``, ``z`` are (N, K); bias along the last axis.
+* ``act_backward_bias(act)(dy, z, dz, db_part, *p)``: (A, K, L) arrays; ``dz = dy * act'(z)`` and the
+  per-(A, K) partial sums of dz for the bias gradient, in one pass.
+
+``act`` is a name from the activation table or None (identity).
+"""
+
+import threading
+
+from numba import njit, prange
+
+from . import _codegen, _runtime
+from ._table import get as _get_activation
+
+_lock = threading.RLock()
+_built = {}
+
+
+def _identity(x):
+    return x
+
+
+def _identity_d(x):
+    return 1.0
+
+
+_identity_j = njit(_identity)
+_identity_dj = njit(_identity_d)
+
+
+def _src(kind, fname, p):
+    a = "".join(f", {n}" for n in p)
+    if kind == "conv":
+        return (f"def {fname}(g, b, y, z{a}):\n"
+                f"    K, NB, L = g.shape\n"
+                f"    keep = z.size != 0\n"
+                f"    for kn in prange(K * NB):\n"
+                f"        k = kn // NB\n"
+                f"        n = kn - k * NB\n"
+                f"        bk = b[k]\n"
+                f"        for j in range(L):\n"
+                f"            v = g[k, n, j] + bk\n"
+                f"            y[k, n, j] = F(v{a})\n"
+                f"            if keep:\n"
+                f"                z[k, n, j] = v\n")
+    if kind == "linear":
+        return (f"def {fname}(g, b, y, z{a}):\n"
+                f"    N, K = g.shape\n"
+                f"    keep = z.size != 0\n"
+                f"    for i in prange(N):\n"
+                f"        for k in range(K):\n"
+                f"            v = g[i, k] + b[k]\n"
+                f"            y[i, k] = F(v{a})\n"
+                f"            if keep:\n"
+                f"                z[i, k] = v\n")
+    # backward prologue
+    return (f"def {fname}(dy, z, dz, db_part{a}):\n"
+            f"    A, K, L = z.shape\n"
+            f"    for ak in prange(A * K):\n"
+            f"        i = ak // K\n"
+            f"        k = ak - i * K\n"
+            f"        acc = 0.0\n"
+            f"        for j in range(L):\n"
+            f"            d = dy[i, k, j] * D(z[i, k, j]{a})\n"
+            f"            dz[i, k, j] = d\n"
+            f"            acc += d\n"
+            f"        db_part[i, k] = acc\n")
+
+
+def get(kind, activation):
+    """Compiled kernel ``kind`` ('conv', 'linear' or 'backward') for ``activation`` (name or None)."""
+    act = None if activation is None else _get_activation(activation)
+    key = (kind, None if act is None else act.name)
+    fn = _built.get(key)
+    if fn is None:
+        with _lock:
+            fn = _built.get(key)
+            if fn is None:
+                nparams = 0 if act is None else act.nparams
+                p = [f"p{i}" for i in range(nparams)]
+                if kind == "backward" and act is not None:
+                    p += [f"b{i}" for i in range(len(act.backward_params))]
+                name = "identity" if act is None else act.name
+                fname = f"{kind}_epilogue_{name}"
+                glb = {"F": _identity_j if act is None else act.forward,
+                       "D": _identity_dj if act is None else act.derivative, "prange": prange}
+                py = _codegen._compile_source(fname, _src(kind, fname, p), glb)
+                fn = _runtime.jit(parallel=True)(py)
+                _built[key] = fn
+    return fn
+
+
+def param_values(activation, activation_params, backward=False):
+    """The activation's parameters as floats in table order, from a dict, a sequence or None."""
+    if activation is None:
+        if activation_params:
+            raise ValueError("activation_params given without an activation")
+        return []
+    act = _get_activation(activation)
+    specs = act.params + (act.backward_params if backward else ())
+    if activation_params is None:
+        given = {}
+    elif isinstance(activation_params, dict):
+        unknown = set(activation_params) - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"unknown parameters {sorted(unknown)} for activation {act.name!r}; "
+                             f"it takes {[s.name for s in specs]}")
+        given = activation_params
+    else:
+        seq = list(activation_params)
+        if len(seq) > len(specs):
+            raise ValueError(f"activation {act.name!r} takes {len(specs)} parameters, got {len(seq)}")
+        given = {s.name: v for s, v in zip(specs, seq)}
+    vals = []
+    for s in specs:
+        v = s.to_float(given.get(s.name, s.default))
+        try:
+            vals.append(float(v))
+        except TypeError:
+            raise ValueError(f"activation parameter {s.name} must be a scalar in a fused layer, "
+                             f"got {type(v).__name__}") from None
+    return vals

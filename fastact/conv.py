@@ -1,0 +1,301 @@
+"""2-D convolution by im2col + GEMM with a fused bias + activation epilogue, and its backward.
+
+Shape key: N batch, C input channels, H x W input, K output channels, R x S kernel, P x Q output,
+nb images per tile. Layouts are PyTorch's: x (N, C, H, W), weight (K, C, R, S), y (N, K, P, Q).
+
+Forward, per tile of nb images:
+  1. im2col writes col (C*R*S, nb*P*Q) from x (parallel over the C*R*S rows; each row is a shifted copy
+     of input rows, so the inner loop is a plain strided copy);
+  2. one GEMM, weight (K, C*R*S) @ col -> g (K, nb*P*Q), through NumPy's BLAS;
+  3. the epilogue writes y[n, k] = act(g[k, n] + bias[k]) (and the pre-activation when asked): the
+     output is written once.
+The column buffer and the GEMM tile live in a per-thread workspace reused across calls; the tile is
+sized so the column buffer stays under ``config.CONV_WORKSPACE_BYTES``.
+
+Backward (``dy`` is the gradient of the pre-activation output):
+  dbias = sum of dy over (n, p, q); dweight += dy_tile (K, nb*P*Q) @ col.T; dcol = weight.T @ dy_tile,
+  and col2im scatters dcol into dx (parallel over channels, so no two threads write one element).
+"""
+
+import threading
+
+import numpy as np
+
+from . import _epilogue, _runtime, config
+from .elementwise import _compute_dtype
+
+__all__ = ["conv2d", "conv2d_backward", "conv_output_shape"]
+
+
+def _pair(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    try:
+        a, b = int(a), int(b)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+    return a, b
+
+
+def conv_output_shape(x_shape, w_shape, stride=1, padding=0):
+    """(N, K, P, Q) of conv2d for these shapes; ValueError naming the shapes when they don't fit."""
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"conv2d: weight must be 4-D (K, C, R, S), got shape {tuple(w_shape)}")
+    N, C, H, W = x_shape
+    K, Cw, R, S = w_shape
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"conv2d: stride must be >= 1, got {stride!r}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"conv2d: padding must be >= 0, got {padding!r}")
+    if C != Cw:
+        raise ValueError(f"conv2d: x has {C} channels (shape {tuple(x_shape)}) but weight expects {Cw} "
+                         f"(shape {tuple(w_shape)})")
+    if R < 1 or S < 1 or K < 1:
+        raise ValueError(f"conv2d: weight shape {tuple(w_shape)} has an empty dimension")
+    if R > H + 2 * ph or S > W + 2 * pw:
+        raise ValueError(f"conv2d: kernel {R}x{S} is larger than the padded input {H + 2 * ph}x"
+                         f"{W + 2 * pw} (x shape {tuple(x_shape)}, padding {padding!r})")
+    P = (H + 2 * ph - R) // sh + 1
+    Q = (W + 2 * pw - S) // sw + 1
+    return N, K, P, Q
+
+
+# ---------------------------------------------------------------------------------- im2col / col2im
+
+@_runtime.jit(parallel=True)
+def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
+    # x (N, C, H, W); col (C*R*S, nb*P*Q): col[(c, r, s), (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
+    N, C, H, W = x.shape
+    PQ = P * Q
+    for row in _runtime.prange(C * R * S):
+        c = row // (R * S)
+        rs = row - c * (R * S)
+        r = rs // S
+        s = rs - r * S
+        # output columns q whose input column w = q*sw - pw + s lies inside [0, W)
+        q_lo = 0
+        while q_lo < Q and q_lo * sw - pw + s < 0:
+            q_lo += 1
+        q_hi = Q
+        while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
+            q_hi -= 1
+        for n in range(nb):
+            base = n * PQ
+            for p in range(P):
+                h = p * sh - ph + r
+                o = base + p * Q
+                if h < 0 or h >= H:
+                    for q in range(Q):
+                        col[row, o + q] = 0
+                    continue
+                for q in range(q_lo):
+                    col[row, o + q] = 0
+                w0 = q_lo * sw - pw + s
+                for q in range(q_lo, q_hi):
+                    col[row, o + q] = x[n0 + n, c, h, w0 + (q - q_lo) * sw]
+                for q in range(q_hi, Q):
+                    col[row, o + q] = 0
+
+
+@_runtime.jit(parallel=True)
+def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
+    # dcol (C*R*S, nb*P*Q); dx (N, C, H, W) accumulated: the adjoint of _im2col
+    N, C, H, W = dx.shape
+    PQ = P * Q
+    for c in _runtime.prange(C):
+        for r in range(R):
+            for s in range(S):
+                row = (c * R + r) * S + s
+                for n in range(nb):
+                    base = n * PQ
+                    for p in range(P):
+                        h = p * sh - ph + r
+                        if h < 0 or h >= H:
+                            continue
+                        o = base + p * Q
+                        for q in range(Q):
+                            w = q * sw - pw + s
+                            if w >= 0 and w < W:
+                                dx[n0 + n, c, h, w] += dcol[row, o + q]
+
+
+# ---------------------------------------------------------------------------------------- workspace
+
+_ws = threading.local()
+
+
+def _workspace(name, shape, dtype):
+    """A reusable per-thread buffer of at least this size, viewed with this shape (contents garbage)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    key = (name, np.dtype(dtype).str)
+    bufs = getattr(_ws, "bufs", None)
+    if bufs is None:
+        bufs = _ws.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.size < n:
+        buf = bufs[key] = np.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
+def _tile(N, CRS, PQ, itemsize):
+    per_image = max(CRS * PQ * itemsize, 1)
+    return int(max(1, min(N, config.CONV_WORKSPACE_BYTES // per_image)))
+
+
+# ------------------------------------------------------------------------------------------ forward
+
+def _prepare(x, weight, bias, stride, padding):
+    x = np.asarray(x)
+    weight = np.asarray(weight)
+    N, K, P, Q = conv_output_shape(x.shape, weight.shape, stride, padding)
+    dt = _compute_dtype(x.dtype, weight.dtype)
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (K,):
+            raise ValueError(f"conv2d: bias must have shape ({K},) for weight of shape {weight.shape}, "
+                             f"got {bias.shape}")
+        dt = _compute_dtype(dt, bias.dtype)
+    x = np.ascontiguousarray(x, dtype=dt)
+    weight = np.ascontiguousarray(weight, dtype=dt)
+    return x, weight, bias, dt, (N, K, P, Q)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None):
+    """2-D convolution (cross-correlation, as PyTorch) with bias and activation fused into its epilogue.
+
+    ``y[n, k, p, q] = act(bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, c, p*sh + r, q*sw + s])``
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    weight : array_like, shape (K, C, R, S)
+    bias : array_like, shape (K,), optional
+    stride, padding : int or (int, int)
+        Zero padding on each side.
+    activation : str, optional
+        Any elementwise activation of the table (``'relu'``, ``'gelu'``, ...), applied in the same pass
+        that writes ``y``.
+    activation_params : dict or sequence, optional
+        The activation's parameters (e.g. ``{'negative_slope': 0.1}``), scalars only.
+
+    Returns
+    -------
+    ndarray, shape (N, K, P, Q), with ``P = (H + 2*ph - R) // sh + 1`` and likewise ``Q``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.ones((1, 1, 3, 3), np.float32); w = np.ones((2, 1, 2, 2), np.float32)
+    >>> fa.conv2d(x, w, np.array([0.0, -5.0], np.float32), activation="relu")[:, :, 0, 0]
+    array([[4., 0.]], dtype=float32)
+    """
+    y, _ = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, False)
+    return y
+
+
+def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z):
+    """conv2d, returning (y, z) where z is the pre-activation output when keep_z (else None)."""
+    x, weight, bias, dt, (N, K, P, Q) = _prepare(x, weight, bias, stride, padding)
+    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
+    epi = _epilogue.get("conv", activation)
+    _, C, H, W = x.shape
+    _, _, R, S = weight.shape
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    CRS, PQ = C * R * S, P * Q
+    y = np.empty((N, K, P, Q), dtype=dt)
+    z = np.empty((N, K, P, Q), dtype=dt) if keep_z else None
+    b = np.zeros(K, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt)
+    w2 = weight.reshape(K, CRS)
+    if N == 0 or PQ == 0:
+        return y, z
+    nb = _tile(N, CRS, PQ, dt.itemsize)
+    no_z = np.empty((0, 0, 0), dtype=dt)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        col = _workspace("col", (CRS, m * PQ), dt)
+        _im2col(x, n0, m, R, S, sh, sw, ph, pw, P, Q, col)
+        g = _workspace("gemm", (K, m * PQ), dt)
+        np.matmul(w2, col, out=g)
+        yt = y[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
+        zt = z[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2) if keep_z else no_z
+        epi(g.reshape(K, m, PQ), b, yt, zt, *pv)
+    return y, z
+
+
+# ----------------------------------------------------------------------------------------- backward
+
+def conv2d_backward(dy, x, weight, stride=1, padding=0):
+    """Gradients of :func:`conv2d` without its activation: returns ``(dx, dweight, dbias)``.
+
+    ``dy`` (N, K, P, Q) is the gradient of the pre-activation output. ``dbias`` sums ``dy`` over
+    (n, p, q); ``dweight`` correlates ``dy`` with the input patches; ``dx`` scatters ``weight``
+    transposed times ``dy`` back through col2im.
+    """
+    x, weight, _, dt, shape = _prepare(x, weight, None, stride, padding)
+    dy = np.asarray(dy)
+    if dy.shape != shape:
+        raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with "
+                         f"weight {weight.shape} (stride {stride!r}, padding {padding!r}) gives {shape}")
+    dy = np.ascontiguousarray(dy, dtype=dt)
+    dbias = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    dx, dw = _conv2d_backward_data_weight(dy, x, weight, stride, padding, True)
+    return dx, dw, dbias
+
+
+def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
+    """(dx or None, dweight) from the pre-activation gradient dz; all arrays contiguous, one dtype."""
+    dt = x.dtype
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = dz.shape
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    CRS, PQ = C * R * S, P * Q
+    w2 = weight.reshape(K, CRS)
+    dw = np.zeros((K, CRS), dtype=dt)
+    dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else None
+    if N == 0 or PQ == 0:
+        return dx, dw.reshape(weight.shape)
+    nb = _tile(N, CRS, PQ, dt.itemsize)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        col = _workspace("col", (CRS, m * PQ), dt)
+        _im2col(x, n0, m, R, S, sh, sw, ph, pw, P, Q, col)
+        dyt = _workspace("dyt", (K, m, PQ), dt)
+        dyt[...] = dz[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
+        dyt2 = dyt.reshape(K, m * PQ)
+        dw += dyt2 @ col.T
+        if need_dx:
+            dcol = _workspace("dcol", (CRS, m * PQ), dt)
+            np.matmul(w2.T, dyt2, out=dcol)
+            _col2im(dcol, n0, m, R, S, sh, sw, ph, pw, P, Q, dx)
+    return dx, dw.reshape(weight.shape)
+
+
+def _conv2d_layer_backward(dy, z, x, weight, stride, padding, activation, activation_params,
+                           need_dx=True):
+    """Backward of the fused conv + bias + activation layer: ``(dx, dweight, dbias)``.
+
+    ``dy`` is the gradient of the activation's output and ``z`` the pre-activation saved by the
+    forward; ``dz = dy * act'(z)`` and the bias gradient come out of one pass.
+    """
+    dt = x.dtype
+    N, K, P, Q = z.shape
+    dz = np.empty_like(z)
+    part = np.empty((N, K), dtype=np.float64)
+    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
+    _epilogue.get("backward", activation)(
+        np.ascontiguousarray(dy, dtype=dt).reshape(N, K, P * Q), z.reshape(N, K, P * Q),
+        dz.reshape(N, K, P * Q), part, *pv)
+    dbias = part.sum(axis=0).astype(dt)
+    dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx)
+    return dx, dw, dbias

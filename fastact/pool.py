@@ -1,0 +1,133 @@
+"""2-D max pooling, forward and backward (PyTorch semantics, floor mode).
+
+Shape key: N batch, C channels, H x W input, kh x kw window, P x Q output. x (N, C, H, W), y (N, C, P, Q).
+Padding is implicit -inf (a padded position never wins). NaN propagates: a window holding NaN gives NaN,
+and its gradient goes to the first NaN. A tie sends the gradient to the first maximum in row-major order.
+"""
+
+import numpy as np
+
+from . import _runtime
+from .conv import _pair
+from .elementwise import _compute_dtype
+
+__all__ = ["max_pool2d", "max_pool2d_backward", "pool_output_shape"]
+
+
+def pool_output_shape(x_shape, kernel_size=2, stride=None, padding=0):
+    """(N, C, P, Q) of max_pool2d; ValueError naming the shapes when they don't fit."""
+    if len(x_shape) != 4:
+        raise ValueError(f"max_pool2d: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"max_pool2d: kernel_size must be >= 1, got {kernel_size!r}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"max_pool2d: stride must be >= 1, got {stride!r}")
+    if ph < 0 or pw < 0 or 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"max_pool2d: padding must be between 0 and half the kernel size "
+                         f"({kernel_size!r}), got {padding!r}")
+    N, C, H, W = x_shape
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(f"max_pool2d: window {kh}x{kw} is larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw} (x shape {tuple(x_shape)})")
+    return N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+
+
+@_runtime.jit()
+def _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw):
+    """(h, w) of the first maximum (or first NaN) of one window; (-1, -1) if the window is all padding."""
+    H, W = x.shape[2], x.shape[3]
+    bh, bw = -1, -1
+    best = -np.inf
+    for i in range(kh):
+        h = p * sh - ph + i
+        if h < 0 or h >= H:
+            continue
+        for j in range(kw):
+            w = q * sw - pw + j
+            if w < 0 or w >= W:
+                continue
+            v = x[n, c, h, w]
+            if bh < 0 or v > best or (v != v and best == best):
+                best = v
+                bh, bw = h, w
+    return bh, bw
+
+
+@_runtime.jit(parallel=True)
+def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+    # x (N, C, H, W) -> y (N, C, P, Q)
+    N, C, P, Q = y.shape
+    for nc in _runtime.prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            for q in range(Q):
+                h, w = _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
+                y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -np.inf
+
+
+@_runtime.jit(parallel=True)
+def _max_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
+    # dy (N, C, P, Q), x and dx (N, C, H, W); dx zeroed by the caller, overlapping windows accumulate
+    N, C, P, Q = dy.shape
+    for nc in _runtime.prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            for q in range(Q):
+                h, w = _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
+                if h >= 0:
+                    dx[n, c, h, w] += dy[n, c, p, q]
+
+
+def _args(x, kernel_size, stride, padding):
+    x = np.asarray(x)
+    shape = pool_output_shape(x.shape, kernel_size, stride, padding)
+    dt = _compute_dtype(x.dtype)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    return np.ascontiguousarray(x, dtype=dt), shape, (kh, kw, sh, sw, ph, pw)
+
+
+def max_pool2d(x, kernel_size=2, stride=None, padding=0):
+    """Max over ``kernel_size`` windows moved by ``stride`` (default: the kernel size).
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W)
+    kernel_size, stride, padding : int or (int, int)
+
+    Returns
+    -------
+    ndarray, shape (N, C, P, Q), ``P = (H + 2*ph - kh) // sh + 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> fa.max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4))
+    array([[[[ 5.,  7.],
+             [13., 15.]]]])
+    """
+    xc, shape, a = _args(x, kernel_size, stride, padding)
+    y = np.empty(shape, dtype=xc.dtype)
+    if y.size:
+        _max_pool_forward(xc, *a, y)
+    return y
+
+
+def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
+    """Gradient of :func:`max_pool2d`: each ``dy`` element goes to its window's first maximum."""
+    xc, shape, a = _args(x, kernel_size, stride, padding)
+    dy = np.asarray(dy)
+    if dy.shape != shape:
+        raise ValueError(f"max_pool2d_backward: dy has shape {dy.shape}, but pooling x of shape "
+                         f"{xc.shape} gives {shape}")
+    dx = np.zeros(xc.shape, dtype=_compute_dtype(xc.dtype, dy.dtype))
+    if dy.size:
+        _max_pool_backward(np.ascontiguousarray(dy, dtype=dx.dtype), xc.astype(dx.dtype, copy=False),
+                           *a, dx)
+    return dx
