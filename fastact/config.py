@@ -30,3 +30,8 @@ CACHE_DIR = os.environ.get("FASTACT_CACHE_DIR") or os.path.join(
 
 #: Set FASTACT_DISABLE_CACHE=1 to compile in memory only (e.g. when measuring cold start).
 DISABLE_CACHE = os.environ.get("FASTACT_DISABLE_CACHE", "0") not in ("", "0")
+
+#: Upper bound on the im2col column buffer of one conv tile (bytes). The batch is cut into tiles of
+#: as many images as fit: large enough that the GEMM's N dimension (images x output pixels) keeps BLAS
+#: efficient, small enough that the buffer stays in the 32 MiB L3 and is reused across calls.
+CONV_WORKSPACE_BYTES = 8 << 20
