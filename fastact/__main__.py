@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastact {info,bench}`` (also installed as the ``fastact`` script)."""
+"""Command line: ``python -m fastact {train,bench,info}`` (also installed as the ``fastact`` script)."""
 
 import argparse
 import sys
@@ -47,9 +47,18 @@ def _bench(args):
     return _bench.main(args)
 
 
+def _train(args):
+    from fastact import train
+    return train.run(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a VGG-style CNN (default: the bundled digits set)")
+    from fastact.train import add_arguments
+    add_arguments(t)
+    t.set_defaults(fn=_train)
     sub.add_parser("info", help="versions, threading layer, threads, JIT cache, CUDA").set_defaults(fn=_info)
     b = sub.add_parser("bench", help="speed ratios against NumPy (and PyTorch when installed)")
     b.add_argument("--size", type=int, action="append", help="array sizes (default 1e3, 1e5, 1e7)")

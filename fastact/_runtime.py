@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import threading
+import types
 
 import numba
 from numba import njit, prange  # noqa: F401  (prange re-exported for the kernels)
@@ -192,27 +193,35 @@ def caching_enabled():
 
 
 class _ParallelKernel:
-    """A ``parallel=True`` kernel that degrades to a serial compile of the same function when the
-    threading layer cannot take another concurrent parallel region (workqueue, see parallel_slot)."""
+    """A ``parallel=True`` kernel plus a serial compile of the same function.
+
+    Calls run serially when the arrays passed hold fewer than ``config.PARALLEL_MIN_SIZE`` elements in
+    all (a TBB fork/join costs more than small work, and much more on a loaded machine), and when the
+    threading layer cannot take another concurrent parallel region (workqueue, see parallel_slot).
+    The serial variant is a copy of the function under another qualified name, so that the two
+    compilations get separate cache files (Numba keys cache files by qualified name, not by flags).
+    """
 
     def __init__(self, py_func, options):
         self.py_func = py_func
         self.__doc__ = py_func.__doc__
         self.__name__ = py_func.__name__
+        serial = types.FunctionType(py_func.__code__, py_func.__globals__, py_func.__name__ + "_serial",
+                                    py_func.__defaults__, py_func.__closure__)
+        serial.__qualname__ = py_func.__qualname__ + "_serial"
         self.parallel = njit(py_func, parallel=True, cache=caching_enabled(), **options)
-        self._serial = None
-        self._options = options
-
-    def serial(self, *args):
-        if self._serial is None:
-            # not cached: it would share the parallel variant's cache file (same function)
-            self._serial = njit(self.py_func, cache=False, **self._options)
-        return self._serial(*args)
+        self.serial = njit(serial, cache=caching_enabled(), **options)
 
     def __call__(self, *args):
-        with parallel_slot() as ok:
-            if ok:
-                return self.parallel(*args)
+        work = 0
+        for a in args:
+            size = getattr(a, "size", None)
+            if size is not None:
+                work += size
+        if work >= config.PARALLEL_MIN_SIZE:
+            with parallel_slot() as ok:
+                if ok:
+                    return self.parallel(*args)
         return self.serial(*args)
 
 

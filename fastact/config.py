@@ -35,3 +35,7 @@ DISABLE_CACHE = os.environ.get("FASTACT_DISABLE_CACHE", "0") not in ("", "0")
 #: as many images as fit: large enough that the GEMM's N dimension (images x output pixels) keeps BLAS
 #: efficient, small enough that the buffer stays in the 32 MiB L3 and is reused across calls.
 CONV_WORKSPACE_BYTES = 8 << 20
+
+#: GEMMs below this many FLOPs run on one BLAS thread (see fastact/_blas.py for the measurement):
+#: ~2e7 FLOPs take ~0.3 ms on one core, about where a second thread starts to pay.
+BLAS_PARALLEL_MIN_FLOPS = 20_000_000

@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from . import _epilogue, _runtime, config
+from . import _blas, _epilogue, _runtime, config
 from .elementwise import _compute_dtype
 
 __all__ = ["conv2d", "conv2d_backward", "conv_output_shape"]
@@ -224,7 +224,7 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
         col = _workspace("col", (CRS, m * PQ), dt)
         _im2col(x, n0, m, R, S, sh, sw, ph, pw, P, Q, col)
         g = _workspace("gemm", (K, m * PQ), dt)
-        np.matmul(w2, col, out=g)
+        _blas.matmul(w2, col, out=g)
         yt = y[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
         zt = z[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2) if keep_z else no_z
         epi(g.reshape(K, m, PQ), b, yt, zt, *pv)
@@ -273,10 +273,10 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
         dyt = _workspace("dyt", (K, m, PQ), dt)
         dyt[...] = dz[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
         dyt2 = dyt.reshape(K, m * PQ)
-        dw += dyt2 @ col.T
+        dw += _blas.matmul(dyt2, col.T)
         if need_dx:
             dcol = _workspace("dcol", (CRS, m * PQ), dt)
-            np.matmul(w2.T, dyt2, out=dcol)
+            _blas.matmul(w2.T, dyt2, out=dcol)
             _col2im(dcol, n0, m, R, S, sh, sw, ph, pw, P, Q, dx)
     return dx, dw.reshape(weight.shape)
 
@@ -290,7 +290,10 @@ def _conv2d_layer_backward(dy, z, x, weight, stride, padding, activation, activa
     """
     dt = x.dtype
     N, K, P, Q = z.shape
-    dz = np.empty_like(z)
+    # a C-contiguous z and dz: the kernel sees (N, K, P*Q) views, and reshaping a non-contiguous dz
+    # would hand it a temporary copy, leaving dz unwritten (garbage gradients)
+    z = np.ascontiguousarray(z, dtype=dt)
+    dz = np.empty(z.shape, dtype=dt)
     part = np.empty((N, K), dtype=np.float64)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
     _epilogue.get("backward", activation)(

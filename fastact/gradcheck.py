@@ -8,7 +8,7 @@ failing check can never pass silently.
 
 import numpy as np
 
-__all__ = ["GradcheckError", "gradcheck"]
+__all__ = ["GradcheckError", "gradcheck", "gradcheck_module"]
 
 
 class GradcheckError(AssertionError):
@@ -92,3 +92,48 @@ def gradcheck(fn, backward, inputs, *, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0):
 
 def _is_float(a):
     return np.asarray(a).dtype.kind == "f"
+
+
+def gradcheck_module(module, x, target, *, eps=1e-6, atol=1e-5, rtol=1e-3, max_elements=64, seed=0):
+    """Check every parameter's and the input's gradient of ``cross_entropy(module(x), target)``.
+
+    The module is converted to float64 in place (``module.astype``) for the check. For each parameter
+    (and ``x``) up to ``max_elements`` elements, chosen at random with ``seed``, are perturbed by
+    ``+-eps``; their central differences must match the analytic gradient from ``module.backward``.
+
+    Returns True or raises :class:`GradcheckError` naming the parameter, element and both values.
+    """
+    from .loss import cross_entropy, cross_entropy_backward
+
+    module.astype(np.float64)
+    x = np.array(x, dtype=np.float64)
+    module.train()
+    for p in module.parameters():
+        p.grad[...] = 0
+    logits = module(x)
+    dx = module.backward(cross_entropy_backward(logits, target))
+    checks = [("input", x, np.asarray(dx))] + [(name, p.data, p.grad.copy())
+                                               for name, p in module.named_parameters()]
+    rng = np.random.default_rng(seed)
+
+    def loss():
+        return cross_entropy(module(x), target)
+
+    for name, arr, grad in checks:
+        flat = arr.reshape(-1)
+        gflat = grad.reshape(-1)
+        idx = np.arange(flat.size) if flat.size <= max_elements else \
+            rng.choice(flat.size, max_elements, replace=False)
+        for i in idx:
+            old = flat[i]
+            flat[i] = old + eps
+            hi = loss()
+            flat[i] = old - eps
+            lo = loss()
+            flat[i] = old
+            num = (hi - lo) / (2 * eps)
+            if not abs(gflat[i] - num) <= atol + rtol * abs(num):
+                raise GradcheckError(
+                    f"{name} (shape {arr.shape}): gradient mismatch at flat index {int(i)}: analytic "
+                    f"{gflat[i]!r}, numerical {num!r} (atol={atol}, rtol={rtol})")
+    return True

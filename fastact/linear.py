@@ -6,7 +6,7 @@ x (..., I), weight (O, I) as PyTorch, bias (O,), y (..., O).
 
 import numpy as np
 
-from . import _epilogue
+from . import _blas, _epilogue
 from .elementwise import _compute_dtype
 
 __all__ = ["linear", "linear_backward"]
@@ -61,7 +61,7 @@ def _linear_forward(x, weight, bias, activation, activation_params, keep_z):
     x, x2, w, bias, dt = _prepare(x, weight, bias)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
     O = w.shape[0]
-    g = x2 @ w.T                      # (N, O)
+    g = _blas.matmul(x2, w.T)          # (N, O)
     b = np.zeros(O, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt)
     z = g.copy() if keep_z else None  # pre-activation = g + b, written by the epilogue below
     if g.size:
@@ -83,8 +83,8 @@ def linear_backward(dy, x, weight):
         raise ValueError(f"linear_backward: dy has shape {dy.shape}, expected {expect} for x {x.shape} "
                          f"and weight {w.shape}")
     dy2 = np.ascontiguousarray(dy.reshape(-1, w.shape[0]), dtype=dt)
-    dx = (dy2 @ w).reshape(x.shape)
-    dw = dy2.T @ x2
+    dx = _blas.matmul(dy2, w).reshape(x.shape)
+    dw = _blas.matmul(dy2.T, x2)
     db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
     return dx, dw, db
 
@@ -101,5 +101,5 @@ def _linear_layer_backward(dy, z, x, weight, activation, activation_params, need
         np.ascontiguousarray(dy, dtype=dt).reshape(-1, O, 1), z2.reshape(-1, O, 1),
         dz.reshape(-1, O, 1), part, *pv)
     x2 = np.ascontiguousarray(x, dtype=dt).reshape(-1, weight.shape[1])
-    dx = (dz @ weight).reshape(x.shape) if need_dx else None
-    return dx, dz.T @ x2, part.sum(axis=0).astype(dt)
+    dx = _blas.matmul(dz, weight).reshape(x.shape) if need_dx else None
+    return dx, _blas.matmul(dz.T, x2), part.sum(axis=0).astype(dt)

@@ -1,0 +1,141 @@
+"""Data sets for ``python -m fastact train`` and a seeded batch loader.
+
+* ``digits``: the 8x8 handwritten digits that scikit-learn ships (1797 images, no download);
+* ``mnist``: the IDX files (``train-images-idx3-ubyte`` etc., raw or ``.gz``) from ``data_dir``;
+* ``cifar10``: the python batches (``data_batch_1`` .. ``data_batch_5``, ``test_batch``) from
+  ``data_dir`` (the directory itself or its ``cifar-10-batches-py`` subdirectory).
+
+Every loader returns ``(x_train, y_train, x_test, y_test)``: float32 NCHW images standardised with the
+training set's mean and standard deviation, int64 labels.
+"""
+
+import gzip
+import io
+import os
+import pickle
+
+import numpy as np
+
+__all__ = ["load", "load_digits", "load_mnist", "load_cifar10", "read_idx", "batches", "DATASETS"]
+
+
+class DataError(Exception):
+    """A data set is missing or malformed; the message says what and where."""
+
+
+def _standardise(x_train, x_test):
+    mean = x_train.mean(dtype=np.float64)
+    std = x_train.std(dtype=np.float64) or 1.0
+    return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
+
+
+def load_digits(test_fraction=0.2, seed=0):
+    """scikit-learn's digits as (N, 1, 8, 8), split with a seeded permutation."""
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    x = d.images.astype(np.float32)[:, None, :, :] / 16.0
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = perm[:n_test], perm[n_test:]
+    xtr, xte = _standardise(x[train], x[test])
+    return xtr, y[train], xte, y[test]
+
+
+def _open(path):
+    for p in (path, path + ".gz"):
+        if os.path.exists(p):
+            return gzip.open(p, "rb") if p.endswith(".gz") else open(p, "rb")
+    raise DataError(f"missing file: looked for {path} and {path}.gz")
+
+
+def read_idx(path):
+    """Read one IDX file (raw or .gz): magic 0x0000 <type> <ndim>, big-endian int32 sizes, data."""
+    with _open(path) as fh:
+        head = fh.read(4)
+        if len(head) != 4 or head[0] != 0 or head[1] != 0:
+            raise DataError(f"{path}: not an IDX file (bad magic {head!r})")
+        types = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+        if head[2] not in types:
+            raise DataError(f"{path}: unknown IDX data type 0x{head[2]:02x}")
+        ndim = head[3]
+        dims = np.frombuffer(fh.read(4 * ndim), dtype=">i4")
+        if dims.size != ndim or np.any(dims < 0):
+            raise DataError(f"{path}: truncated or invalid IDX header")
+        dt = np.dtype(types[head[2]])
+        count = int(np.prod(dims, dtype=np.int64))
+        data = fh.read(count * dt.itemsize)
+        if len(data) != count * dt.itemsize:
+            raise DataError(f"{path}: truncated: header promises {count} values of {dt}, file is shorter")
+        return np.frombuffer(data, dtype=dt).reshape(tuple(int(d) for d in dims))
+
+
+def load_mnist(data_dir):
+    """MNIST (or Fashion-MNIST) from the four IDX files in ``data_dir``, as (N, 1, 28, 28)."""
+    if not data_dir:
+        raise DataError("--data-dir is required for mnist (a directory holding the IDX files)")
+    f = lambda name: read_idx(os.path.join(data_dir, name))
+    xtr, ytr = f("train-images-idx3-ubyte"), f("train-labels-idx1-ubyte")
+    xte, yte = f("t10k-images-idx3-ubyte"), f("t10k-labels-idx1-ubyte")
+    if xtr.ndim != 3 or len(xtr) != len(ytr) or xte.ndim != 3 or len(xte) != len(yte):
+        raise DataError(f"{data_dir}: image and label files disagree ({xtr.shape} vs {ytr.shape}, "
+                        f"{xte.shape} vs {yte.shape})")
+    a, b = _standardise(xtr[:, None].astype(np.float32) / 255, xte[:, None].astype(np.float32) / 255)
+    return a, ytr.astype(np.int64), b, yte.astype(np.int64)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR's python batches are pickles: allow only the plain containers they hold, nothing callable."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _cifar_batch(path):
+    if not os.path.exists(path):
+        raise DataError(f"missing file: {path}")
+    with open(path, "rb") as fh:
+        try:
+            d = _BatchUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+        except Exception as exc:
+            raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    try:
+        data = np.frombuffer(d[b"data"], dtype=np.uint8) if isinstance(d[b"data"], bytes) else np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+        return data.reshape(-1, 3, 32, 32), labels
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"{path}: malformed CIFAR-10 batch ({exc})") from None
+
+
+def load_cifar10(data_dir):
+    """CIFAR-10 from its python batches in ``data_dir``, as (N, 3, 32, 32)."""
+    if not data_dir:
+        raise DataError("--data-dir is required for cifar10 (the cifar-10-batches-py directory)")
+    sub = os.path.join(data_dir, "cifar-10-batches-py")
+    root = sub if os.path.isdir(sub) else data_dir
+    parts = [_cifar_batch(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
+    xte, yte = _cifar_batch(os.path.join(root, "test_batch"))
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    a, b = _standardise(xtr.astype(np.float32) / 255, xte.astype(np.float32) / 255)
+    return a, ytr, b, yte
+
+
+DATASETS = {"digits": lambda data_dir, seed: load_digits(seed=seed),
+            "mnist": lambda data_dir, seed: load_mnist(data_dir),
+            "cifar10": lambda data_dir, seed: load_cifar10(data_dir)}
+
+
+def load(name, data_dir=None, seed=0):
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+    return DATASETS[name](data_dir, seed)
+
+
+def batches(x, y, batch_size, *, shuffle=True, seed=0, epoch=0):
+    """Yield (x_batch, y_batch); the order depends only on (seed, epoch), so a resumed run repeats it."""
+    n = len(y)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]

@@ -1,0 +1,205 @@
+"""``python -m fastact train``: train a VGG-style network with fastact alone.
+
+Per epoch it shows a progress bar (loss, accuracy, images/s), then the test accuracy and the dead-unit
+report: for every activation layer, the fraction of its units (channel x position) that were never
+positive for any training image during the epoch -- the "dying ReLU" users of the ReLU family watch for.
+At the end it prints the final test accuracy and writes the training curves as a PNG.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import checkpoint, data, models, nn, optim
+
+#: per data set: network shape and training defaults (the digits ones reach ~98% in well under a minute)
+PRESETS = {
+    "digits": dict(cfg=[16, 16, "M", 32, "M"], hidden=[128], in_channels=1, input_size=8, epochs=12,
+                   batch_size=32, lr=2e-3, optimizer="adam"),
+    "mnist": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], hidden=[128], in_channels=1,
+                  input_size=28, epochs=3, batch_size=64, lr=1e-3, optimizer="adam"),
+    "cifar10": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], hidden=[128], in_channels=3,
+                    input_size=32, epochs=10, batch_size=64, lr=1e-3, optimizer="adam"),
+}
+
+#: the fields of a run that a resumed run must share with its checkpoint
+_RESUME_KEYS = ("dataset", "cfg", "hidden", "in_channels", "input_size", "activation", "optimizer", "lr",
+                "batch_size", "seed", "dtype", "num_classes")
+
+
+def add_arguments(p):
+    p.add_argument("--dataset", choices=sorted(data.DATASETS), default="digits")
+    p.add_argument("--data-dir", help="directory holding the MNIST IDX files or the CIFAR-10 batches")
+    p.add_argument("--epochs", type=int, help="default: per data set (digits 12)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam"])
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--activation", default="relu", help="any elementwise activation of fastact, or prelu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
+    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--plot", metavar="PATH", help="training-curve PNG (default: beside the checkpoint, "
+                   "else runs/train-<dataset>.png)")
+    p.add_argument("--limit", type=int, help="use only the first N training images (quick runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args):
+    preset = PRESETS[args.dataset]
+    cfg = dict(dataset=args.dataset, cfg=preset["cfg"], hidden=preset["hidden"],
+               in_channels=preset["in_channels"], input_size=preset["input_size"],
+               activation=args.activation, seed=args.seed, dtype=args.dtype, num_classes=10,
+               epochs=args.epochs or preset["epochs"], batch_size=args.batch_size or preset["batch_size"],
+               lr=args.lr or preset["lr"], optimizer=args.optimizer or preset["optimizer"],
+               momentum=args.momentum)
+    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["lr"] <= 0:
+        raise ValueError(f"epochs and batch size must be >= 1 and lr > 0 (got {cfg['epochs']}, "
+                         f"{cfg['batch_size']}, {cfg['lr']})")
+    return cfg
+
+
+def build(cfg):
+    model = models.vgg(cfg["cfg"], in_channels=cfg["in_channels"], num_classes=cfg["num_classes"],
+                       input_size=cfg["input_size"], hidden=tuple(cfg["hidden"]),
+                       activation=cfg["activation"], seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
+    if cfg["optimizer"] == "adam":
+        opt = optim.Adam(model.parameters(), lr=cfg["lr"])
+    else:
+        opt = optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"])
+    return model, opt
+
+
+def evaluate(model, x, y, batch_size=256):
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        correct += int(np.sum(np.argmax(model(x[i:i + batch_size]), axis=1) == y[i:i + batch_size]))
+    return correct / max(len(y), 1)
+
+
+def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None):
+    """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer)."""
+    model.train()
+    model.activity = {}
+    total_loss, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    for xb, yb in data.batches(x, y, cfg["batch_size"], seed=cfg["seed"], epoch=epoch):
+        logits = model(xb.astype(cfg["dtype"], copy=False))
+        loss = loss_fn(logits, yb)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+        total_loss += loss * len(yb)
+        correct += int(np.sum(np.argmax(logits, axis=1) == yb))
+        seen += len(yb)
+        if progress is not None:
+            rate = seen / (time.perf_counter() - t0)
+            progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                                 img_s=f"{rate:.0f}", refresh=False)
+            progress.update(1)
+    dead = {str(k): float(1.0 - np.mean(v)) for k, v in sorted(model.activity.items())}
+    model.activity = None
+    return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0), dead
+
+
+def plot_history(history, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(ep, [h["loss"] for h in history], "o-")
+    axes[0].set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
+    axes[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    axes[1].plot(ep, [h["test_acc"] for h in history], "s-", label="test")
+    axes[1].set(title="accuracy", xlabel="epoch")
+    axes[1].legend()
+    layers = sorted({k for h in history for k in h["dead"]}, key=int)
+    for k in layers:
+        axes[2].plot(ep, [h["dead"].get(k, np.nan) for h in history], "o-", label=f"layer {k}")
+    axes[2].set(title="dead units (never fired in the epoch)", xlabel="epoch", ylim=(-0.02, 1.02))
+    if layers:
+        axes[2].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args):
+    try:
+        return _run(args)
+    except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
+        print(f"fastact train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    cfg = _config(args)
+    history, start = [], 1
+    resume_state = None
+    if args.resume:
+        header, _ = checkpoint.read_header(args.resume)   # validates before any large read
+        saved = header.get("config", {})
+        diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.get(k)]
+        if diff:
+            raise checkpoint.CheckpointError(
+                f"{args.resume} was written by a different run: " +
+                ", ".join(f"{k} {saved.get(k)!r} (now {cfg.get(k)!r})" for k in diff))
+        resume_state = header
+    model, opt = build(cfg)
+    if resume_state is not None:
+        expect = {k: v.shape for k, v in model.state_dict().items()}
+        header, mstate, ostate = checkpoint.load(args.resume, expect_model=expect)
+        model.load_state_dict(mstate)
+        opt.load_state_dict(ostate)
+        history = header["history"]
+        start = header["epoch"] + 1
+    xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
+    if args.limit:
+        xtr, ytr = xtr[:args.limit], ytr[:args.limit]
+    print(f"fastact train: {cfg['dataset']} ({len(ytr)} train, {len(yte)} test images), "
+          f"vgg{cfg['cfg']} + fc{cfg['hidden']}, {cfg['activation']}, {cfg['optimizer']} lr={cfg['lr']}, "
+          f"batch {cfg['batch_size']}, {cfg['dtype']}")
+    loss_fn = nn.CrossEntropyLoss()
+    plot_path = args.plot or (os.path.splitext(args.checkpoint)[0] + ".png" if args.checkpoint
+                              else os.path.join("runs", f"train-{cfg['dataset']}.png"))
+    nbatches = -(-len(ytr) // cfg["batch_size"])
+    act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))]
+    for epoch in range(start, cfg["epochs"] + 1):
+        progress = None
+        if not args.quiet:
+            from tqdm import tqdm
+            progress = tqdm(total=nbatches, desc=f"epoch {epoch}/{cfg['epochs']}", unit="batch",
+                            file=sys.stdout, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        loss, acc, rate, dead = train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch, progress)
+        if progress is not None:
+            progress.close()
+        test_acc = evaluate(model, xte, yte)
+        history.append(dict(epoch=epoch, loss=loss, train_acc=acc, test_acc=test_acc, dead=dead,
+                            images_per_s=rate, seconds=time.perf_counter() - t0))
+        dead_txt = ", ".join(f"layer {k} ({type(model[int(k)]).__name__}): {v:.1%}"
+                             for k, v in dead.items() if int(k) in act_layers)
+        print(f"epoch {epoch}: loss {loss:.4f}, train acc {acc:.2%}, test acc {test_acc:.2%}, "
+              f"{rate:.0f} images/s; dead units: {dead_txt}")
+        if args.checkpoint:
+            checkpoint.save(args.checkpoint, dict(config=cfg, epoch=epoch, history=history),
+                            model.state_dict(), opt.state_dict())
+    if history:
+        plot_history(history, plot_path, f"fastact: {cfg['dataset']}, {cfg['activation']}")
+        print(f"training curves: {plot_path}")
+        print(f"final test accuracy: {history[-1]['test_acc']:.2%}")
+    return 0
+
+
+def history_json(path):
+    """The history stored in a checkpoint, as JSON text (for scripts)."""
+    header, _ = checkpoint.read_header(path)
+    return json.dumps(header["history"], indent=1)
