@@ -21,6 +21,7 @@ from ._table import ACTIVATIONS
 
 _lock = threading.RLock()
 _built = {}
+_keepalive = []  # DUFuncs whose np.ufunc we hand out (see _build_ufunc)
 
 
 def _params(act, backward):
@@ -78,7 +79,12 @@ def _build_ufunc(act, backward):
     fn = _compile_source(fname, src, {"F": act.forward, "D": act.derivative})
     fn.__doc__ = f"{'Derivative times dy of ' if backward else ''}{act.name}: {act.formula}"
     sigs = [float32(*([float32] * nin)), float64(*([float64] * nin))]
-    return vectorize(sigs, cache=_cache())(fn)
+    # Numba >= 0.59 wraps even a fixed-signature ufunc in a DUFunc (not an np.ufunc, and it would try
+    # to compile new loops for other input types); hand out the frozen np.ufunc inside it, and keep
+    # the DUFunc alive, since it owns the compiled loops the np.ufunc points to.
+    duf = vectorize(sigs, cache=_cache())(fn)
+    _keepalive.append(duf)
+    return getattr(duf, "ufunc", duf)
 
 
 def get(kind, name, backward=False, parallel=False):

@@ -460,7 +460,8 @@ def _mish_ref(x):
 @_ref_errstate
 def _mish_dref(x):
     t = np.tanh(np.logaddexp(0.0, x))
-    return np.where(x == -np.inf, 0.0, t + x * (1.0 - t * t) * sp.expit(x))
+    # the limits at +-inf (1 and 0): the formula gives inf * 0 = NaN at +inf
+    return np.where(x == -np.inf, 0.0, np.where(x == np.inf, 1.0, t + x * (1.0 - t * t) * sp.expit(x)))
 
 
 _add(Activation(
@@ -492,7 +493,9 @@ def hardswish_d(x):
 
 _add(Activation(
     "hardswish", hardswish_f, hardswish_d,
-    _ref_errstate(lambda x: _nan_where(x, x * np.clip(x + 3.0, 0.0, 6.0) / 6.0)),
+    # piecewise: x * clip(x + 3, 0, 6) / 6 is -inf * 0 = NaN at x = -inf and overflows for x > max / 6
+    _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3.0, 0.0, np.where(x >= 3.0, x,
+                                                                             x * (x + 3.0) / 6.0)))),
     _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3, 0.0, np.where(x <= 3, x / 3 + 0.5, 1.0)))),
     formula="x * relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardswish",
     numpy_baseline="x * np.clip(x + 3, 0, 6) / 6",

@@ -92,8 +92,9 @@ def _apply(act, backward, arrays, values, out):
     arrays = [np.asarray(a) for a in arrays]
     if all(np.ndim(v) == 0 for v in pvals):
         return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
-    # Array-valued parameters: the real ufunc broadcasts them against the inputs.
-    dt = _compute_dtype(*(a.dtype for a in arrays), *(np.asarray(v).dtype for v in pvals))
+    # Array-valued parameters: the real ufunc broadcasts them against the inputs. Scalar parameters
+    # (Python floats, the None -> inf defaults) do not promote x's dtype, as on the scalar path above.
+    dt = _compute_dtype(*(a.dtype for a in arrays), *(np.asarray(v).dtype for v in pvals if np.ndim(v)))
     args = [a.astype(dt, copy=False) for a in arrays] + [np.asarray(v, dtype=dt) for v in pvals]
     if out is not None:
         _check_out(out, np.broadcast_shapes(*(a.shape for a in args)))

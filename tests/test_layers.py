@@ -1,0 +1,901 @@
+"""Layer kernels (conv2d, max_pool2d, linear, cross_entropy) against independent references.
+
+Every expected value comes from something fastact does not share code with: the naive direct-loop
+float64 references written below, central finite differences (``fastact.gradcheck``), or PyTorch when it
+is installed. Shape key as in fastact/conv.py: N batch, C in channels, H x W input, K out channels,
+R x S kernel, P x Q output.
+
+Tolerances (``|actual - expected| <= atol + rtol * |expected|``, expected in float64):
+  * float64 vs the naive reference: 1e-12. A conv output sums at most C*R*S = 75 products of O(1) values
+    in a different order than the loops below, which moves the result by a few 1e-16.
+  * float32 vs the float64 reference of the same (float32-representable) inputs: rtol 1e-4, atol 1e-5.
+    float32 GEMM accumulation over 75 terms loses ~1e-6 relative; 1e-4 leaves room and still catches any
+    wrong index (which moves values by O(1)).
+  * fused vs unfused, tiled vs single tile: the same float operations in the same dtype, only the BLAS
+    blocking may differ: float64 1e-12, float32 rtol 1e-5.
+"""
+
+import importlib
+import itertools
+import math
+import re
+
+import numpy as np
+import pytest
+
+import fastact as fa
+from fastact._table import ACTIVATIONS
+
+# the modules (``fastact.linear`` the attribute is the function of the same name)
+fconv = importlib.import_module("fastact.conv")
+flinear = importlib.import_module("fastact.linear")
+
+DTYPES = (np.float32, np.float64)
+REF_TOL = {np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
+           np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
+SAME_TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
+            np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
+
+
+def assert_ref(actual, expected, dtype, err_msg=""):
+    """``actual`` has ``dtype`` and matches the float64 ``expected`` (NaN where NaN)."""
+    actual = np.asarray(actual)
+    assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype}, expected {np.dtype(dtype)} {err_msg}"
+    np.testing.assert_allclose(actual.astype(np.float64), np.asarray(expected, np.float64), equal_nan=True,
+                               err_msg=err_msg, **REF_TOL[np.dtype(dtype)])
+
+
+def assert_same(actual, expected, dtype, err_msg=""):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == np.dtype(dtype) and expected.dtype == np.dtype(dtype), (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=err_msg, **SAME_TOL[np.dtype(dtype)])
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def rand(rng, shape, dtype=np.float64):
+    """Standard normal values, exactly representable in ``dtype`` (so the float64 reference sees the
+    same inputs as the float32 kernel)."""
+    return rng.standard_normal(shape).astype(dtype)
+
+
+# ------------------------------------------------------------------------------ naive references
+# Direct loops, float64, on Python lists (scalar access on lists is ~5x cheaper than on ndarrays).
+
+def ref_conv2d(x, w, b=None, stride=1, padding=0):
+    """y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c,p*sh-ph+r,q*sw-pw+s], zero outside x."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    xl, wl = x.tolist(), w.tolist()
+    bl = [0.0] * K if b is None else np.asarray(b, np.float64).tolist()
+    y = np.zeros((N, K, P, Q))
+    for n in range(N):
+        for k in range(K):
+            for p in range(P):
+                for q in range(Q):
+                    acc = 0.0
+                    for c in range(C):
+                        for r in range(R):
+                            h = p * sh - ph + r
+                            if h < 0 or h >= H:
+                                continue  # zero padding
+                            for s in range(S):
+                                v = q * sw - pw + s
+                                if 0 <= v < W:
+                                    acc += wl[k][c][r][s] * xl[n][c][h][v]
+                    y[n, k, p, q] = acc + bl[k]
+    return y
+
+
+def ref_conv2d_backward(dy, x, w, stride=1, padding=0):
+    """(dx, dw, db) of ref_conv2d by the same loops, accumulating instead of summing."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    dy = np.asarray(dy, np.float64)
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    _, _, P, Q = dy.shape
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    xl, wl, dyl = x.tolist(), w.tolist(), dy.tolist()
+    dx = np.zeros(x.shape).tolist()
+    dw = np.zeros(w.shape).tolist()
+    for n in range(N):
+        for k in range(K):
+            for p in range(P):
+                for q in range(Q):
+                    g = dyl[n][k][p][q]
+                    for c in range(C):
+                        for r in range(R):
+                            h = p * sh - ph + r
+                            if h < 0 or h >= H:
+                                continue
+                            for s in range(S):
+                                v = q * sw - pw + s
+                                if 0 <= v < W:
+                                    dx[n][c][h][v] += wl[k][c][r][s] * g
+                                    dw[k][c][r][s] += xl[n][c][h][v] * g
+    db = [sum(dyl[n][k][p][q] for n in range(N) for p in range(P) for q in range(Q)) for k in range(K)]
+    return np.array(dx), np.array(dw), np.array(db)
+
+
+def _ref_pool_argmax(x, kernel_size, stride, padding):
+    """Per window, (h, w) of the winner: the first maximum in row-major order over the real (unpadded)
+    positions, a NaN beating every number and the first NaN winning; padding is -inf and never wins."""
+    x = np.asarray(x, np.float64)
+    N, C, H, W = x.shape
+    (kh, kw) = _pair(kernel_size)
+    (sh, sw) = _pair(kernel_size if stride is None else stride)
+    (ph, pw) = _pair(padding)
+    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    xl = x.tolist()
+    arg = np.full((N, C, P, Q, 2), -1, dtype=np.int64)
+    for n in range(N):
+        for c in range(C):
+            for p in range(P):
+                for q in range(Q):
+                    best, where = None, None
+                    for i in range(kh):
+                        h = p * sh - ph + i
+                        if not 0 <= h < H:
+                            continue
+                        for j in range(kw):
+                            v = q * sw - pw + j
+                            if not 0 <= v < W:
+                                continue
+                            val = xl[n][c][h][v]
+                            if best is None or (math.isnan(val) and not math.isnan(best)) or val > best:
+                                best, where = val, (h, v)
+                    if where is not None:
+                        arg[n, c, p, q] = where
+    return arg
+
+
+def ref_max_pool2d(x, kernel_size=2, stride=None, padding=0):
+    x = np.asarray(x, np.float64)
+    arg = _ref_pool_argmax(x, kernel_size, stride, padding)
+    N, C, P, Q, _ = arg.shape
+    y = np.full((N, C, P, Q), -np.inf)
+    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
+        h, v = arg[n, c, p, q]
+        if h >= 0:
+            y[n, c, p, q] = x[n, c, h, v]
+    return y
+
+
+def ref_max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
+    arg = _ref_pool_argmax(x, kernel_size, stride, padding)
+    dy = np.asarray(dy, np.float64)
+    dx = np.zeros(np.shape(x))
+    for n, c, p, q in itertools.product(*map(range, dy.shape)):
+        h, v = arg[n, c, p, q]
+        if h >= 0:
+            dx[n, c, h, v] += dy[n, c, p, q]
+    return dx
+
+
+def ref_linear(x, w, b=None):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    x2 = x.reshape(-1, x.shape[-1])
+    O, I = w.shape
+    y = np.zeros((x2.shape[0], O))
+    for i in range(x2.shape[0]):
+        for o in range(O):
+            acc = 0.0 if b is None else float(b[o])
+            for j in range(I):
+                acc += x2[i, j] * w[o, j]
+            y[i, o] = acc
+    return y.reshape(x.shape[:-1] + (O,))
+
+
+def ref_linear_backward(dy, x, w):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    x2 = x.reshape(-1, x.shape[-1])
+    dy2 = np.asarray(dy, np.float64).reshape(x2.shape[0], -1)
+    O, I = w.shape
+    dx = np.zeros(x2.shape)
+    dw = np.zeros(w.shape)
+    for i in range(x2.shape[0]):
+        for o in range(O):
+            for j in range(I):
+                dx[i, j] += dy2[i, o] * w[o, j]
+                dw[o, j] += dy2[i, o] * x2[i, j]
+    return dx.reshape(x.shape), dw, dy2.sum(axis=0)
+
+
+def ref_cross_entropy(logits, target):
+    """mean_i(log(sum_j exp(l_ij - m_i)) + m_i - l_i,t_i), m_i the row maximum (overflow-free)."""
+    total = 0.0
+    for row, t in zip(np.asarray(logits, np.float64).tolist(), np.asarray(target).tolist()):
+        m = max(row)
+        total += m + math.log(sum(math.exp(v - m) for v in row)) - row[t]
+    return total / len(target)
+
+
+def ref_cross_entropy_backward(logits, target):
+    logits = np.asarray(logits, np.float64)
+    N, C = logits.shape
+    d = np.zeros((N, C))
+    for i in range(N):
+        m = logits[i].max()
+        e = [math.exp(v - m) for v in logits[i]]
+        s = sum(e)
+        for j in range(C):
+            d[i, j] = (e[j] / s - (1.0 if j == target[i] else 0.0)) / N
+    return d
+
+
+def act_ref(name, params, z):
+    """The activation table's float64 NumPy reference (independent of the compiled kernels)."""
+    act = ACTIVATIONS[name]
+    vals = [p.to_float(params.get(p.name, p.default)) for p in act.params]
+    return act.reference(np.asarray(z, np.float64), *vals)
+
+
+def act_dref(name, params, z, backward_params=None):
+    act = ACTIVATIONS[name]
+    vals = [p.to_float(params.get(p.name, p.default)) for p in act.params]
+    vals += [p.to_float((backward_params or {}).get(p.name, p.default)) for p in act.backward_params]
+    return act.reference_derivative(np.asarray(z, np.float64), *vals)
+
+
+# ------------------------------------------------------------------------------------ the grid
+
+KERNELS = (1, 3, 5)
+STRIDES = (1, 2)
+PADDINGS = (0, 1, 2)
+GRID = list(itertools.product(KERNELS, STRIDES, PADDINGS))
+GRID_IDS = [f"k{k}-s{s}-p{p}" for k, s, p in GRID]
+# non-square kernels, strides and paddings given as pairs
+EXTRA = [((3, 1), (2, 1), (1, 0)), ((1, 5), (1, 3), (0, 2)), ((2, 4), (3, 2), (1, 1))]
+EXTRA_IDS = ["k3x1-s2x1-p1x0", "k1x5-s1x3-p0x2", "k2x4-s3x2-p1x1"]
+
+
+def _fits(H, W, kernel, padding):
+    (R, S), (ph, pw) = _pair(kernel), _pair(padding)
+    return R <= H + 2 * ph and S <= W + 2 * pw
+
+
+def _conv_inputs(rng, dtype, N=2, C=3, H=7, W=6, K=4, kernel=3):
+    R, S = _pair(kernel)
+    return rand(rng, (N, C, H, W), dtype), rand(rng, (K, C, R, S), dtype), rand(rng, (K,), dtype)
+
+
+# ---------------------------------------------------------------------------------- conv2d
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("hw", [(7, 6), (3, 4)], ids=["7x6", "3x4"])
+@pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
+def test_conv2d_forward_matches_naive_loops(kernel, stride, padding, hw, dtype):
+    rng = np.random.default_rng(hash((kernel, stride, padding, hw)) % 2**32)
+    x, w, b = _conv_inputs(rng, dtype, H=hw[0], W=hw[1], kernel=kernel)
+    if not _fits(*hw, kernel, padding):
+        with pytest.raises(ValueError, match=re.escape(str(x.shape))):
+            fa.conv2d(x, w, b, stride, padding)
+        return
+    expected = ref_conv2d(x, w, b, stride, padding)
+    y = fa.conv2d(x, w, b, stride, padding)
+    assert y.shape == expected.shape == fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    assert_ref(y, expected, dtype)
+    assert_ref(fa.conv2d(x, w, None, stride, padding), ref_conv2d(x, w, None, stride, padding), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
+def test_conv2d_backward_matches_naive_loops(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(7)
+    x, w, _ = _conv_inputs(rng, dtype, H=7, W=6, kernel=kernel)
+    shape = fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    dy = rand(rng, shape, dtype)
+    dx, dw, db = fa.conv2d_backward(dy, x, w, stride, padding)
+    rdx, rdw, rdb = ref_conv2d_backward(dy, x, w, stride, padding)
+    assert_ref(dx, rdx, dtype, "dx")
+    assert_ref(dw, rdw, dtype, "dweight")
+    assert_ref(db, rdb, dtype, "dbias")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
+def test_conv2d_gradcheck(kernel, stride, padding):
+    # odd, non-square input; the 5x5 kernel without padding does not fit the 4 columns
+    rng = np.random.default_rng(3)
+    x, w, b = _conv_inputs(rng, np.float64, N=2, C=2, H=5, W=4, K=3, kernel=kernel)
+    if not _fits(5, 4, kernel, padding):
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            fa.conv2d(x, w, b, stride, padding)
+        return
+    assert fa.gradcheck(lambda x, w, b: fa.conv2d(x, w, b, stride, padding),
+                        lambda dy, x, w, b: fa.conv2d_backward(dy, x, w, stride, padding),
+                        (x, w, b))
+
+
+def test_gradcheck_catches_a_wrong_conv_gradient():
+    # the checker itself can fail: a dweight off by a factor must be reported
+    rng = np.random.default_rng(0)
+    x, w, b = _conv_inputs(rng, np.float64, N=1, C=1, H=4, W=4, K=1, kernel=3)
+
+    def bad_backward(dy, x, w, b):
+        dx, dw, db = fa.conv2d_backward(dy, x, w, 1, 1)
+        return dx, 1.01 * dw, db
+
+    with pytest.raises(fa.GradcheckError, match="input 1"):
+        fa.gradcheck(lambda x, w, b: fa.conv2d(x, w, b, 1, 1), bad_backward, (x, w, b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv2d_nan_propagates(dtype):
+    rng = np.random.default_rng(1)
+    x, w, b = _conv_inputs(rng, dtype, N=1, C=2, H=6, W=5, K=3, kernel=3)
+    x[0, 1, 2, 3] = np.nan
+    expected = act_ref("relu", {}, ref_conv2d(x, w, b, 1, 1))
+    assert np.isnan(expected).sum() == 3 * 9  # every output whose window holds the NaN
+    y = fa.conv2d(x, w, b, 1, 1, activation="relu")
+    assert_ref(y, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv2d_noncontiguous_inputs(dtype):
+    rng = np.random.default_rng(2)
+    xb = rand(rng, (3, 4, 9, 14), dtype)
+    x = xb[::2, 1:, :, ::2]                      # strided view (2, 3, 9, 7)
+    w = np.asfortranarray(rand(rng, (4, 3, 3, 3), dtype))
+    b = rand(rng, (8,), dtype)[::2]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    assert_ref(fa.conv2d(x, w, b, 2, 1), ref_conv2d(x, w, b, 2, 1), dtype)
+    dy = rand(rng, (2, 4, 5, 4, 2), dtype)[..., 0]
+    for got, want in zip(fa.conv2d_backward(dy, x, w, 2, 1), ref_conv2d_backward(dy, x, w, 2, 1)):
+        assert_ref(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_conv2d_empty_batch(dtype):
+    x = np.zeros((0, 3, 5, 5), dtype)
+    w = np.ones((2, 3, 3, 3), dtype)
+    y = fa.conv2d(x, w, np.ones(2, dtype), 1, 1, activation="relu")
+    assert y.shape == (0, 2, 5, 5) and y.dtype == dtype
+    dx, dw, db = fa.conv2d_backward(np.zeros((0, 2, 5, 5), dtype), x, w, 1, 1)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (2,)
+    assert not dw.any() and not db.any()
+
+
+# ---------------------------------------------------------------------------- fused epilogues
+
+FUSED = [("relu", {}), ("relu", dict(negative_slope=0.1, max_value=1.5, threshold=-0.5)),
+         ("leaky_relu", dict(negative_slope=0.2)), ("gelu", dict(approximate="tanh")), ("gelu", {}),
+         ("silu", {}), ("hardtanh", dict(min_val=-2.0, max_val=0.5))]
+FUSED_IDS = ["relu", "relu-leaky-capped-margin", "leaky_relu", "gelu-tanh", "gelu-erf", "silu", "hardtanh"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
+def test_conv2d_fused_equals_unfused(act, params, dtype):
+    rng = np.random.default_rng(11)
+    x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=7, W=6, K=4, kernel=3)
+    fused = fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=params)
+    unfused = getattr(fa, act)(fa.conv2d(x, w, b, 2, 1), **params)
+    assert_same(fused, unfused, dtype)
+    # and both match the table's NumPy reference on the naive conv
+    assert_ref(fused, act_ref(act, params, ref_conv2d(x, w, b, 2, 1)), dtype)
+    # parameters may also be given positionally, in table order
+    seq = [params.get(p.name, p.default) for p in ACTIVATIONS[act].params]
+    assert_same(fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=seq), fused, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
+def test_linear_fused_equals_unfused(act, params, dtype):
+    rng = np.random.default_rng(12)
+    x, w, b = rand(rng, (2, 3, 5), dtype), rand(rng, (4, 5), dtype), rand(rng, (4,), dtype)
+    fused = fa.linear(x, w, b, activation=act, activation_params=params)
+    assert fused.shape == (2, 3, 4)
+    assert_same(fused, getattr(fa, act)(fa.linear(x, w, b), **params), dtype)
+    assert_ref(fused, act_ref(act, params, ref_linear(x, w, b)), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
+def test_conv2d_layer_backward_equals_unfused(act, params, dtype):
+    rng = np.random.default_rng(13)
+    x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=7, W=6, K=4, kernel=3)
+    y, z = fconv._conv2d_forward(x, w, b, 2, 1, act, params, True)
+    assert_same(z, fa.conv2d(x, w, b, 2, 1), dtype, "saved pre-activation")
+    assert_same(y, fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=params), dtype, "y")
+    dy = rand(rng, y.shape, dtype)
+    dx, dw, db = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params)
+    dz = getattr(fa, f"{act}_backward")(dy, z, **params)
+    for name, got, want in zip(("dx", "dweight", "dbias"), (dx, dw, db), fa.conv2d_backward(dz, x, w, 2, 1)):
+        assert_same(got, want, dtype, name)
+    # independent: table derivative reference + naive conv backward
+    for got, want in zip((dx, dw, db), ref_conv2d_backward(dy * act_dref(act, params, z), x, w, 2, 1)):
+        assert_ref(got, want, dtype)
+    _, dw2, db2 = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params, need_dx=False)
+    assert_same(dw2, dw, dtype)
+    assert_same(db2, db, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
+def test_linear_layer_backward_equals_unfused(act, params, dtype):
+    rng = np.random.default_rng(14)
+    x, w, b = rand(rng, (2, 3, 5), dtype), rand(rng, (4, 5), dtype), rand(rng, (4,), dtype)
+    y, z = flinear._linear_forward(x, w, b, act, params, True)
+    assert_same(z, fa.linear(x, w, b), dtype, "saved pre-activation")
+    assert_same(y, fa.linear(x, w, b, activation=act, activation_params=params), dtype, "y")
+    dy = rand(rng, y.shape, dtype)
+    dx, dw, db = flinear._linear_layer_backward(dy, z, x, w, act, params)
+    dz = getattr(fa, f"{act}_backward")(dy, z, **params)
+    for name, got, want in zip(("dx", "dweight", "dbias"), (dx, dw, db), fa.linear_backward(dz, x, w)):
+        assert_same(got, want, dtype, name)
+    for got, want in zip((dx, dw, db), ref_linear_backward(dy * act_dref(act, params, z), x, w)):
+        assert_ref(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_layer_backward_takes_any_layout_of_z_and_dy(dtype):
+    # a saved pre-activation that went through a copy in another memory order must give the same
+    # gradients (regression: a Fortran-order z made the conv kernel write into a temporary)
+    rng = np.random.default_rng(18)
+    x, w, b = _conv_inputs(rng, dtype, N=2, C=3, H=6, W=5, K=4, kernel=3)
+    y, z = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    dy = rand(rng, y.shape, dtype)
+    want = ref_conv2d_backward(dy * act_dref("relu", {}, z), x, w, 1, 1)
+    for zz, dd in ((np.asfortranarray(z), dy), (z, np.asfortranarray(dy)),
+                   (np.asfortranarray(z), dy[:, ::-1][:, ::-1])):
+        for got, r in zip(fconv._conv2d_layer_backward(dd, zz, x, w, 1, 1, "relu", None), want):
+            assert_ref(got, r, dtype)
+    xl, wl, bl = rand(rng, (5, 4), dtype), rand(rng, (3, 4), dtype), rand(rng, (3,), dtype)
+    yl, zl = flinear._linear_forward(xl, wl, bl, "relu", None, True)
+    dyl = rand(rng, yl.shape, dtype)
+    want = ref_linear_backward(dyl * act_dref("relu", {}, zl), xl, wl)
+    for zz, dd in ((np.asfortranarray(zl), dyl), (zl, np.asfortranarray(dyl))):
+        for got, r in zip(flinear._linear_layer_backward(dd, zz, xl, wl, "relu", None), want):
+            assert_ref(got, r, dtype)
+
+
+@pytest.mark.parametrize("act,params", [("gelu", dict(approximate="tanh")), ("silu", {}),
+                                        ("relu", dict(negative_slope=0.1, max_value=1.5, threshold=-0.5))],
+                         ids=["gelu-tanh", "silu", "relu-params"])
+def test_fused_layers_gradcheck(act, params):
+    """The whole fused layer (conv/linear + bias + activation) against finite differences."""
+    rng = np.random.default_rng(15)
+    x, w, b = _conv_inputs(rng, np.float64, N=2, C=2, H=5, W=4, K=3, kernel=3)
+
+    def conv_fn(x, w, b):
+        return fa.conv2d(x, w, b, (2, 1), 1, activation=act, activation_params=params)
+
+    def conv_bwd(dy, x, w, b):
+        _, z = fconv._conv2d_forward(x, w, b, (2, 1), 1, act, params, True)
+        return fconv._conv2d_layer_backward(dy, z, x, w, (2, 1), 1, act, params)
+
+    assert fa.gradcheck(conv_fn, conv_bwd, (x, w, b))
+
+    xl, wl, bl = rand(rng, (3, 5)), rand(rng, (4, 5)), rand(rng, (4,))
+
+    def lin_bwd(dy, x, w, b):
+        _, z = flinear._linear_forward(x, w, b, act, params, True)
+        return flinear._linear_layer_backward(dy, z, x, w, act, params)
+
+    assert fa.gradcheck(lambda x, w, b: fa.linear(x, w, b, activation=act, activation_params=params),
+                        lin_bwd, (xl, wl, bl))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_relu_kink_in_fused_backward(dtype):
+    # small integers: the conv is exact, and many pre-activations are exactly 0 (the kink)
+    rng = np.random.default_rng(16)
+    x = rng.integers(-2, 3, (2, 2, 5, 5)).astype(dtype)
+    w = rng.integers(-1, 2, (3, 2, 3, 3)).astype(dtype)
+    b = np.zeros(3, dtype)
+    y, z = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    assert (z == 0).sum() > 10
+    dy = rand(rng, z.shape, dtype)
+    for bparams, at0 in (({}, 0.0), ({"subgradient": 0.5}, 0.5)):
+        dz = dy * np.where(z > 0, 1.0, np.where(z < 0, 0.0, at0))   # ReLU'(0) = 0, or the subgradient
+        got = fconv._conv2d_layer_backward(dy, z, x, w, 1, 1, "relu", bparams)
+        for g, want in zip(got, ref_conv2d_backward(dz, x, w, 1, 1)):
+            assert_ref(g, want, dtype)
+        zl = z.reshape(-1, 3)[:20]
+        dyl = dy.reshape(-1, 3)[:20]
+        xl = rand(rng, (20, 4), dtype)
+        wl = rand(rng, (3, 4), dtype)
+        got = flinear._linear_layer_backward(dyl, zl, xl, wl, "relu", bparams)
+        dzl = dyl * np.where(zl > 0, 1.0, np.where(zl < 0, 0.0, at0))
+        for g, want in zip(got, ref_linear_backward(dzl, xl, wl)):
+            assert_ref(g, want, dtype)
+
+
+# ---------------------------------------------------------------------------------- tiling
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("images_per_tile", [1, 2])
+def test_conv2d_multi_tile_equals_single_tile(monkeypatch, dtype, images_per_tile):
+    rng = np.random.default_rng(17)
+    x, w, b = _conv_inputs(rng, dtype, N=5, C=3, H=7, W=6, K=4, kernel=3)
+    stride, padding, act, params = (1, 2), 1, "leaky_relu", {"negative_slope": 0.2}
+    N, K, P, Q = fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    dy = rand(rng, (N, K, P, Q), dtype)
+    CRS, itemsize = 3 * 9, np.dtype(dtype).itemsize
+    assert fconv._tile(N, CRS, P * Q, itemsize) == N  # the default budget holds the whole batch
+
+    def run():
+        y, z = fconv._conv2d_forward(x, w, b, stride, padding, act, params, True)
+        plain = fa.conv2d(x, w, b, stride, padding)
+        bwd = fa.conv2d_backward(dy, x, w, stride, padding)
+        layer = fconv._conv2d_layer_backward(dy, z, x, w, stride, padding, act, params)
+        return (y, z, plain, *bwd, *layer)
+
+    single = run()
+    monkeypatch.setattr(fa.config, "CONV_WORKSPACE_BYTES", images_per_tile * CRS * P * Q * itemsize)
+    assert fconv._tile(N, CRS, P * Q, itemsize) == images_per_tile  # 5 images: a remainder tile too
+    tiled = run()
+    for i, (t, s) in enumerate(zip(tiled, single)):
+        assert_same(t, s, dtype, f"output {i}")
+    assert_ref(tiled[2], ref_conv2d(x, w, b, stride, padding), dtype)
+    for t, r in zip(tiled[3:6], ref_conv2d_backward(dy, x, w, stride, padding)):
+        assert_ref(t, r, dtype)
+
+
+# ---------------------------------------------------------------------------------- max_pool2d
+
+POOL_GRID = GRID + [(2, None, 0), (2, None, 1), ((3, 2), (1, 2), (1, 0))]
+POOL_IDS = GRID_IDS + ["k2-default-stride", "k2-default-stride-p1", "k3x2-s1x2-p1x0"]
+
+
+def _pool_valid(H, W, k, p):
+    (kh, kw), (ph, pw) = _pair(k), _pair(p)
+    return 2 * ph <= kh and 2 * pw <= kw and kh <= H + 2 * ph and kw <= W + 2 * pw
+
+
+def _distinct(rng, shape, dtype=np.float64):
+    """Distinct values 0.1 apart, shuffled: a finite-difference step never changes a window's winner."""
+    n = int(np.prod(shape))
+    return ((rng.permutation(n) - n / 2) * 0.1).reshape(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=POOL_IDS)
+def test_max_pool2d_matches_naive_loops(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(21)
+    x = rand(rng, (2, 3, 7, 6), dtype) - 3.0  # mostly negative: a zero padding would win and show
+    if not _pool_valid(7, 6, kernel, padding):
+        with pytest.raises(ValueError, match="padding|larger"):
+            fa.max_pool2d(x, kernel, stride, padding)
+        return
+    y = fa.max_pool2d(x, kernel, stride, padding)
+    assert_ref(y, ref_max_pool2d(x, kernel, stride, padding), dtype)
+    dy = rand(rng, y.shape, dtype)
+    assert_ref(fa.max_pool2d_backward(dy, x, kernel, stride, padding),
+               ref_max_pool2d_backward(dy, x, kernel, stride, padding), dtype)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=POOL_IDS)
+def test_max_pool2d_gradcheck(kernel, stride, padding):
+    rng = np.random.default_rng(22)
+    x = _distinct(rng, (2, 2, 5, 4))
+    if not _pool_valid(5, 4, kernel, padding):
+        with pytest.raises(ValueError):
+            fa.max_pool2d(x, kernel, stride, padding)
+        return
+    assert fa.gradcheck(lambda x: fa.max_pool2d(x, kernel, stride, padding),
+                        lambda dy, x: fa.max_pool2d_backward(dy, x, kernel, stride, padding), (x,))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_max_pool2d_ties_go_to_first_max(dtype):
+    x = np.zeros((1, 1, 4, 4), dtype)
+    x[0, 0, :2, :2] = [[1, 3], [3, 3]]       # window (0, 0): max 3 first at (0, 1)
+    x[0, 0, :2, 2:] = 5                       # window (0, 1): all equal, first is (0, 2)
+    x[0, 0, 2:, :2] = [[-1, -2], [-1, -1]]    # window (1, 0): first is (2, 0)
+    x[0, 0, 2:, 2:] = [[0, 2], [2, 1]]        # window (1, 1): first is (2, 3)
+    y = fa.max_pool2d(x, 2)
+    np.testing.assert_array_equal(y[0, 0], [[3, 5], [-1, 2]])
+    dy = np.array([[[[10, 20], [30, 40]]]], dtype)
+    dx = fa.max_pool2d_backward(dy, x, 2)
+    want = np.zeros((4, 4))
+    want[0, 1], want[0, 2], want[2, 0], want[2, 3] = 10, 20, 30, 40
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx[0, 0], want)
+    # overlapping windows (stride 1) on random small integers: many ties, compared with the reference
+    rng = np.random.default_rng(23)
+    xi = rng.integers(0, 3, (2, 2, 6, 5)).astype(dtype)
+    dyi = rand(rng, fa.max_pool2d(xi, 3, 1, 1).shape, dtype)
+    assert_ref(fa.max_pool2d_backward(dyi, xi, 3, 1, 1), ref_max_pool2d_backward(dyi, xi, 3, 1, 1), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_max_pool2d_nan_and_inf(dtype):
+    x = np.arange(16, dtype=dtype).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan                    # window (0, 0): NaN beats 5
+    x[0, 0, 2, 3] = np.nan                    # window (1, 1): two NaNs, the first gets the gradient
+    x[0, 0, 3, 2] = np.nan
+    x[0, 0, 0, 2:] = -np.inf                  # window (0, 1): -inf present, max is finite
+    x[0, 0, 2:, :2] = -np.inf                 # window (1, 0): all -inf: -inf, gradient to the first
+    y = fa.max_pool2d(x, 2)
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y[0, 0, 1, 1])
+    assert y[0, 0, 0, 1] == 7 and y[0, 0, 1, 0] == -np.inf
+    dx = fa.max_pool2d_backward(np.ones_like(y), x, 2)
+    want = np.zeros((4, 4))
+    want[1, 0] = want[2, 3] = want[1, 3] = want[2, 0] = 1
+    np.testing.assert_array_equal(dx[0, 0], want)
+    np.testing.assert_array_equal(y, ref_max_pool2d(x, 2))
+    # padding is -inf, never 0: all-negative input with padding keeps negative maxima
+    xn = -1.0 - np.arange(30, dtype=dtype).reshape(1, 1, 5, 6)
+    yn = fa.max_pool2d(xn, 3, 2, 1)
+    assert (yn < 0).all()
+    assert_ref(yn, ref_max_pool2d(xn, 3, 2, 1), dtype)
+
+
+# ------------------------------------------------------------------------------------ linear
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("xshape", [(4, 6), (2, 3, 6), (6,)], ids=["2d", "3d", "1d"])
+def test_linear_matches_naive_loops(xshape, dtype):
+    rng = np.random.default_rng(31)
+    x, w, b = rand(rng, xshape, dtype), rand(rng, (5, 6), dtype), rand(rng, (5,), dtype)
+    assert_ref(fa.linear(x, w, b), ref_linear(x, w, b), dtype)
+    assert_ref(fa.linear(x, w), ref_linear(x, w), dtype)
+    dy = rand(rng, xshape[:-1] + (5,), dtype)
+    for got, want in zip(fa.linear_backward(dy, x, w), ref_linear_backward(dy, x, w)):
+        assert_ref(got, want, dtype)
+    # a transposed (Fortran-order) weight view gives the same
+    assert_ref(fa.linear(x, np.asfortranarray(w), b), ref_linear(x, w, b), dtype)
+
+
+@pytest.mark.parametrize("xshape", [(3, 5), (2, 2, 5)], ids=["2d", "3d"])
+def test_linear_gradcheck(xshape):
+    rng = np.random.default_rng(32)
+    x, w, b = rand(rng, xshape), rand(rng, (4, 5)), rand(rng, (4,))
+    assert fa.gradcheck(lambda x, w, b: fa.linear(x, w, b),
+                        lambda dy, x, w, b: fa.linear_backward(dy, x, w), (x, w, b))
+
+
+# ---------------------------------------------------------------------------------- cross-entropy
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_cross_entropy_matches_reference(dtype):
+    rng = np.random.default_rng(41)
+    logits = (3 * rng.standard_normal((6, 5))).astype(dtype)
+    target = rng.integers(0, 5, 6)
+    loss = fa.cross_entropy(logits, target)
+    assert isinstance(loss, float)
+    tol = REF_TOL[np.dtype(dtype)]
+    assert loss == pytest.approx(ref_cross_entropy(logits, target), rel=tol["rtol"], abs=tol["atol"])
+    assert_ref(fa.cross_entropy_backward(logits, target), ref_cross_entropy_backward(logits, target), dtype)
+    # large logits: no overflow (log-sum-exp with the row maximum)
+    big = logits * 300
+    assert math.isfinite(fa.cross_entropy(big, target))
+    assert fa.cross_entropy(big, target) == pytest.approx(ref_cross_entropy(big, target), rel=1e-4)
+    assert_ref(fa.cross_entropy_backward(big, target), ref_cross_entropy_backward(big, target), dtype)
+    # unsigned and int32 labels are labels too
+    assert fa.cross_entropy(logits, target.astype(np.uint8)) == loss
+    assert fa.cross_entropy(logits, target.astype(np.int32)) == loss
+
+
+def test_cross_entropy_gradcheck():
+    rng = np.random.default_rng(42)
+    logits, target = rand(rng, (4, 6)), rng.integers(0, 6, 4)
+    assert fa.gradcheck(lambda l, t: fa.cross_entropy(l, t),
+                        lambda dy, l, t: (dy * fa.cross_entropy_backward(l, t), None), (logits, target))
+
+
+@pytest.mark.parametrize("bad", [np.array([0, 5, 1]), np.array([0, -1, 1]), np.array([7, 7, 7])],
+                         ids=["too-large", "negative", "all-out"])
+def test_cross_entropy_label_out_of_range(bad):
+    logits = np.zeros((3, 5))
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        fa.cross_entropy(logits, bad)
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        fa.cross_entropy_backward(logits, bad)
+
+
+def test_cross_entropy_bad_labels():
+    logits = np.zeros((3, 5))
+    for t in (np.array([0.0, 1.0, 2.0]), np.array([True, False, True])):
+        with pytest.raises(TypeError, match=str(t.dtype)):
+            fa.cross_entropy(logits, t)
+        with pytest.raises(TypeError):
+            fa.cross_entropy_backward(logits, t)
+    with pytest.raises(ValueError, match=re.escape("(2,)")):
+        fa.cross_entropy(logits, np.array([0, 1]))
+    with pytest.raises(ValueError, match=re.escape("(5,)")):
+        fa.cross_entropy(np.zeros(5), np.array([0]))
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def _bad_cases():
+    x = np.zeros((2, 3, 5, 5))
+    w = np.zeros((4, 3, 3, 3))
+    return [
+        ("conv-channels", lambda: fa.conv2d(x, np.zeros((4, 2, 3, 3))), ["(2, 3, 5, 5)", "(4, 2, 3, 3)"]),
+        ("conv-kernel-too-large", lambda: fa.conv2d(x, np.zeros((4, 3, 6, 6))), ["6x6", "5x5", "(2, 3, 5, 5)"]),
+        ("conv-kernel-too-large-padded", lambda: fa.conv2d(x, np.zeros((4, 3, 8, 3)), padding=1),
+         ["8x3", "7x7"]),
+        ("conv-x-3d", lambda: fa.conv2d(np.zeros((3, 5, 5)), w), ["(3, 5, 5)"]),
+        ("conv-w-3d", lambda: fa.conv2d(x, np.zeros((3, 3, 3))), ["(3, 3, 3)"]),
+        ("conv-unknown-activation", lambda: fa.conv2d(x, w, activation="nope"), ["'nope'"]),
+        ("conv-unknown-param", lambda: fa.conv2d(x, w, activation="relu", activation_params={"alpha": 1}),
+         ["alpha"]),
+        ("conv-params-without-activation", lambda: fa.conv2d(x, w, activation_params={"a": 1}), ["activation"]),
+        ("conv-bias-shape", lambda: fa.conv2d(x, w, np.zeros(3)), ["(3,)", "(4,)"]),
+        ("conv-bias-2d", lambda: fa.conv2d(x, w, np.zeros((4, 1))), ["(4, 1)"]),
+        ("conv-negative-padding", lambda: fa.conv2d(x, w, padding=-1), ["-1"]),
+        ("conv-zero-stride", lambda: fa.conv2d(x, w, stride=0), ["0"]),
+        ("conv-stride-triple", lambda: fa.conv2d(x, w, stride=(1, 1, 1)), ["(1, 1, 1)"]),
+        ("conv-backward-dy", lambda: fa.conv2d_backward(np.zeros((2, 4, 5, 5)), x, w), ["(2, 4, 5, 5)",
+                                                                                        "(2, 4, 3, 3)"]),
+        ("conv-backward-channels", lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, np.zeros((4, 2, 3, 3))),
+         ["(4, 2, 3, 3)"]),
+        ("pool-3d", lambda: fa.max_pool2d(np.zeros((3, 5, 5))), ["(3, 5, 5)"]),
+        ("pool-window-too-large", lambda: fa.max_pool2d(x, 7), ["7x7", "(2, 3, 5, 5)"]),
+        ("pool-padding-over-half", lambda: fa.max_pool2d(x, 2, 1, 2), ["2"]),
+        ("pool-backward-dy", lambda: fa.max_pool2d_backward(np.zeros((2, 3, 3, 3)), x, 2), ["(2, 3, 3, 3)",
+                                                                                           "(2, 3, 2, 2)"]),
+        ("linear-features", lambda: fa.linear(np.zeros((2, 5)), np.zeros((3, 4))), ["(2, 5)", "(3, 4)"]),
+        ("linear-w-1d", lambda: fa.linear(np.zeros((2, 5)), np.zeros(5)), ["(5,)"]),
+        ("linear-bias", lambda: fa.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(4)), ["(4,)", "(3,)"]),
+        ("linear-unknown-activation", lambda: fa.linear(np.zeros((2, 4)), np.zeros((3, 4)), activation="relu7"),
+         ["'relu7'"]),
+        ("linear-backward-dy", lambda: fa.linear_backward(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros((3, 4))),
+         ["(2, 4)", "(2, 3)"]),
+    ]
+
+
+_BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("i", range(len(_BAD)), ids=[c[0] for c in _BAD])
+def test_bad_input_raises_value_error_naming_shapes(i):
+    _, call, fragments = _BAD[i]
+    with pytest.raises(ValueError) as info:
+        call()
+    for frag in fragments:
+        assert frag in str(info.value), f"{frag!r} not in {str(info.value)!r}"
+
+
+def test_non_integer_stride_is_a_type_error():
+    with pytest.raises(TypeError, match="stride"):
+        fa.conv2d(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), stride="a")
+
+
+# -------------------------------------------------------------------------------------- dtypes
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_results_keep_their_dtype(dtype):
+    rng = np.random.default_rng(51)
+    x, w, b = _conv_inputs(rng, dtype, N=2, C=2, H=5, W=5, K=3, kernel=3)
+    y = fa.conv2d(x, w, b, 1, 1, activation="gelu")
+    assert y.dtype == dtype
+    assert all(g.dtype == dtype for g in fa.conv2d_backward(y, x, w, 1, 1))
+    yz = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    assert all(a.dtype == dtype for a in yz)
+    assert all(g.dtype == dtype for g in fconv._conv2d_layer_backward(y, yz[1], x, w, 1, 1, "relu", None))
+    p = fa.max_pool2d(x, 2)
+    assert p.dtype == dtype and fa.max_pool2d_backward(p, x, 2).dtype == dtype
+    xl, wl, bl = rand(rng, (3, 4), dtype), rand(rng, (2, 4), dtype), rand(rng, (2,), dtype)
+    yl = fa.linear(xl, wl, bl, activation="silu")
+    assert yl.dtype == dtype
+    assert all(g.dtype == dtype for g in fa.linear_backward(yl, xl, wl))
+    assert fa.cross_entropy_backward(yl, np.array([0, 1, 1])).dtype == dtype
+    assert isinstance(fa.cross_entropy(yl, np.array([0, 1, 1])), float)
+
+
+def test_mixed_and_integer_dtypes_follow_numpy_casting():
+    rng = np.random.default_rng(52)
+    x32 = rand(rng, (1, 2, 4, 4), np.float32)
+    w64 = rand(rng, (2, 2, 3, 3))
+    assert fa.conv2d(x32, w64).dtype == np.float64
+    assert fa.conv2d(x32, w64.astype(np.float32), w64[:, 0, 0, 0]).dtype == np.float64
+    xi = rng.integers(-3, 4, (1, 2, 4, 4))
+    y = fa.conv2d(xi, w64.astype(np.float32))
+    assert y.dtype == np.float64
+    assert_ref(y, ref_conv2d(xi, w64.astype(np.float32)), np.float64)
+    assert fa.max_pool2d(xi).dtype == np.float64
+    np.testing.assert_array_equal(fa.max_pool2d(xi), ref_max_pool2d(xi))
+    assert fa.linear(np.ones((2, 3), np.int32), np.ones((4, 3), np.float32)).dtype == np.float64
+
+
+# -------------------------------------------------------------------------------------- PyTorch
+
+def _torch():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    return torch
+
+
+@pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
+def test_conv2d_matches_torch(kernel, stride, padding):
+    torch = _torch()
+    F = torch.nn.functional
+    rng = np.random.default_rng(61)
+    x, w, b = _conv_inputs(rng, np.float64, N=2, C=3, H=7, W=6, K=4, kernel=kernel)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv2d(tx, tw, tb, stride=stride, padding=padding)
+    y = fa.conv2d(x, w, b, stride, padding)
+    assert_ref(y, ty.detach().numpy(), np.float64)
+    dy = rand(rng, y.shape)
+    ty.backward(torch.tensor(dy))
+    for name, got, t in zip(("dx", "dweight", "dbias"), fa.conv2d_backward(dy, x, w, stride, padding),
+                            (tx, tw, tb)):
+        assert_ref(got, t.grad.numpy(), np.float64, name)
+
+
+@pytest.mark.parametrize("act,params,tfn", [
+    ("relu", {}, lambda F, z: F.relu(z)),
+    ("leaky_relu", dict(negative_slope=0.2), lambda F, z: F.leaky_relu(z, 0.2)),
+    ("gelu", dict(approximate="tanh"), lambda F, z: F.gelu(z, approximate="tanh")),
+    ("gelu", {}, lambda F, z: F.gelu(z)),
+    ("hardtanh", dict(min_val=-2.0, max_val=0.5), lambda F, z: F.hardtanh(z, -2.0, 0.5)),
+], ids=["relu", "leaky_relu", "gelu-tanh", "gelu-erf", "hardtanh"])
+def test_fused_layers_match_torch(act, params, tfn):
+    torch = _torch()
+    F = torch.nn.functional
+    rng = np.random.default_rng(62)
+    x, w, b = _conv_inputs(rng, np.float64, N=2, C=3, H=7, W=6, K=4, kernel=3)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = tfn(F, F.conv2d(tx, tw, tb, stride=2, padding=1))
+    y, z = fconv._conv2d_forward(x, w, b, 2, 1, act, params, True)
+    assert_ref(y, ty.detach().numpy(), np.float64)
+    dy = rand(rng, y.shape)
+    ty.backward(torch.tensor(dy))
+    got = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params)
+    for g, t in zip(got, (tx, tw, tb)):
+        assert_ref(g, t.grad.numpy(), np.float64)
+    # linear
+    xl, wl, bl = rand(rng, (2, 3, 5)), rand(rng, (4, 5)), rand(rng, (4,))
+    txl, twl, tbl = (torch.tensor(a, requires_grad=True) for a in (xl, wl, bl))
+    tyl = tfn(F, F.linear(txl, twl, tbl))
+    yl, zl = flinear._linear_forward(xl, wl, bl, act, params, True)
+    assert_ref(yl, tyl.detach().numpy(), np.float64)
+    dyl = rand(rng, yl.shape)
+    tyl.backward(torch.tensor(dyl))
+    for g, t in zip(flinear._linear_layer_backward(dyl, zl, xl, wl, act, params), (txl, twl, tbl)):
+        assert_ref(g, t.grad.numpy(), np.float64)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=POOL_IDS)
+def test_max_pool2d_matches_torch(kernel, stride, padding):
+    torch = _torch()
+    rng = np.random.default_rng(63)
+    if not _pool_valid(7, 6, kernel, padding):  # padding over half the window: both refuse it
+        x = rand(rng, (2, 3, 7, 6))
+        with pytest.raises(RuntimeError, match="half"):
+            torch.nn.functional.max_pool2d(torch.tensor(x), kernel, stride, padding)
+        with pytest.raises(ValueError, match="half"):
+            fa.max_pool2d(x, kernel, stride, padding)
+        return
+    for x in (rand(rng, (2, 3, 7, 6)), rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)):  # 2nd: ties
+        tx = torch.tensor(x, requires_grad=True)
+        ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding)
+        y = fa.max_pool2d(x, kernel, stride, padding)
+        assert_ref(y, ty.detach().numpy(), np.float64)
+        dy = rand(rng, y.shape)
+        ty.backward(torch.tensor(dy))
+        assert_ref(fa.max_pool2d_backward(dy, x, kernel, stride, padding), tx.grad.numpy(), np.float64)
+
+
+def test_linear_and_cross_entropy_match_torch():
+    torch = _torch()
+    F = torch.nn.functional
+    rng = np.random.default_rng(64)
+    x, w, b = rand(rng, (2, 3, 5)), rand(rng, (4, 5)), rand(rng, (4,))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.linear(tx, tw, tb)
+    assert_ref(fa.linear(x, w, b), ty.detach().numpy(), np.float64)
+    dy = rand(rng, ty.shape)
+    ty.backward(torch.tensor(dy))
+    for g, t in zip(fa.linear_backward(dy, x, w), (tx, tw, tb)):
+        assert_ref(g, t.grad.numpy(), np.float64)
+    logits, target = 4 * rand(rng, (7, 5)), rng.integers(0, 5, 7)
+    tl = torch.tensor(logits, requires_grad=True)
+    loss = F.cross_entropy(tl, torch.tensor(target))
+    assert fa.cross_entropy(logits, target) == pytest.approx(loss.item(), rel=1e-12, abs=1e-12)
+    loss.backward()
+    assert_ref(fa.cross_entropy_backward(logits, target), tl.grad.numpy(), np.float64)
