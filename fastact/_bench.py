@@ -354,6 +354,7 @@ def run(sizes=None, repeat=7, only=None, progress=None):
     for n in sizes:
         copy = copy_fn(n)
         copy_times = [time_interleaved({"copy": copy}, 2 * repeat)["copy"]]
+        first_gbps = 8 * n / copy_times[0] / 1e9  # provisional, for progress lines
         for c in case_list:
             fns = c.setup(n)
             t = time_interleaved(fns, repeat)
@@ -365,6 +366,7 @@ def run(sizes=None, repeat=7, only=None, progress=None):
                 "gbps_fastact": c.nbytes(n) / tf / 1e9, "gbps_numpy": c.nbytes(n) / tn / 1e9,
                 "gbps_torch": None if tt is None else c.nbytes(n) / tt / 1e9,
                 "ratio_numpy": tn / tf, "ratio_torch": None if tt is None else tt / tf,
+                "gbps_copy": first_gbps, "pct_copy": 100 * c.nbytes(n) / tf / 1e9 / first_gbps,
             })
             if progress:
                 progress(rows[-1])

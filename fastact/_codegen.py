@@ -14,9 +14,11 @@ Nothing is compiled until first use, and then only for the dtype that is used.
 
 import threading
 
+import numpy as np
 from numba import float32, float64, njit, prange, vectorize
+from numba.extending import overload
 
-from . import _runtime
+from . import _runtime, _table
 from ._table import ACTIVATIONS
 
 _lock = threading.RLock()
@@ -45,6 +47,53 @@ def _cache():
     return _runtime.caching_enabled()
 
 
+_SCALAR_SRC = """\
+def {fname}(x{a}):
+    raise NotImplementedError("compiled code only")
+
+
+def _typer(x{a}):
+    if x == float32_t:
+        def fast(x{a}):
+            return np.float32(FAST(np.float64(x){a}))
+        return fast
+
+    def exact(x{a}):
+        return EXACT(x{a})
+    return exact
+"""
+
+
+def scalar(act, backward=False):
+    """The scalar function every kernel of ``act`` calls: ``F(x, *p)`` or ``D(x, *p, *b)``.
+
+    For a transcendental activation this is a Numba overload that picks, by the type of ``x``, the
+    table function itself (float64: libm accuracy) or its fast variant evaluated in float64 and rounded
+    once (float32: vectorisable polynomials, see ``fastact._math``). The ReLU family needs no such
+    split: its table functions are used as they are.
+    """
+    exact = act.derivative if backward else act.forward
+    if not act.transcendental:
+        return exact
+    key = ("scalar", act.name, backward)
+    fn = _built.get(key)
+    if fn is None:
+        with _lock:
+            fn = _built.get(key)
+            if fn is None:
+                a = "".join(f", {n}" for n in _params(act, backward))
+                fname = f"{act.name}_{'d' if backward else 'f'}"
+                ns = {}
+                glb = {"np": np, "float32_t": float32, "EXACT": exact,
+                       "FAST": _table.fast_variant(exact), "__name__": __name__}
+                exec(compile(_SCALAR_SRC.format(fname=fname, a=a), _runtime.GENERATED_FILENAME,
+                             "exec"), glb, ns)
+                fn = ns[fname]
+                overload(fn, jit_options={"error_model": "numpy"}, inline="always")(ns["_typer"])
+                _built[key] = fn
+    return fn
+
+
 def _build_loop(act, backward, parallel):
     p = _params(act, backward)
     args = ", ".join(p)
@@ -59,7 +108,7 @@ def _build_loop(act, backward, parallel):
         src = (f"def {fname}(x, y{', ' if p else ''}{args}):\n"
                f"    for i in {loop}(x.size):\n"
                f"        y[i] = F(x[i]{', ' if p else ''}{args})\n")
-    fn = _compile_source(fname, src, {"F": act.forward, "D": act.derivative, "prange": prange})
+    fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True), "prange": prange})
     return njit(fn, parallel=parallel, cache=_cache(), nogil=True, error_model="numpy")
 
 
@@ -76,7 +125,7 @@ def _build_ufunc(act, backward):
         src = (f"def {fname}(x{', ' if p else ''}{args}):\n"
                f"    return F(x{', ' if p else ''}{args})\n")
         nin = 1 + len(p)
-    fn = _compile_source(fname, src, {"F": act.forward, "D": act.derivative})
+    fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True)})
     fn.__doc__ = f"{'Derivative times dy of ' if backward else ''}{act.name}: {act.formula}"
     sigs = [float32(*([float32] * nin)), float64(*([float64] * nin))]
     # Numba >= 0.59 wraps even a fixed-signature ufunc in a DUFunc (not an np.ufunc, and it would try

@@ -90,8 +90,9 @@ def get(kind, activation):
                     p += [f"b{i}" for i in range(len(act.backward_params))]
                 name = "identity" if act is None else act.name
                 fname = f"{kind}_epilogue_{name}"
-                glb = {"F": _identity_j if act is None else act.forward,
-                       "D": _identity_dj if act is None else act.derivative, "prange": prange}
+                glb = {"F": _identity_j if act is None else _codegen.scalar(act),
+                       "D": _identity_dj if act is None else _codegen.scalar(act, True),
+                       "prange": prange}
                 py = _codegen._compile_source(fname, _src(kind, fname, p), glb)
                 fn = _runtime.jit(parallel=True)(py)
                 _built[key] = fn

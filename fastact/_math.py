@@ -1,17 +1,30 @@
-"""Scalar math for the kernels: exp, expm1, log1p, tanh, sigmoid, erfc, specialised per dtype.
+"""Scalar math for the kernels: exp, expm1, log1p, tanh, sigmoid, erfc, in two precisions.
 
-Why not plain ``math.exp``: without Intel SVML (llvmlite from pip has none) LLVM cannot vectorise a
-loop that calls libm, and a scalar ``expf`` call per element runs at ~1 GB/s, no faster than NumPy's
-temporaries. For float32 we therefore evaluate branch-free polynomials in float64 arithmetic (which
-LLVM vectorises, 8 lanes with AVX-512) and round once to float32: the float64 intermediate keeps the
-approximation error (<= 5e-9 relative) far below float32's half-ulp (3e-8), so results are within one
-float32 ulp of the correctly rounded value. For float64 inputs we call libm (full accuracy).
+Why not plain ``math.exp`` everywhere: without Intel SVML (llvmlite from pip has none) LLVM cannot
+vectorise a loop that calls libm, and a scalar libm call per element costs 4-30 ns, slower than NumPy's
+own SIMD loops. So there are two sets of functions:
 
-Every function returns NaN for NaN input: each fast path ends in an explicit ``x == x`` select (we never
-compile with ``fastmath``, which would delete it).
+* the **exact** set (``exp``, ``expm1``, ...): libm, full float64 accuracy; the float64 kernels use it;
+* the **fast** set (``fexp``, ``fexpm1``, ...): branch-free float64 polynomials that LLVM vectorises
+  (4 lanes with AVX2, no AVX-512 instruction needed), relative error <= 2e-8 (erfc: 1.2e-7), with
+  FMA contraction allowed. The
+  float32 kernels of the transcendental activations compute in float64 with this set and round once
+  to float32 (see ``FAST`` and ``fastact._table.fast_variant``), so results are within about one
+  float32 ulp of the correctly rounded value.
+
+What makes the fast set vectorisable on this machine (AVX2 + FMA, no AVX-512DQ): no branches (both
+sides are computed and selected), no float64 <-> int64 conversions (rounding by adding 1.5 * 2**52 and
+reading the integer from the mantissa bits instead), no 64-bit arithmetic right shifts.
+
+Domains: the fast set exists for float32 results. ``fexp`` is exp on [-708, 709], 0 below (no
+float64 subnormals, which are 0 in float32 anyway) and inf above, so limits at +-inf are exact. Every fast function returns NaN for
+NaN input: the clamps are written so that NaN passes through them (``709 if d > 709 else d``), and
+every later step propagates it. We never compile with ``fastmath``, which would delete that.
 """
 
 import math
+import sys
+import types as pytypes
 
 import numpy as np
 from llvmlite import ir
@@ -20,9 +33,23 @@ from numba.extending import intrinsic, overload
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+SQRT2 = 1.4142135623730951
 SQRT_HALF = 0.7071067811865476
 SQRT_2_OVER_PI = 0.7978845608028654
 INV_SQRT_2PI = 0.3989422804014327
+
+_ROUND = 6755399441055744.0            # 1.5 * 2**52: x + _ROUND holds round(x) in its low mantissa bits
+_ROUND_BITS = 0x4338000000000000       # its bit pattern
+_TWO52_BITS = 0x4330000000000000       # 2**52: OR-ing a small integer n into it gives 2**52 + n
+_MANTISSA = 0x000FFFFFFFFFFFFF
+_ONE_BITS = 0x3FF0000000000000
+
+#: How every scalar function of the kernels is compiled: NumPy's error model (x / 0 is inf or NaN, not
+#: an exception), without which a division keeps LLVM from inlining and vectorising the caller's loop.
+_scalar = njit(cache=False, error_model="numpy")
+#: The fast set also lets LLVM fuse a * b + c into one FMA ('contract' is the only fast-math flag used:
+#: it changes rounding, for the better, and leaves NaN and inf semantics alone).
+_fast = njit(cache=False, error_model="numpy", fastmath={"contract"})
 
 
 @intrinsic
@@ -49,87 +76,91 @@ def _f64_to_bits(typingctx, x):
     return types.int64(types.float64), codegen
 
 
-@njit(cache=False)
-def exp_poly(d):
-    """exp(d) for float64 d, relative error <= 5e-9 (enough for a float32 result); NaN -> garbage.
-
-    Cody-Waite reduction d = k ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 8 for e^r, and 2^k
-    assembled from its exponent bits. d is clamped to [-745, 709], where e^d under/overflows anyway.
-    """
-    c = d if d < 709.0 else 709.0
-    c = c if c > -745.0 else -745.0
-    k = math.floor(c * LOG2E + 0.5)
+@njit(cache=False, inline="always", error_model="numpy", fastmath={"contract"})
+def _reduce(d):
+    """Split d (clamped to [-708, 709]) as k ln2 + r with |r| <= ln2/2; returns (r, 2**k)."""
+    c = 709.0 if d > 709.0 else d
+    c = -708.0 if c < -708.0 else c
+    t = c * LOG2E + _ROUND
+    k = t - _ROUND
     r = c - k * LN2
-    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (
-        1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0 + r * (1.0 / 40320.0))))))))
-    ki = np.int64(k)
-    # 2^k in two halves so that k down to -1075 (subnormal results) stays representable.
-    k1 = ki >> 1
-    k2 = ki - k1
-    return p * _bits_to_f64((k1 + 1023) << 52) * _bits_to_f64((k2 + 1023) << 52)
+    ki = _f64_to_bits(t) - _ROUND_BITS      # k as an integer, without a float -> int conversion
+    return r, _bits_to_f64((ki + 1023) << 52)
 
 
-@njit(cache=False)
-def _expm1_poly(d):
-    """expm1(d) for float64 d to ~2e-8 relative: Taylor series near 0, exp(d) - 1 elsewhere."""
-    if abs(d) < 0.25:
-        return d * (1.0 + d * (0.5 + d * (1.0 / 6.0 + d * (1.0 / 24.0 + d * (1.0 / 120.0 + d * (
-            1.0 / 720.0 + d * (1.0 / 5040.0)))))))
-    return exp_poly(d) - 1.0
+@_fast
+def fexp(d):
+    """exp(d), relative error <= 6e-9 on [-708, 709] (Taylor degree 7); 0 below, inf above that range."""
+    r, s = _reduce(d)
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (
+        1.0 / 720.0 + r * (1.0 / 5040.0)))))))
+    e = p * s
+    # the exact limits, so that 1 / (1 + exp(-x)) is 0 at -inf and x * exp(x) notices exp(x) == 0
+    e = 0.0 if d < -708.0 else e
+    return math.inf if d > 709.0 else e
 
 
-@njit(cache=False)
-def _log_poly(z):
-    """log(z) for finite float64 z >= 1, ~1e-12 relative: exponent bits plus an atanh series."""
-    bits = _f64_to_bits(z)
-    e = ((bits >> 52) & 0x7FF) - 1023
-    m = _bits_to_f64((bits & 0x000FFFFFFFFFFFFF) | (np.int64(1023) << 52))  # mantissa in [1, 2)
-    big = m > 1.4142135623730951
-    m = m * 0.5 if big else m
-    e = e + 1 if big else e
+@_fast
+def fexpm1(d):
+    """expm1(d) = 2**k expm1(r) + (2**k - 1): accurate near 0 (k = 0) without a branch."""
+    r, s = _reduce(d)
+    em = r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (
+        1.0 / 720.0 + r * (1.0 / 5040.0)))))))
+    e = s * em + (s - 1.0)
+    return math.inf if d > 709.0 else e
+
+
+@_fast
+def flog1p(u):
+    """log1p(u) for u > -1, relative error ~1e-12: exponent bits plus an atanh series, with the
+    first-order correction for the rounding of 1 + u (so tiny u keep full accuracy). Finite u only."""
+    w = 1.0 + u
+    corr = (u - (w - 1.0)) / w
+    bits = _f64_to_bits(w)
+    # the biased exponent as a float: (bits >> 52) & 0x7FF is non-negative, so OR-ing it into 2**52
+    # converts it exactly (no int -> float conversion instruction needed)
+    e = _bits_to_f64(((bits >> 52) & 0x7FF) | _TWO52_BITS) - (4503599627370496.0 + 1023.0)
+    m = _bits_to_f64((bits & _MANTISSA) | _ONE_BITS)   # mantissa in [1, 2)
+    big = m > SQRT2
+    m = 0.5 * m if big else m
+    e = e + 1.0 if big else e
     s = (m - 1.0) / (m + 1.0)
     s2 = s * s
     series = 1.0 + s2 * (1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0 + s2 * (
         1.0 / 9.0 + s2 * (1.0 / 11.0 + s2 * (1.0 / 13.0))))))
-    return e * LN2 + 2.0 * s * series
+    return e * LN2 + 2.0 * s * series + corr
 
 
-@njit(cache=False)
-def _log1p_poly(u):
-    """log1p(u) for float64 u >= 0 (used by softplus); series near 0 avoids the rounding of 1 + u."""
-    if u < 1e-4:
-        return u * (1.0 - u * (0.5 - u * (1.0 / 3.0)))
-    return _log_poly(1.0 + u)
-
-
-@njit(cache=False)
-def _tanh_poly(d):
-    """tanh(d) for float64 d to ~3e-8 relative."""
+@_fast
+def ftanh(d):
+    """tanh(d) = e / (e + 2) with e = expm1(2|d|), sign restored; relative error ~1e-9."""
     a = abs(d)
-    a = a if a < 20.0 else 20.0
-    small = a < 0.125
-    a2 = a * a
-    ts = a * (1.0 - a2 * (1.0 / 3.0 - a2 * (2.0 / 15.0 - a2 * (17.0 / 315.0 - a2 * (62.0 / 2835.0)))))
-    e = _expm1_poly(2.0 * a)
-    tl = e / (e + 2.0)
-    t = ts if small else tl
-    return t if d >= 0 else -t
+    a = 20.0 if a > 20.0 else a
+    e = fexpm1(2.0 * a)
+    return math.copysign(e / (e + 2.0), d)
 
 
-@njit(cache=False)
-def _erfc_poly(d):
-    """erfc(d) for float64 d, relative error < 1.2e-7 (Numerical Recipes' Chebyshev fit, 'erfcc')."""
+@_fast
+def fsigmoid(d):
+    """1 / (1 + exp(-d)); exp is clamped, so no inf / inf at either end."""
+    return 1.0 / (1.0 + fexp(-d))
+
+
+@_fast
+def ferfc(d):
+    """erfc(d), relative error < 1.2e-7 (Numerical Recipes' Chebyshev fit 'erfcc')."""
     z = abs(d)
     t = 1.0 / (1.0 + 0.5 * z)
-    r = t * exp_poly(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+    r = t * fexp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
             -0.82215223 + t * 0.17087277)))))))))
     return r if d >= 0 else 2.0 - r
 
 
 # --------------------------------------------------------------------------------------------------
-# Public scalar functions: the activation table calls these; each picks the float32 fast path or libm.
-# The plain-Python bodies run only outside Numba; inside, the overloads below replace them.
+# The exact set: what the activation table calls. The plain-Python bodies run only outside Numba;
+# inside, the overloads below replace them (libm for float64; a float32 argument goes through the fast
+# set in float64 and is rounded once).
 
 
 def exp(x):
@@ -156,58 +187,51 @@ def sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def _f32_via(poly):
+def _f32_via(fast):
     def impl(x):
-        d = np.float64(x)
-        r = np.float32(poly(d))
-        return r if x == x else x
+        return np.float32(fast(np.float64(x)))
     return impl
 
 
 @overload(exp)
 def _ol_exp(x):
     if x == types.float32:
-        return _f32_via(exp_poly)
+        return _f32_via(fexp)
     return lambda x: math.exp(x)
 
 
 @overload(expm1)
 def _ol_expm1(x):
     if x == types.float32:
-        return _f32_via(_expm1_poly)
+        return _f32_via(fexpm1)
     return lambda x: math.expm1(x)
 
 
 @overload(log1p)
 def _ol_log1p(x):
     if x == types.float32:
-        return _f32_via(_log1p_poly)
+        return _f32_via(flog1p)
     return lambda x: math.log1p(x)
 
 
 @overload(tanh)
 def _ol_tanh(x):
     if x == types.float32:
-        return _f32_via(_tanh_poly)
+        return _f32_via(ftanh)
     return lambda x: math.tanh(x)
 
 
 @overload(erfc)
 def _ol_erfc(x):
     if x == types.float32:
-        return _f32_via(_erfc_poly)
+        return _f32_via(ferfc)
     return lambda x: math.erfc(x)
-
-
-@njit(cache=False)
-def _sigmoid_f64_poly(d):
-    return 1.0 / (1.0 + exp_poly(-d))
 
 
 @overload(sigmoid)
 def _ol_sigmoid(x):
     if x == types.float32:
-        return _f32_via(_sigmoid_f64_poly)
+        return _f32_via(fsigmoid)
 
     def impl(x):
         # Two forms so that neither exp overflows to inf/inf.
@@ -216,3 +240,13 @@ def _ol_sigmoid(x):
         e = math.exp(x)
         return e / (1.0 + e)
     return impl
+
+
+#: The fast set under the exact set's names, as a module: ``fastact._table.fast_variant`` recompiles a
+#: table function with ``fm`` bound to this, which turns every ``fm.exp`` in it into ``fexp``.
+FAST = pytypes.ModuleType(__name__ + ".FAST")
+FAST.__dict__.update(
+    exp=fexp, expm1=fexpm1, log1p=flog1p, tanh=ftanh, erfc=ferfc, sigmoid=fsigmoid,
+    LOG2E=LOG2E, LN2=LN2, SQRT2=SQRT2, SQRT_HALF=SQRT_HALF, SQRT_2_OVER_PI=SQRT_2_OVER_PI,
+    INV_SQRT_2PI=INV_SQRT_2PI)
+sys.modules[FAST.__name__] = FAST

@@ -15,12 +15,14 @@ Conventions every scalar function keeps (tests check them):
 """
 
 import math
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
 
 from . import _math as fm
+from ._math import _scalar
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -114,7 +116,7 @@ def _ref_errstate(fn):
 # ------------------------------------------------------------------------------------------------ ReLU
 
 
-@njit(cache=False)
+@_scalar
 def relu_f(x, negative_slope, max_value, threshold):
     if x > threshold:
         return min(x, max_value)
@@ -125,7 +127,7 @@ def relu_f(x, negative_slope, max_value, threshold):
     return x
 
 
-@njit(cache=False)
+@_scalar
 def relu_d(x, negative_slope, max_value, threshold, subgradient):
     if x > threshold:
         return 1.0 if x < max_value else 0.0
@@ -162,14 +164,14 @@ _add(Activation(
     kinks=lambda a, m, t: (t, m), torch_name="relu", numpy_baseline="np.maximum(x, 0)"))
 
 
-@njit(cache=False)
+@_scalar
 def leaky_relu_f(x, negative_slope):
     if x > 0:
         return x
     return negative_slope * x
 
 
-@njit(cache=False)
+@_scalar
 def leaky_relu_d(x, negative_slope):
     if x > 0:
         return 1.0
@@ -196,7 +198,7 @@ _add(Activation(
     citation="Maas, Hannun & Ng (2013), Rectifier nonlinearities improve neural network acoustic models"))
 
 
-@njit(cache=False)
+@_scalar
 def relu6_f(x):
     if x > 0:
         return min(x, 6.0)
@@ -205,7 +207,7 @@ def relu6_f(x):
     return x
 
 
-@njit(cache=False)
+@_scalar
 def relu6_d(x):
     if x > 0:
         return 1.0 if x < 6.0 else 0.0
@@ -222,7 +224,7 @@ _add(Activation(
     numpy_baseline="np.clip(x, 0, 6)", domain=(-3.0, 9.0)))
 
 
-@njit(cache=False)
+@_scalar
 def hardtanh_f(x, min_val, max_val):
     if x < min_val:
         return min_val
@@ -231,7 +233,7 @@ def hardtanh_f(x, min_val, max_val):
     return x
 
 
-@njit(cache=False)
+@_scalar
 def hardtanh_d(x, min_val, max_val):
     if x > min_val and x < max_val:
         return 1.0
@@ -250,14 +252,14 @@ _add(Activation(
     domain=(-3.0, 3.0)))
 
 
-@njit(cache=False)
+@_scalar
 def threshold_f(x, threshold, value):
     if x <= threshold:
         return value
     return x
 
 
-@njit(cache=False)
+@_scalar
 def threshold_d(x, threshold, value):
     if x > threshold:
         return 1.0
@@ -279,14 +281,14 @@ _add(Activation(
 # ----------------------------------------------------------------------------- exponential family
 
 
-@njit(cache=False)
+@_scalar
 def elu_f(x, alpha):
     if x > 0:
         return x
     return alpha * fm.expm1(x)
 
 
-@njit(cache=False)
+@_scalar
 def elu_d(x, alpha):
     if x > 0:
         return 1.0
@@ -304,14 +306,14 @@ _add(Activation(
     citation="Clevert, Unterthiner & Hochreiter (2016), arXiv:1511.07289"))
 
 
-@njit(cache=False)
+@_scalar
 def celu_f(x, alpha):
     if x > 0:
         return x
     return alpha * fm.expm1(x / alpha)
 
 
-@njit(cache=False)
+@_scalar
 def celu_d(x, alpha):
     if x > 0:
         return 1.0
@@ -328,14 +330,14 @@ _add(Activation(
     numpy_baseline="np.where(x > 0, x, np.expm1(x))", citation="Barron (2017), arXiv:1704.07483"))
 
 
-@njit(cache=False)
+@_scalar
 def selu_f(x):
     if x > 0:
         return SELU_SCALE * x
     return (SELU_SCALE * SELU_ALPHA) * fm.expm1(x)
 
 
-@njit(cache=False)
+@_scalar
 def selu_d(x):
     if x > 0:
         return SELU_SCALE
@@ -352,7 +354,7 @@ _add(Activation(
     citation="Klambauer et al. (2017), Self-normalizing neural networks, arXiv:1706.02515"))
 
 
-@njit(cache=False)
+@_scalar
 def gelu_f(x, approximate):
     if approximate == 0:
         return 0.5 * x * fm.erfc(-x * fm.SQRT_HALF)
@@ -361,7 +363,7 @@ def gelu_f(x, approximate):
     return x * fm.sigmoid(2.0 * u)
 
 
-@njit(cache=False)
+@_scalar
 def gelu_d(x, approximate):
     if approximate == 0:
         return 0.5 * fm.erfc(-x * fm.SQRT_HALF) + x * fm.INV_SQRT_2PI * fm.exp(-0.5 * x * x)
@@ -398,13 +400,13 @@ _add(Activation(
     citation="Hendrycks & Gimpel (2016), Gaussian error linear units, arXiv:1606.08415"))
 
 
-@njit(cache=False)
+@_scalar
 def silu_f(x):
     s = fm.sigmoid(x)
     return x * s if s != 0 else s  # the limit 0 at x = -inf (x * s would be -inf * 0 = NaN)
 
 
-@njit(cache=False)
+@_scalar
 def silu_d(x):
     s = fm.sigmoid(x)
     return s * (1.0 + x * (1.0 - s)) if s != 0 else s
@@ -429,7 +431,7 @@ _add(Activation(
              "arXiv:1710.05941"))
 
 
-@njit(cache=False)
+@_scalar
 def mish_f(x):
     # tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2) with n = e^x: one exp, no log, no tanh.
     if x > 20.0:
@@ -439,7 +441,7 @@ def mish_f(x):
     return x * a / (a + 2.0) if a != 0 else a
 
 
-@njit(cache=False)
+@_scalar
 def mish_d(x):
     if x > 20.0:
         return 1.0
@@ -471,7 +473,7 @@ _add(Activation(
              "arXiv:1908.08681"))
 
 
-@njit(cache=False)
+@_scalar
 def hardswish_f(x):
     if x <= -3.0:
         return 0.0
@@ -480,7 +482,7 @@ def hardswish_f(x):
     return x * (x + 3.0) / 6.0
 
 
-@njit(cache=False)
+@_scalar
 def hardswish_d(x):
     if x <= -3.0:
         return 0.0
@@ -502,7 +504,7 @@ _add(Activation(
     citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244"))
 
 
-@njit(cache=False)
+@_scalar
 def hardsigmoid_f(x):
     if x <= -3.0:
         return 0.0
@@ -511,7 +513,7 @@ def hardsigmoid_f(x):
     return x / 6.0 + 0.5
 
 
-@njit(cache=False)
+@_scalar
 def hardsigmoid_d(x):
     if x > -3.0 and x < 3.0:
         return 1.0 / 6.0
@@ -528,12 +530,12 @@ _add(Activation(
     numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)"))
 
 
-@njit(cache=False)
+@_scalar
 def sigmoid_f(x):
     return fm.sigmoid(x)
 
 
-@njit(cache=False)
+@_scalar
 def sigmoid_d(x):
     s = fm.sigmoid(x)
     return s * (1.0 - s)
@@ -546,12 +548,12 @@ _add(Activation(
     numpy_baseline="1 / (1 + np.exp(-x))"))
 
 
-@njit(cache=False)
+@_scalar
 def tanh_f(x):
     return fm.tanh(x)
 
 
-@njit(cache=False)
+@_scalar
 def tanh_d(x):
     t = fm.tanh(x)
     return 1.0 - t * t
@@ -562,16 +564,13 @@ _add(Activation(
     formula="tanh(x)", transcendental=True, torch_name="tanh", numpy_baseline="np.tanh(x)"))
 
 
-@njit(cache=False)
+@_scalar
 def softsign_f(x):
-    if x == math.inf:
-        return 1.0
-    if x == -math.inf:
-        return -1.0
-    return x / (1.0 + abs(x))
+    r = x / (1.0 + abs(x))
+    return math.copysign(1.0, x) if abs(x) == math.inf else r  # a select: the loop still vectorises
 
 
-@njit(cache=False)
+@_scalar
 def softsign_d(x):
     a = 1.0 + abs(x)
     return 1.0 / (a * a)
@@ -584,15 +583,16 @@ _add(Activation(
     formula="x / (1 + |x|)", torch_name="softsign", numpy_baseline="x / (1 + np.abs(x))"))
 
 
-@njit(cache=False)
+@_scalar
 def softplus_f(x, beta, threshold):
     z = beta * x
     if z > threshold:
         return x
-    return fm.log1p(fm.exp(z)) / beta
+    # max(z, 0) + log1p(exp(-|z|)): exp never overflows, so a threshold of inf still gives ~x
+    return ((z if z > 0 else 0.0) + fm.log1p(fm.exp(-abs(z)))) / beta
 
 
-@njit(cache=False)
+@_scalar
 def softplus_d(x, beta, threshold):
     z = beta * x
     if z > threshold:
@@ -617,6 +617,30 @@ BY_NAME = dict(ACTIVATIONS)
 for _a in ACTIVATIONS.values():
     for _alias in _a.aliases:
         BY_NAME[_alias] = _a
+
+
+_fast = {}
+
+
+def fast_variant(fn):
+    """``fn`` (a table function) recompiled with ``fm`` bound to the fast set, ``fastact._math.FAST``.
+
+    The float32 kernels of transcendental activations call it on float64 arguments and round the
+    result once to float32: every ``fm.exp``/``fm.erfc``/... in the body becomes the vectorisable
+    polynomial, and all arithmetic stays in float64 (no float32/float64 mixing inside).
+    """
+    fast = _fast.get(fn)
+    if fast is None:
+        py = fn.py_func
+        glb = dict(py.__globals__, fm=fm.FAST)
+        clone = types.FunctionType(py.__code__, glb, py.__name__ + "_fast", py.__defaults__,
+                                   py.__closure__)
+        clone.__qualname__ = py.__qualname__ + "_fast"
+        # inlined at the IR level: a big body (erfc, log1p) would otherwise stay an opaque call that
+        # keeps LLVM from vectorising the loop around it
+        fast = _fast[fn] = njit(clone, cache=False, error_model="numpy", inline="always",
+                                  fastmath={"contract"})
+    return fast
 
 
 def get(name):

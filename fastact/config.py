@@ -8,12 +8,16 @@ Everything here is read at call time, so a user (or a benchmark) may change it a
 
 import os
 
-#: Elementwise kernels switch from the serial to the parallel (both cores) loop at this many elements.
-#: Measured in bench/test_threshold.py on the 2-core EPYC: the TBB fork/join costs ~10-20 us, which a
-#: transcendental kernel (GELU, ~2 ns/element/core) earns back from ~16k elements and a memory-bound
-#: ReLU (one core already near bandwidth) only from ~256k. 65536 is a compromise that never costs more
-#: than a few microseconds on either kind.
-PARALLEL_MIN_SIZE = 1 << 16
+#: Memory-bound elementwise kernels (the ReLU family: ~0.2 ns/element on one core) switch from the
+#: serial to the parallel (both cores) loop at this many elements. Measured by bench/threshold.py
+#: (2026-11-23, idle 2-core EPYC, TBB): the fork/join costs ~3-10 us, the parallel ReLU loop is 4-6x
+#: slower at 2^10-2^12, even at 2^16 (1.09x) and faster from 2^17 (0.81x).
+PARALLEL_MIN_SIZE = 1 << 17
+
+#: Transcendental kernels (GELU, SiLU, ...: 1-5 ns/element) earn the fork/join back much sooner:
+#: the parallel GELU loop is already faster at 2^10 (bench/threshold.py, same run); 2^12 leaves a
+#: margin for the cheaper ones (ELU, ~1 ns/element).
+PARALLEL_MIN_SIZE_TRANSCENDENTAL = 1 << 12
 
 #: Row-wise kernels (softmax) go parallel over rows when rows * row_length reaches this.
 PARALLEL_MIN_SIZE_ROWS = 1 << 15

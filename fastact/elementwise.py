@@ -2,7 +2,8 @@
 
 The drivers here take the public arguments, apply NumPy's conventions (dtype resolution, broadcasting,
 ``out=``) and send the common case -- scalar parameters, contiguous arrays -- to a compiled 1-D loop
-over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, both cores above). Array-valued
+over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, or
+``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` for exp/erf-based activations, both cores above). Array-valued
 parameters go through the real ufunc, which broadcasts them.
 
 Dtypes: float32 and float64 compute natively; float16 computes in and returns float32 (Numba has no
@@ -73,13 +74,20 @@ def _run(name, backward, arrays, pvals, out):
         pv = [dt.type(v) for v in pvals]
         flat = [a.reshape(-1, order=order) for a in ins] + [res.reshape(-1, order=order)]
         with _runtime.parallel_slot() as may_parallel:
-            parallel = may_parallel and n >= config.PARALLEL_MIN_SIZE
+            parallel = may_parallel and n >= _parallel_min_size(name)
             _codegen.get("loop", name, backward, parallel)(*flat, *pv)
     if out is None:
         return res if res.ndim else res[()]
     if res is not out:
         np.copyto(out, res, casting="same_kind")
     return out
+
+
+def _parallel_min_size(name):
+    """Elements from which the activation's loop runs on all cores (see ``fastact.config``)."""
+    if ACTIVATIONS[name].transcendental:
+        return config.PARALLEL_MIN_SIZE_TRANSCENDENTAL
+    return config.PARALLEL_MIN_SIZE
 
 
 def _param_values(specs, values):

@@ -581,8 +581,13 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     assert ("loop", name, False, True) in _codegen._built
     assert ("loop", name, True, True) in _codegen._built
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE", n + 1)
+    monkeypatch.setattr(config, "PARALLEL_MIN_SIZE_TRANSCENDENTAL", n + 1)
+    calls = []
+    real_get = _codegen.get
+    monkeypatch.setattr(_codegen, "get", lambda *a, **k: calls.append(a) or real_get(*a, **k))
     np.testing.assert_array_equal(f(x, **kw), y_par)
     np.testing.assert_array_equal(fb(dy, x, **kw), dx_par)
+    assert calls and all(not c[3] for c in calls if c[0] == "loop"), calls  # ... and now the serial ones
     assert_close(y_par, reference(act, x, kw), dtype)
     assert_close(dx_par, reference_backward(act, dy, x, kw), dtype, "backward")
 
