@@ -3,9 +3,10 @@
 Shapes (one key for the file): K = output channels / features, M = columns of a GEMM tile.
 
 * ``conv_epilogue(act)(g, b, y, z, *p)``: ``g`` is a conv GEMM tile viewed (K, nb, PQ), ``y`` and ``z``
-  the output rows it belongs to viewed (K, nb, PQ) (transposed views of NCHW slices); writes
-  ``y = act(g + b[k])`` and, when ``z.size`` is not 0, the pre-activation ``z = g + b[k]`` in the same
-  pass (training keeps z for the backward).
+  the NCHW output images it belongs to viewed (nb, K, PQ), all C-contiguous (so that every inner loop
+  runs over unit-stride rows and vectorises); writes ``y[n, k] = act(g[k, n] + b[k])`` and, when
+  ``z.size`` is not 0, the pre-activation ``z = g + b[k]`` in the same pass (training keeps z for the
+  backward).
 * ``linear_epilogue(act)(g, b, y, z, *p)``: ``g``, ``y``, ``z`` are (N, K); bias along the last axis.
 * ``act_backward_bias(act)(dy, z, dz, db_part, *p)``: (A, K, L) arrays; ``dz = dy * act'(z)`` and the
   per-(A, K) partial sums of dz for the bias gradient, in one pass.
@@ -46,11 +47,17 @@ def _src(kind, fname, p):
                 f"        k = kn // NB\n"
                 f"        n = kn - k * NB\n"
                 f"        bk = b[k]\n"
-                f"        for j in range(L):\n"
-                f"            v = g[k, n, j] + bk\n"
-                f"            y[k, n, j] = F(v{a})\n"
-                f"            if keep:\n"
-                f"                z[k, n, j] = v\n")
+                f"        gr = g[k, n]\n"
+                f"        yr = y[n, k]\n"
+                f"        if keep:\n"
+                f"            zr = z[n, k]\n"
+                f"            for j in range(L):\n"
+                f"                v = gr[j] + bk\n"
+                f"                yr[j] = F(v{a})\n"
+                f"                zr[j] = v\n"
+                f"        else:\n"
+                f"            for j in range(L):\n"
+                f"                yr[j] = F(gr[j] + bk{a})\n")
     if kind == "linear":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    N, K = g.shape\n"

@@ -99,8 +99,17 @@ def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
                 for q in range(q_lo):
                     col[row, o + q] = 0
                 w0 = q_lo * sw - pw + s
-                for q in range(q_lo, q_hi):
-                    col[row, o + q] = x[n0 + n, c, h, w0 + (q - q_lo) * sw]
+                src = x[n0 + n, c, h]
+                dst = col[row]
+                if sw == 1:  # unit stride: a plain copy; unsigned indices skip the negative-index
+                    # wraparound checks, so LLVM vectorises it
+                    d0 = np.uint64(o + q_lo)
+                    s0 = np.uint64(w0)
+                    for t in range(np.uint64(q_hi - q_lo)):
+                        dst[d0 + t] = src[s0 + t]
+                else:
+                    for q in range(q_lo, q_hi):
+                        dst[o + q] = src[w0 + (q - q_lo) * sw]
                 for q in range(q_hi, Q):
                     col[row, o + q] = 0
 
@@ -225,9 +234,8 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
         _im2col(x, n0, m, R, S, sh, sw, ph, pw, P, Q, col)
         g = _workspace("gemm", (K, m * PQ), dt)
         _blas.matmul(w2, col, out=g)
-        yt = y[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
-        zt = z[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2) if keep_z else no_z
-        epi(g.reshape(K, m, PQ), b, yt, zt, *pv)
+        zt = z[n0:n0 + m].reshape(m, K, PQ) if keep_z else no_z
+        epi(g.reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), zt, *pv)
     return y, z
 
 

@@ -69,6 +69,58 @@ def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
                 y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -np.inf
 
 
+@_runtime.jit()
+def _pick(a, b):
+    """max(a, b) keeping the first on ties and propagating NaN (the first NaN wins)."""
+    return a if (a >= b or a != a) else b
+
+
+@_runtime.jit(parallel=True)
+def _max_pool_2x2_forward(x, y):
+    # the VGG case (2x2 window, stride 2, no padding) without the window loops and bounds checks
+    N, C, P, Q = y.shape
+    for nc in _runtime.prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h = 2 * p
+            for q in range(Q):
+                w = 2 * q
+                m = _pick(_pick(x[n, c, h, w], x[n, c, h, w + 1]), x[n, c, h + 1, w])
+                y[n, c, p, q] = _pick(m, x[n, c, h + 1, w + 1])
+
+
+@_runtime.jit(parallel=True)
+def _max_pool_2x2_backward(dy, x, dx):
+    # windows do not overlap: each dx element receives from at most one window
+    N, C, P, Q = dy.shape
+    for nc in _runtime.prange(N * C):
+        n = nc // C
+        c = nc - n * C
+        for p in range(P):
+            h = 2 * p
+            for q in range(Q):
+                w = 2 * q
+                a, b = x[n, c, h, w], x[n, c, h, w + 1]
+                d, e = x[n, c, h + 1, w], x[n, c, h + 1, w + 1]
+                m = _pick(_pick(_pick(a, b), d), e)
+                g = dy[n, c, p, q]
+                # the first element equal to the maximum (or the first NaN) in row-major order; all
+                # four are written, so dx needs no zeroing beyond the rows/columns no window covers
+                ta = a == m or (a != a and m != m)
+                tb = not ta and (b == m or (b != b and m != m))
+                td = not (ta or tb) and (d == m or (d != d and m != m))
+                te = not (ta or tb or td)
+                dx[n, c, h, w] = g if ta else 0.0
+                dx[n, c, h, w + 1] = g if tb else 0.0
+                dx[n, c, h + 1, w] = g if td else 0.0
+                dx[n, c, h + 1, w + 1] = g if te else 0.0
+
+
+def _is_2x2(a):
+    return a == (2, 2, 2, 2, 0, 0)
+
+
 @_runtime.jit(parallel=True)
 def _max_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
     # dy (N, C, P, Q), x and dx (N, C, H, W); dx zeroed by the caller, overlapping windows accumulate
@@ -115,7 +167,10 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0):
     xc, shape, a = _args(x, kernel_size, stride, padding)
     y = np.empty(shape, dtype=xc.dtype)
     if y.size:
-        _max_pool_forward(xc, *a, y)
+        if _is_2x2(a):
+            _max_pool_2x2_forward(xc, y)
+        else:
+            _max_pool_forward(xc, *a, y)
     return y
 
 
@@ -126,8 +181,14 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     if dy.shape != shape:
         raise ValueError(f"max_pool2d_backward: dy has shape {dy.shape}, but pooling x of shape "
                          f"{xc.shape} gives {shape}")
-    dx = np.zeros(xc.shape, dtype=_compute_dtype(xc.dtype, dy.dtype))
+    dt = _compute_dtype(xc.dtype, dy.dtype)
+    if dy.size and _is_2x2(a):
+        dx = np.empty(xc.shape, dtype=dt)
+        _max_pool_2x2_backward(np.ascontiguousarray(dy, dtype=dt), xc.astype(dt, copy=False), dx)
+        dx[:, :, 2 * shape[2]:, :] = 0  # an odd last row / column belongs to no window
+        dx[:, :, :, 2 * shape[3]:] = 0
+        return dx
+    dx = np.zeros(xc.shape, dtype=dt)
     if dy.size:
-        _max_pool_backward(np.ascontiguousarray(dy, dtype=dx.dtype), xc.astype(dx.dtype, copy=False),
-                           *a, dx)
+        _max_pool_backward(np.ascontiguousarray(dy, dtype=dt), xc.astype(dt, copy=False), *a, dx)
     return dx

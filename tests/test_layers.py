@@ -632,6 +632,23 @@ def test_max_pool2d_nan_and_inf(dtype):
     assert_ref(yn, ref_max_pool2d(xn, 3, 2, 1), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_max_pool2d_2x2_fast_path_equals_general_kernel(dtype):
+    from fastact import pool
+    rng = np.random.default_rng(24)
+    x = rng.integers(-2, 3, (3, 4, 9, 7)).astype(dtype)  # odd sizes, many ties
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    y = fa.max_pool2d(x, 2)
+    y_gen = np.empty_like(y)
+    pool._max_pool_forward(x, 2, 2, 2, 2, 0, 0, y_gen)
+    np.testing.assert_array_equal(y, y_gen)
+    dy = rand(rng, y.shape, dtype)
+    dx_gen = np.zeros_like(x)
+    pool._max_pool_backward(dy, x, 2, 2, 2, 2, 0, 0, dx_gen)
+    np.testing.assert_array_equal(fa.max_pool2d_backward(dy, x, 2), dx_gen)
+
+
 # ------------------------------------------------------------------------------------ linear
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -1,0 +1,344 @@
+"""Conv layer report: fastact's conv3x3 + bias + ReLU against NumPy and PyTorch, side by side in one process.
+
+    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick]
+
+For each layer shape of docs' peer table (PERF.md) and float32/float64 it prints, as a markdown table:
+fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy baseline a user would
+write (im2col with ``sliding_window_view`` + ``np.tensordot`` + bias + ``np.maximum``), PyTorch
+(``F.relu(F.conv2d(...))``, 2 threads), the ratios (peer time / fastact time: above 1.00x fastact is
+faster), forward+backward times, and fastact's GFLOP/s as a share of the GEMM rate of NumPy's BLAS
+measured in the same run (square 1024..2048 matmuls; SGEMM for float32 rows, DGEMM for float64): the
+floor of any "im2col then BLAS" convolution.
+
+Then the extra memory of one ``fastact.conv2d`` call beyond its input and output (tracemalloc sees
+NumPy's allocations), cold (fresh workspace) and warm (workspace reused), against the size of one tile's
+column buffer; and, for the N=64 64->64 layer, the three forward stages (im2col, GEMM, epilogue) timed
+separately through fastact/conv.py's internals.
+
+The machine is shared and noisy: every figure is a median of repeats, and the implementations are
+timed interleaved (fastact, NumPy, PyTorch, fastact, ...) so that a burst of noise hits all alike.
+``bench/test_layers.py`` imports the shapes and the baselines from here.
+"""
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+import fastact as fa
+
+fconv = importlib.import_module("fastact.conv")  # the module (fastact.conv2d is the function)
+
+# name -> (N, C, H, W, K); every layer is a 3x3 conv with padding 1, stride 1
+SHAPES = {
+    "N32 3->32 @32": (32, 3, 32, 32, 32),
+    "N64 64->64 @32": (64, 64, 32, 32, 64),
+    "net 3->16 @32": (64, 3, 32, 32, 16),
+    "net 16->16 @32": (64, 16, 32, 32, 16),
+    "net 16->32 @16": (64, 16, 16, 16, 32),
+    "net 32->32 @16": (64, 32, 16, 16, 32),
+    "net 32->64 @8": (64, 32, 8, 8, 64),
+    "net 64->64 @8": (64, 64, 8, 8, 64),
+}
+NET_LAYERS = [k for k in SHAPES if k.startswith("net ")]
+R = S = 3
+PAD = 1
+DTYPES = (np.float32, np.float64)
+
+
+def flops(shape):
+    N, C, H, W, K = shape
+    P, Q = H + 2 * PAD - R + 1, W + 2 * PAD - S + 1
+    return 2 * N * K * C * R * S * P * Q
+
+
+def make_inputs(shape, dtype, seed=0):
+    N, C, H, W, K = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = (rng.standard_normal((K, C, R, S)) * np.sqrt(2.0 / (C * R * S))).astype(dtype)
+    b = (0.1 * rng.standard_normal(K)).astype(dtype)
+    dy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    return x, w, b, dy
+
+
+# ------------------------------------------------------------------------------------ implementations
+
+def numpy_conv_relu(x, w, b, pad=PAD):
+    """What a NumPy user writes: im2col through stride tricks, one tensordot, bias, ReLU."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, w.shape[2:], axis=(2, 3))  # (N, C, P, Q, R, S)
+    y = np.tensordot(win, w, axes=((1, 4, 5), (1, 2, 3)))                           # (N, P, Q, K)
+    return np.maximum(y.transpose(0, 3, 1, 2) + b[:, None, None], 0)
+
+
+def fastact_fwd(x, w, b):
+    return fa.conv2d(x, w, b, 1, PAD, activation="relu")
+
+
+def fastact_fwd_bwd(x, w, b, dy):
+    """One training step's conv work: forward keeping the pre-activation, then the fused backward."""
+    y, z = fconv._conv2d_forward(x, w, b, 1, PAD, "relu", None, True)
+    return fconv._conv2d_layer_backward(dy, z, x, w, 1, PAD, "relu", None)
+
+
+def torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    return torch
+
+
+def torch_fns(torch, x, w, b, dy):
+    F = torch.nn.functional
+    tx, tw, tb, tdy = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, w, b, dy))
+
+    def fwd():
+        with torch.no_grad():
+            return F.relu(F.conv2d(tx, tw, tb, padding=PAD))
+
+    gx, gw, gb = (t.clone().requires_grad_(True) for t in (tx, tw, tb))
+
+    def fwd_bwd():
+        gx.grad = gw.grad = gb.grad = None
+        y = F.relu(F.conv2d(gx, gw, gb, padding=PAD))
+        y.backward(tdy)
+        return gx.grad
+
+    return fwd, fwd_bwd
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+def _once(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns, repeat, budget=3.0):
+    """Median seconds of each fn in ``fns`` (a dict), timed round-robin after one warm-up call each.
+    Fewer repeats (at least 3) when one round would take longer than ``budget`` seconds."""
+    first = {k: _once(f) for k, f in fns.items()}  # warm-up (compiles or loads from cache)
+    per_round = sum(first.values())
+    n = max(3, min(repeat, int(budget / max(per_round, 1e-9))))
+    times = {k: [] for k in fns}
+    for _ in range(n):
+        for k, f in fns.items():
+            times[k].append(_once(f))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def gemm_rates(dtype, sizes=(1024, 1536, 2048), repeat=5):
+    """GFLOP/s of NumPy's matmul on square matrices of each size (2 n^3 FLOPs)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in sizes:
+        a = rng.standard_normal((n, n)).astype(dtype)
+        bm = rng.standard_normal((n, n)).astype(dtype)
+        c = np.empty((n, n), dtype)
+        t = interleaved({"mm": lambda: np.matmul(a, bm, out=c)}, repeat)["mm"]
+        out[n] = 2 * n ** 3 / t / 1e9
+    return out
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+def conv_memory(shape, dtype):
+    """(cold extra bytes, warm extra bytes, column buffer bytes of one tile, images per tile)."""
+    x, w, b, _ = make_inputs(shape, dtype)
+    N, C, H, W, K = shape
+    P, Q = H, W
+    nb = fconv._tile(N, C * R * S, P * Q, np.dtype(dtype).itemsize)
+    col_bytes = C * R * S * nb * P * Q * np.dtype(dtype).itemsize
+    y_bytes = N * K * P * Q * np.dtype(dtype).itemsize
+    res = []
+    for cold in (True, False):
+        if cold:
+            fconv._ws.__dict__.pop("bufs", None)  # this thread's workspace: dropped, as in a new process
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        y = fastact_fwd(x, w, b)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        res.append(peak - base - y_bytes)
+        del y
+    return res[0], res[1], col_bytes, nb
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+def stage_times(shape, dtype, repeat=7):
+    """Median seconds of the forward's three stages (summed over tiles) and of the whole conv2d."""
+    from fastact import _epilogue
+    blas = getattr(fconv, "_blas", None)
+    matmul = blas.matmul if blas is not None else np.matmul
+    x, w, b, _ = make_inputs(shape, dtype)
+    N, C, H, W, K = shape
+    P, Q = H, W
+    CRS, PQ = C * R * S, P * Q
+    nb = fconv._tile(N, CRS, PQ, x.dtype.itemsize)
+    w2 = w.reshape(K, CRS)
+    y = np.empty((N, K, P, Q), dtype)
+    no_z = np.empty((0, 0, 0), dtype)
+    epi = _epilogue.get("conv", "relu")
+    pv = [x.dtype.type(v) for v in _epilogue.param_values("relu", None)]
+    tiles = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
+    # one column buffer per tile size, reused across tiles as conv2d reuses its workspace; one GEMM
+    # output per tile, so that the epilogue stage (timed on its own) reads every tile's own result
+    cols = {m: np.empty((CRS, m * PQ), dtype) for _, m in tiles}
+    gs = [np.empty((K, m * PQ), dtype) for _, m in tiles]
+
+    def im2col():
+        for n0, m in tiles:
+            fconv._im2col(x, n0, m, R, S, 1, 1, PAD, PAD, P, Q, cols[m])
+
+    def gemm():  # times the GEMMs on whatever the column buffers hold: the cost does not depend on it
+        for i, (_, m) in enumerate(tiles):
+            matmul(w2, cols[m], out=gs[i])
+
+    def epilogue():
+        for i, (n0, m) in enumerate(tiles):
+            epi(gs[i].reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), no_z, *pv)
+
+    t = interleaved({"im2col": im2col, "GEMM": gemm, "epilogue": epilogue,
+                     "conv2d (all)": lambda: fastact_fwd(x, w, b)}, repeat)
+    # the three stages, run in order tile by tile, really compute the conv
+    for i, (n0, m) in enumerate(tiles):
+        fconv._im2col(x, n0, m, R, S, 1, 1, PAD, PAD, P, Q, cols[m])
+        matmul(w2, cols[m], out=gs[i])
+    epilogue()
+    np.testing.assert_allclose(y, fastact_fwd(x, w, b), rtol=1e-5, atol=1e-5)
+    isz = x.dtype.itemsize
+    work = {"im2col": (f"{CRS * N * PQ * isz / t['im2col'] / 1e9:.1f} GB/s written "
+                       f"(col {CRS}x{nb * PQ}, {len(tiles)} tile(s) of {nb} images)"),
+            "GEMM": f"{2 * K * CRS * N * PQ / t['GEMM'] / 1e9:.1f} GFLOP/s ({K}x{CRS} @ {CRS}x{nb * PQ})",
+            "epilogue": f"{2 * K * N * PQ * isz / t['epilogue'] / 1e9:.1f} GB/s (read g, write y)",
+            "conv2d (all)": f"{flops(shape) / t['conv2d (all)'] / 1e9:.1f} GFLOP/s"}
+    return t, work
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _x(r):
+    return "-" if r is None else f"{r:.2f}x"
+
+
+def _ms(t):
+    return "-" if t is None else f"{1e3 * t:.2f}"
+
+
+def run(repeat=7, shapes=None, dtypes=DTYPES, backward=True):
+    torch = torch_or_none()
+    rows = []
+    gemm = {np.dtype(dt): gemm_rates(dt) for dt in dtypes}
+    for name in shapes or SHAPES:
+        shape = SHAPES[name]
+        for dt in dtypes:
+            x, w, b, dy = make_inputs(shape, dt)
+            fns = {"fastact": lambda: fastact_fwd(x, w, b), "numpy": lambda: numpy_conv_relu(x, w, b)}
+            if torch is not None:
+                tf, tfb = torch_fns(torch, x, w, b, dy)
+                fns["torch"] = tf
+            if backward:
+                fns["fastact fwd+bwd"] = lambda: fastact_fwd_bwd(x, w, b, dy)
+                if torch is not None:
+                    fns["torch fwd+bwd"] = tfb
+            np.testing.assert_allclose(fastact_fwd(x, w, b), numpy_conv_relu(x, w, b),
+                                       rtol=1e-4, atol=1e-4)
+            t = interleaved(fns, repeat)
+            rows.append(dict(shape=name, dtype=np.dtype(dt).name, flops=flops(shape), t=t,
+                             gemm=max(gemm[np.dtype(dt)].values())))
+    return rows, gemm
+
+
+def markdown(rows, gemm):
+    out = []
+    for dt, rates in gemm.items():
+        kind = "SGEMM" if dt == np.float32 else "DGEMM"
+        out.append(f"{kind} (np.matmul, same run): " +
+                   ", ".join(f"{n}: {r:.0f} GFLOP/s" for n, r in rates.items()))
+    out.append("")
+    out.append("| layer | dtype | fastact ms | GFLOP/s | % of GEMM | NumPy ms | vs NumPy | PyTorch ms | "
+               "vs PyTorch | fastact fwd+bwd ms | PyTorch fwd+bwd ms | vs PyTorch |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    totals = {}
+    for r in rows:
+        t = r["t"]
+        fa_t = t["fastact"]
+        gf = r["flops"] / fa_t / 1e9
+        tn, tt = t.get("numpy"), t.get("torch")
+        fb, tb = t.get("fastact fwd+bwd"), t.get("torch fwd+bwd")
+        out.append(f"| {r['shape']} | {r['dtype']} | {_ms(fa_t)} | {gf:.1f} | {100 * gf / r['gemm']:.0f}% | "
+                   f"{_ms(tn)} | {_x(tn and tn / fa_t)} | {_ms(tt)} | {_x(tt and tt / fa_t)} | "
+                   f"{_ms(fb)} | {_ms(tb)} | {_x(tb and fb and tb / fb)} |")
+        if r["shape"] in NET_LAYERS:
+            acc = totals.setdefault(r["dtype"], {})
+            for k, v in t.items():
+                acc[k] = acc.get(k, 0.0) + v
+            acc["flops"] = acc.get("flops", 0) + r["flops"]
+    for dt, acc in totals.items():
+        fa_t = acc["fastact"]
+        tn, tt = acc.get("numpy"), acc.get("torch")
+        fb, tb = acc.get("fastact fwd+bwd"), acc.get("torch fwd+bwd")
+        gf = acc["flops"] / fa_t / 1e9
+        g = next(r["gemm"] for r in rows if r["dtype"] == dt)
+        out.append(f"| **net total (6 layers)** | {dt} | {_ms(fa_t)} | {gf:.1f} | {100 * gf / g:.0f}% | "
+                   f"{_ms(tn)} | {_x(tn and tn / fa_t)} | {_ms(tt)} | {_x(tt and tt / fa_t)} | "
+                   f"{_ms(fb)} | {_ms(tb)} | {_x(tb and fb and tb / fb)} |")
+    return "\n".join(out)
+
+
+def memory_markdown(shapes=None, dtypes=DTYPES):
+    out = ["| layer | dtype | images/tile | one tile's col buffer MiB | extra peak, cold MiB | "
+           "extra peak, warm MiB | cold / col |",
+           "|---|---|---|---|---|---|---|"]
+    for name in shapes or SHAPES:
+        for dt in dtypes:
+            cold, warm, col, nb = conv_memory(SHAPES[name], dt)
+            out.append(f"| {name} | {np.dtype(dt).name} | {nb} | {col / 2**20:.2f} | {cold / 2**20:.2f} | "
+                       f"{warm / 2**20:.2f} | {cold / col:.2f} |")
+    return "\n".join(out)
+
+
+def stages_markdown(name="N64 64->64 @32", dtypes=DTYPES):
+    out = [f"Forward stages of {name} (3x3, pad 1, bias + ReLU), median ms:", "",
+           "| dtype | stage | ms | share of conv2d | rate |", "|---|---|---|---|---|"]
+    for dt in dtypes:
+        t, work = stage_times(SHAPES[name], dt)
+        whole = t["conv2d (all)"]
+        for k in ("im2col", "GEMM", "epilogue", "conv2d (all)"):
+            out.append(f"| {np.dtype(dt).name} | {k} | {_ms(t[k])} | {100 * t[k] / whole:.0f}% | {work[k]} |")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="float32 only, no backward")
+    a = p.parse_args(argv)
+    import numba
+    torch = torch_or_none()
+    print(f"fastact {fa.__version__}, numpy {np.__version__}, numba {numba.__version__} "
+          f"({numba.get_num_threads()} threads), torch {torch.__version__ if torch else 'not installed'}")
+    print(f"CONV_WORKSPACE_BYTES = {fa.config.CONV_WORKSPACE_BYTES}")
+    print("Peer time / fastact time: above 1.00x fastact is faster.\n")
+    dtypes = (np.float32,) if a.quick else DTYPES
+    rows, gemm = run(a.repeat, dtypes=dtypes, backward=not a.quick)
+    print(markdown(rows, gemm))
+    print("\nExtra memory of one fastact.conv2d call beyond x and y (tracemalloc):\n")
+    print(memory_markdown(dtypes=dtypes))
+    print()
+    print(stages_markdown(dtypes=dtypes))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

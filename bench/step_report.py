@@ -1,0 +1,183 @@
+"""One SGD training step of the three reference nets of PERF.md, fastact against PyTorch, side by side.
+
+    PYTHONPATH=. python bench/step_report.py [--repeat 15] [--profile]
+
+The nets (batch 64, float32, 10 classes; per width two conv3x3 + ReLU and a 2x2 max-pool, then
+Linear + ReLU to 128 and Linear to 10):
+
+* ``digits 1x8x8``: widths (16, 32)
+* ``mnist 1x28x28``: widths (16, 32, 64)
+* ``cifar 3x32x32``: widths (16, 32, 64)
+
+A step is forward, cross-entropy, zero_grad, backward, ``SGD(lr=0.01, momentum=0.9).step()``, the same
+work in both libraries (PyTorch with 2 threads, the machine's cores). fastact and PyTorch samples are
+interleaved and each figure is a median, because the machine is noisy. ``--profile`` adds a per-layer
+table for fastact: forward and backward time of each fused block (conv + bias + ReLU is one block),
+which is where the time goes when fastact is slower. ``bench/test_train_step.py`` times the same steps
+under pytest-benchmark.
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import fastact
+from fastact import models, nn, optim
+
+BATCH = 64
+NETS = {
+    "digits 1x8x8": dict(cfg=[16, 16, "M", 32, 32, "M"], in_channels=1, input_size=8),
+    "mnist 1x28x28": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=1, input_size=28),
+    "cifar 3x32x32": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=3, input_size=32),
+}
+
+
+def batch(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, spec["in_channels"], spec["input_size"], spec["input_size"]))
+    return x.astype(np.float32), rng.integers(0, 10, BATCH)
+
+
+def fastact_step(spec):
+    """A zero-argument callable running one fastact training step on a fixed batch."""
+    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                       hidden=(128,), num_classes=10, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = batch(spec)
+
+    def step():
+        loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+    return step
+
+
+def torch_step(spec):
+    """The same step in PyTorch, or None without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                       hidden=(128,), num_classes=10, seed=0)
+    layers = []
+    for m in model:
+        if isinstance(m, nn.Conv2d):
+            layers.append(torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1))
+        elif isinstance(m, nn.Linear):
+            layers.append(torch.nn.Linear(m.in_features, m.out_features))
+        elif isinstance(m, nn.MaxPool2d):
+            layers.append(torch.nn.MaxPool2d(2))
+        elif isinstance(m, nn.Flatten):
+            layers.append(torch.nn.Flatten())
+        else:
+            layers.append(torch.nn.ReLU())
+    tmodel = torch.nn.Sequential(*layers)
+    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
+    opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = batch(spec)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        loss = loss_fn(tmodel(tx), ty)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def median_times(fns, repeat):
+    """Interleaved samples: {name: median seconds}."""
+    for f in fns.values():
+        f(), f()  # compile / load, warm the allocator
+    samples = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def profile(spec, repeat):
+    """[(block, forward ms, backward ms)] for fastact's fused blocks, median of ``repeat``."""
+    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                       hidden=(128,), num_classes=10, seed=0)
+    mods = list(model)
+    x, y = batch(spec)
+    rows = []
+    for i, j in model._plan():
+        rows.append(([i] if j is None else [i, j], [], []))
+    loss_fn = nn.CrossEntropyLoss()
+    for _ in range(repeat + 2):
+        h = x
+        for idx, fw, _bw in rows:
+            t0 = time.perf_counter()
+            if len(idx) == 1:
+                h = mods[idx[0]](h)
+            else:
+                act = mods[idx[1]]
+                h = mods[idx[0]].forward(h, activation=act.name, activation_params=act.params)
+            fw.append(time.perf_counter() - t0)
+        loss_fn(h, y)
+        dy = loss_fn.backward()
+        for k, (idx, _fw, bw) in enumerate(reversed(rows)):
+            first = k == len(rows) - 1
+            t0 = time.perf_counter()
+            if len(idx) == 1:
+                dy = mods[idx[0]].backward(dy)
+            else:
+                dy = mods[idx[0]].backward(dy, need_dx=not first)
+            bw.append(time.perf_counter() - t0)
+    out = []
+    for idx, fw, bw in rows:
+        name = " + ".join(type(mods[i]).__name__ for i in idx)
+        shape = ""
+        m = mods[idx[0]]
+        if isinstance(m, nn.Conv2d):
+            shape = f" {m.in_channels}->{m.out_channels}"
+        elif isinstance(m, nn.Linear):
+            shape = f" {m.in_features}->{m.out_features}"
+        out.append((f"{idx[0]}: {name}{shape}", 1e3 * statistics.median(fw[2:]),
+                    1e3 * statistics.median(bw[2:])))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--profile", action="store_true", help="per-layer table of fastact's step")
+    a = ap.parse_args(argv)
+    print(f"fastact {fastact.__version__}, batch {BATCH}, float32, one SGD step (median of {a.repeat})")
+    print("| net | fastact ms | PyTorch ms | ratio (PyTorch / fastact) | fastact images/s |")
+    print("|---|---|---|---|---|")
+    for name, spec in NETS.items():
+        fns = {"fastact": fastact_step(spec)}
+        t = torch_step(spec)
+        if t is not None:
+            fns["torch"] = t
+        m = median_times(fns, a.repeat)
+        tf, tt = m["fastact"], m.get("torch")
+        ratio = f"{tt / tf:.2f}x" if tt else "-"
+        print(f"| {name} | {1e3 * tf:.2f} | {'-' if tt is None else f'{1e3 * tt:.2f}'} | {ratio} | "
+              f"{BATCH / tf:,.0f} |")
+    if a.profile:
+        for name, spec in NETS.items():
+            print(f"\nper-layer profile, {name} (fastact, ms, median of {a.repeat})")
+            print("| block | forward | backward |")
+            print("|---|---|---|")
+            rows = profile(spec, a.repeat)
+            for block, f, b in rows:
+                print(f"| {block} | {f:.2f} | {b:.2f} |")
+            print(f"| total | {sum(r[1] for r in rows):.2f} | {sum(r[2] for r in rows):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
