@@ -9,7 +9,8 @@ Shapes (one key for the file): K = output channels / features, M = columns of a 
   backward).
 * ``linear_epilogue(act)(g, b, y, z, *p)``: ``g``, ``y``, ``z`` are (N, K); bias along the last axis.
 * ``act_backward_bias(act)(dy, z, dz, db_part, *p)``: (A, K, L) arrays; ``dz = dy * act'(z)`` and the
-  per-(A, K) partial sums of dz for the bias gradient, in one pass.
+  per-(A, K) partial sums of dz for the bias gradient, row by row while the row is in L1 (a vectorised
+  pass writing dz, then a float64 sum of that row).
 
 ``act`` is a name from the activation table or None (identity).
 """
@@ -35,6 +36,24 @@ def _identity_d(x):
 
 _identity_j = njit(_identity)
 _identity_dj = njit(_identity_d)
+
+
+@_runtime.jit()
+def _row_sum(r):
+    """Sum of a 1-D array in float64 with four independent accumulators: a single float accumulator is
+    a serial dependency chain that LLVM may not reorder (no fast-math), and would keep the loop that
+    computes ``r`` from vectorising if fused into it."""
+    n = r.size
+    n4 = n - n % 4
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(0, n4, 4):
+        s0 += r[j]
+        s1 += r[j + 1]
+        s2 += r[j + 2]
+        s3 += r[j + 3]
+    for j in range(n4, n):
+        s0 += r[j]
+    return (s0 + s1) + (s2 + s3)
 
 
 def _src(kind, fname, p):
@@ -74,12 +93,12 @@ def _src(kind, fname, p):
             f"    for ak in prange(A * K):\n"
             f"        i = ak // K\n"
             f"        k = ak - i * K\n"
-            f"        acc = 0.0\n"
+            f"        dyr = dy[i, k]\n"
+            f"        zr = z[i, k]\n"
+            f"        dzr = dz[i, k]\n"
             f"        for j in range(L):\n"
-            f"            d = dy[i, k, j] * D(z[i, k, j]{a})\n"
-            f"            dz[i, k, j] = d\n"
-            f"            acc += d\n"
-            f"        db_part[i, k] = acc\n")
+            f"            dzr[j] = dyr[j] * D(zr[j]{a})\n"
+            f"        db_part[i, k] = _row_sum(dzr)\n")
 
 
 def get(kind, activation):
@@ -99,7 +118,7 @@ def get(kind, activation):
                 fname = f"{kind}_epilogue_{name}"
                 glb = {"F": _identity_j if act is None else _codegen.scalar(act),
                        "D": _identity_dj if act is None else _codegen.scalar(act, True),
-                       "prange": prange}
+                       "prange": prange, "_row_sum": _row_sum}
                 py = _codegen._compile_source(fname, _src(kind, fname, p), glb)
                 fn = _runtime.jit(parallel=True)(py)
                 _built[key] = fn

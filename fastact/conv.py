@@ -116,24 +116,39 @@ def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
 
 @_runtime.jit(parallel=True)
 def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
-    # dcol (C*R*S, nb*P*Q); dx (N, C, H, W) accumulated: the adjoint of _im2col
+    # dcol (C*R*S, nb*P*Q); dx (N, C, H, W) accumulated: the adjoint of _im2col. Parallel over channels,
+    # so no two threads ever add into the same dx element.
     N, C, H, W = dx.shape
     PQ = P * Q
     for c in _runtime.prange(C):
         for r in range(R):
             for s in range(S):
                 row = (c * R + r) * S + s
+                src = dcol[row]
+                # output columns q whose input column w = q*sw - pw + s lies inside [0, W)
+                q_lo = 0
+                while q_lo < Q and q_lo * sw - pw + s < 0:
+                    q_lo += 1
+                q_hi = Q
+                while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
+                    q_hi -= 1
+                w0 = q_lo * sw - pw + s
                 for n in range(nb):
                     base = n * PQ
                     for p in range(P):
                         h = p * sh - ph + r
                         if h < 0 or h >= H:
                             continue
+                        dst = dx[n0 + n, c, h]
                         o = base + p * Q
-                        for q in range(Q):
-                            w = q * sw - pw + s
-                            if w >= 0 and w < W:
-                                dx[n0 + n, c, h, w] += dcol[row, o + q]
+                        if sw == 1:  # unsigned indices: no wraparound checks, the loop vectorises
+                            d0 = np.uint64(w0)
+                            s0 = np.uint64(o + q_lo)
+                            for t in range(np.uint64(q_hi - q_lo)):
+                                dst[d0 + t] += src[s0 + t]
+                        else:
+                            for q in range(q_lo, q_hi):
+                                dst[w0 + (q - q_lo) * sw] += src[o + q]
 
 
 # ---------------------------------------------------------------------------------------- workspace
