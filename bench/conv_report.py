@@ -131,6 +131,8 @@ def interleaved(fns, repeat, budget=3.0):
     times = {k: [] for k in fns}
     for _ in range(n):
         for k, f in fns.items():
+            f()  # one untimed call first: PyTorch's OpenMP threads spin after a parallel region and
+            # would otherwise be charged to whatever runs next (and TBB's wake-up to PyTorch)
             times[k].append(_once(f))
     return {k: statistics.median(v) for k, v in times.items()}
 

@@ -93,12 +93,18 @@ def torch_step(spec):
 
 
 def median_times(fns, repeat):
-    """Interleaved samples: {name: median seconds}."""
+    """Interleaved samples: {name: median seconds}.
+
+    Each sample is the second of two back-to-back steps: the first lets the library's thread pool wake
+    up and the other library's spinning threads (PyTorch's OpenMP pool spins after a parallel region)
+    go to sleep, which would otherwise be charged to whichever library runs next.
+    """
     for f in fns.values():
         f(), f()  # compile / load, warm the allocator
     samples = {k: [] for k in fns}
     for _ in range(repeat):
         for k, f in fns.items():
+            f()
             t0 = time.perf_counter()
             f()
             samples[k].append(time.perf_counter() - t0)

@@ -28,3 +28,11 @@ LAYERS = ("conv2d", "max_pool2d", "linear", "cross_entropy")
 __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS", "GradcheckError", "gradcheck", "gradcheck_module",
            *_elementwise_all, "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]
+
+
+def __getattr__(name):
+    # fastact.capi (numba.cfunc kernels) is imported on first use: most users never need it
+    if name == "capi":
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,16 +8,16 @@ Everything here is read at call time, so a user (or a benchmark) may change it a
 
 import os
 
-#: Memory-bound elementwise kernels (the ReLU family: ~0.2 ns/element on one core) switch from the
-#: serial to the parallel (both cores) loop at this many elements. Measured by bench/threshold.py
-#: (2026-11-23, idle 2-core EPYC, TBB): the fork/join costs ~3-10 us, the parallel ReLU loop is 4-6x
-#: slower at 2^10-2^12, even at 2^16 (1.09x) and faster from 2^17 (0.81x).
+#: Memory-bound elementwise kernels (the ReLU family: ~0.2-0.5 ns/element on one core) switch from
+#: the serial to the parallel (both cores) loop at this many elements. Measured by bench/threshold.py
+#: (2026-11-23, idle 2-core EPYC, TBB): the fork/join costs ~3-6 us; the parallel ReLU loop is 4-6x
+#: slower at 2^10-2^12, 1.30x slower at 2^16, and faster from 2^17 (0.96x, then 0.5-0.8x).
 PARALLEL_MIN_SIZE = 1 << 17
 
-#: Transcendental kernels (GELU, SiLU, ...: 1-5 ns/element) earn the fork/join back much sooner:
-#: the parallel GELU loop is already faster at 2^10 (bench/threshold.py, same run); 2^12 leaves a
-#: margin for the cheaper ones (ELU, ~1 ns/element).
-PARALLEL_MIN_SIZE_TRANSCENDENTAL = 1 << 12
+#: Transcendental kernels (ELU ~1 ns/element, GELU ~3 ns/element on one core) earn the fork/join back
+#: much sooner. Same run: the parallel GELU loop is 1.08x slower at 2^12 and faster from 2^13 (0.83x,
+#: then 0.55-0.7x); 2^14 leaves room for the cheaper ones (ELU, SELU: a third of GELU's work).
+PARALLEL_MIN_SIZE_TRANSCENDENTAL = 1 << 14
 
 #: Row-wise kernels (softmax) go parallel over rows when rows * row_length reaches this.
 PARALLEL_MIN_SIZE_ROWS = 1 << 15
