@@ -72,49 +72,58 @@ def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
 @_runtime.jit()
 def _pick(a, b):
     """max(a, b) keeping the first on ties and propagating NaN (the first NaN wins)."""
-    return a if (a >= b or a != a) else b
+    return a if (a >= b) | (a != a) else b  # '|', not 'or': no branch, the loop stays vectorisable
 
 
 @_runtime.jit(parallel=True)
 def _max_pool_2x2_forward(x, y):
-    # the VGG case (2x2 window, stride 2, no padding) without the window loops and bounds checks
+    # the VGG case (2x2 window, stride 2, no padding) without the window loops and bounds checks,
+    # over 1-D row views (unit stride known to the compiler)
     N, C, P, Q = y.shape
-    for nc in _runtime.prange(N * C):
+    for ncp in _runtime.prange(N * C * P):
+        nc = ncp // P
+        p = ncp - nc * P
         n = nc // C
         c = nc - n * C
-        for p in range(P):
-            h = 2 * p
-            for q in range(Q):
-                w = 2 * q
-                m = _pick(_pick(x[n, c, h, w], x[n, c, h, w + 1]), x[n, c, h + 1, w])
-                y[n, c, p, q] = _pick(m, x[n, c, h + 1, w + 1])
+        r0 = x[n, c, 2 * p]
+        r1 = x[n, c, 2 * p + 1]
+        yr = y[n, c, p]
+        for q in range(Q):
+            m = _pick(_pick(r0[2 * q], r0[2 * q + 1]), r1[2 * q])
+            yr[q] = _pick(m, r1[2 * q + 1])
 
 
 @_runtime.jit(parallel=True)
 def _max_pool_2x2_backward(dy, x, dx):
     # windows do not overlap: each dx element receives from at most one window
     N, C, P, Q = dy.shape
-    for nc in _runtime.prange(N * C):
+    for ncp in _runtime.prange(N * C * P):
+        nc = ncp // P
+        p = ncp - nc * P
         n = nc // C
         c = nc - n * C
-        for p in range(P):
-            h = 2 * p
-            for q in range(Q):
-                w = 2 * q
-                a, b = x[n, c, h, w], x[n, c, h, w + 1]
-                d, e = x[n, c, h + 1, w], x[n, c, h + 1, w + 1]
-                m = _pick(_pick(_pick(a, b), d), e)
-                g = dy[n, c, p, q]
-                # the first element equal to the maximum (or the first NaN) in row-major order; all
-                # four are written, so dx needs no zeroing beyond the rows/columns no window covers
-                ta = a == m or (a != a and m != m)
-                tb = not ta and (b == m or (b != b and m != m))
-                td = not (ta or tb) and (d == m or (d != d and m != m))
-                te = not (ta or tb or td)
-                dx[n, c, h, w] = g if ta else 0.0
-                dx[n, c, h, w + 1] = g if tb else 0.0
-                dx[n, c, h + 1, w] = g if td else 0.0
-                dx[n, c, h + 1, w + 1] = g if te else 0.0
+        r0 = x[n, c, 2 * p]
+        r1 = x[n, c, 2 * p + 1]
+        d0 = dx[n, c, 2 * p]
+        d1 = dx[n, c, 2 * p + 1]
+        dyr = dy[n, c, p]
+        for q in range(Q):
+            a, b = r0[2 * q], r0[2 * q + 1]
+            d, e = r1[2 * q], r1[2 * q + 1]
+            m = _pick(_pick(_pick(a, b), d), e)
+            g = dyr[q]
+            # the first element equal to the maximum (or the first NaN) in row-major order; all
+            # four are written, so dx needs no zeroing beyond the rows/columns no window covers.
+            # Bitwise operators, not 'and'/'or': random data would mispredict every branch.
+            nan = m != m
+            ta = (a == m) | ((a != a) & nan)
+            tb = (not ta) & ((b == m) | ((b != b) & nan))
+            td = (not (ta | tb)) & ((d == m) | ((d != d) & nan))
+            te = not (ta | tb | td)
+            d0[2 * q] = g if ta else 0.0
+            d0[2 * q + 1] = g if tb else 0.0
+            d1[2 * q] = g if td else 0.0
+            d1[2 * q + 1] = g if te else 0.0
 
 
 def _is_2x2(a):
