@@ -26,12 +26,20 @@ import sys
 import tempfile
 import threading
 import types
+import warnings
 
 import numba
 from numba import njit, prange  # noqa: F401  (prange re-exported for the kernels)
 from numba.core import caching
 
 from . import config
+
+# The float32 kernels inline their scalar functions at the IR level (inline="always", see _codegen);
+# inside a prange body Numba's SSA pass then runs a pedantic self-check that warns about a variable
+# "not in scope" although the compiled code is right (tests/test_layers.py compares every fused
+# kernel with the unfused ops). Silence that one internal check, for Numba's own module only.
+warnings.filterwarnings("ignore", message=r"variable '.*' is not in scope",
+                        category=numba.core.errors.NumbaIRAssumptionWarning, module=r"numba\.core\.ssa")
 
 GENERATED_FILENAME = "<fastact-generated>"
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))

@@ -87,6 +87,35 @@ def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
         q_hi = Q
         while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
             q_hi -= 1
+        if sh == 1 and sw == 1 and Q == W:
+            # "same" width, unit stride (the VGG 3x3/pad-1 case): the image block of this row is the
+            # flattened image shifted by delta, so copy it in one run of P*Q elements (short rows of
+            # 8-32 elements cost more in loop overhead than in copying), then zero the columns whose
+            # input column falls outside [0, W) and that picked up a neighbouring row's values.
+            delta = (r - ph) * W + (s - pw)
+            HW = H * W
+            j_lo = min(max(0, -delta), PQ)
+            j_hi = max(min(PQ, HW - delta), j_lo)
+            dst = col[row]
+            for n in range(nb):
+                src = x[n0 + n, c].reshape(HW)
+                base = n * PQ
+                for j in range(j_lo):
+                    dst[base + j] = 0
+                d0 = np.uint64(base + j_lo)
+                s0 = np.uint64(j_lo + delta)
+                for t in range(np.uint64(j_hi - j_lo)):
+                    dst[d0 + t] = src[s0 + t]
+                for j in range(j_hi, PQ):
+                    dst[base + j] = 0
+                if q_lo > 0 or q_hi < Q:
+                    for p in range(P):
+                        o = base + p * Q
+                        for q in range(q_lo):
+                            dst[o + q] = 0
+                        for q in range(q_hi, Q):
+                            dst[o + q] = 0
+            continue
         for n in range(nb):
             base = n * PQ
             for p in range(P):
