@@ -23,7 +23,8 @@ def _info(args):
         ("threading layer", _runtime.threading_layer()),
         ("threads", str(numba.get_num_threads())),
         ("cpu count", str(os.cpu_count())),
-        ("parallel threshold", f"{fastact.config.PARALLEL_MIN_SIZE} elements"),
+        ("parallel threshold", f"{fastact.config.PARALLEL_MIN_SIZE} elements (transcendental: "
+                               f"{fastact.config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})"),
         ("JIT cache", _runtime.cache_path() or "disabled (no writable location)"),
         ("CUDA", _cuda_status()),
     ]

@@ -322,7 +322,8 @@ def machine():
             ("memory", mem), ("python", platform.python_version()), ("numpy", np.__version__),
             ("numba", numba.__version__), ("fastact", __version__),
             ("threading layer", _runtime.threading_layer()), ("numba threads", str(numba.get_num_threads())),
-            ("parallel threshold", f"{config.PARALLEL_MIN_SIZE} elements")]
+            ("parallel threshold", f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
+                                   f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})")]
     torch = _torch()
     if torch is not None:
         rows.append(("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)"))

@@ -129,13 +129,11 @@ def relu_f(x, negative_slope, max_value, threshold):
 
 @_scalar
 def relu_d(x, negative_slope, max_value, threshold, subgradient):
-    if x > threshold:
-        return 1.0 if x < max_value else 0.0
-    if x < threshold:
-        return negative_slope
-    if x == threshold:
-        return negative_slope if subgradient != subgradient else subgradient
-    return x
+    # selects, not branches: on real data the sign of x is unpredictable
+    d = (1.0 if x < max_value else 0.0) if x > threshold else negative_slope
+    at = negative_slope if subgradient != subgradient else subgradient
+    d = at if x == threshold else d
+    return d if x == x else x
 
 
 @_ref_errstate

@@ -1,0 +1,155 @@
+"""fastact.cuda against the CPU results, on small shapes.
+
+Without a GPU these run on Numba's CUDA simulator, in their own process (``.ci/run``)::
+
+    NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py
+
+Block and tile sizes are made small (32 threads per block, at most 3 blocks, 4x4 GEMM tiles) so that every
+kernel runs over several blocks and its grid-stride loop goes round more than once. The same tests run
+unchanged on a real GPU. In the ordinary test run (no GPU, no simulator) they skip.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import fastact
+from fastact import cuda as fcuda
+from fastact._table import ACTIVATIONS, NAMES
+
+from conftest import assert_close, default_kwargs
+
+pytestmark = pytest.mark.skipif(not fcuda.is_available(),
+                                reason="no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set")
+
+fcuda.THREADS_PER_BLOCK = 32
+fcuda.MAX_BLOCKS = 3
+fcuda.TILE = 4
+
+DTYPES = [np.float32, np.float64]
+IDS = ["f32", "f64"]
+
+
+def dev(a):
+    return fcuda.to_device(a, dtype=a.dtype)
+
+
+def host(d):
+    return d.copy_to_host()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_activation_forward_and_backward_match_cpu(name, dtype):
+    act = ACTIVATIONS[name]
+    rng = np.random.default_rng(1)
+    lo, hi = act.domain
+    x = rng.uniform(lo, hi, 300).astype(dtype)   # > 3 blocks x 32 threads: the grid-stride loop runs
+    x[:4] = [np.nan, 0.0, -0.0, 1e-30]
+    dy = rng.standard_normal(x.size).astype(dtype)
+    kw = default_kwargs(act)
+    y = getattr(fcuda, name)(dev(x), **kw)
+    dx = getattr(fcuda, f"{name}_backward")(dev(dy), dev(x), **kw)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_close(host(y), getattr(fastact, name)(x, **kw), dtype, err_msg=f"{name} forward")
+    assert_close(host(dx), getattr(fastact, f"{name}_backward")(dy, x, **kw), dtype, "backward",
+                 err_msg=f"{name} backward")
+
+
+def test_activation_parameters_and_aliases():
+    x = np.linspace(-3, 3, 101).astype(np.float32)
+    np.testing.assert_allclose(host(fcuda.relu(dev(x), negative_slope=0.1, max_value=2.0)),
+                               fastact.relu(x, negative_slope=0.1, max_value=2.0), rtol=1e-6)
+    np.testing.assert_allclose(host(fcuda.swish(dev(x))), fastact.silu(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(host(fcuda.gelu(dev(x), approximate="tanh")),
+                               fastact.gelu(x, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="unexpected parameters"):
+        fcuda.relu(dev(x), slope=1.0)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = np.ones((4, 5), np.float32)
+    with pytest.raises(TypeError, match="device array"):
+        fcuda.relu(x)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fcuda.relu(dev(x).T)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fcuda.relu(fcuda._cuda().to_device(np.ones(3, np.int32)))
+    with pytest.raises(ValueError, match="shape"):
+        fcuda.relu_backward(dev(np.ones(3, np.float32)), dev(x))
+    with pytest.raises(ValueError, match="channels|shape"):
+        fcuda.conv2d(dev(np.ones((1, 2, 5, 5), np.float32)), dev(np.ones((3, 4, 3, 3), np.float32)))
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1",
+                    reason="the simulator's arrays have no __cuda_array_interface__")
+def test_cuda_array_interface_objects_are_accepted():
+    class Wrapped:  # what CuPy or PyTorch hand over: only the interface
+        def __init__(self, d):
+            self.__cuda_array_interface__ = d.__cuda_array_interface__
+            self._keep = d
+
+    x = np.linspace(-2, 2, 50).astype(np.float32)
+    np.testing.assert_array_equal(host(fcuda.relu(Wrapped(dev(x)))), fastact.relu(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_tiled_gemm_matches_numpy(dtype):
+    rng = np.random.default_rng(2)
+    for m, k, n in [(5, 7, 9), (1, 13, 4), (8, 4, 1), (9, 9, 9)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        assert_close(host(fcuda.matmul(dev(a), dev(b))), a.astype(float) @ b, dtype)
+        # transposed views (the conv backward uses them)
+        assert_close(host(fcuda.matmul(dev(a.T.copy()).T, dev(b.T.copy()).T)), a.astype(float) @ b, dtype)
+
+
+CONV_CASES = [(3, 1, 1), (3, 2, 1), (1, 1, 0), (5, 2, 2), (3, 1, 0)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("kernel,stride,padding", CONV_CASES)
+def test_conv2d_forward_and_backward_match_cpu(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    w = (0.3 * rng.standard_normal((4, 3, kernel, kernel))).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    y, z = fcuda.conv2d(dev(x), dev(w), dev(b), stride, padding, activation="gelu", return_z=True)
+    assert_close(host(y), fastact.conv2d(x, w, b, stride, padding, activation="gelu"), dtype)
+    assert_close(host(z), fastact.conv2d(x, w, b, stride, padding), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx, dw, db = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), stride, padding)
+    rx, rw, rb = fastact.conv2d_backward(dy, x, w, stride, padding)
+    for got, want in ((dx, rx), (dw, rw), (db, rb)):
+        assert_close(host(got), want, dtype, "backward")
+    # with the activation's backward fused in front
+    dx, dw, db = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), stride, padding, z=z, activation="gelu")
+    dz = fastact.gelu_backward(dy, host(z))
+    rx, rw, rb = fastact.conv2d_backward(dz, x, w, stride, padding)
+    for got, want in ((dx, rx), (dw, rw), (db, rb)):
+        assert_close(host(got), want, dtype, "backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0)])
+def test_max_pool2d_matches_cpu(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.integers(-3, 4, (2, 3, 7, 6)).astype(dtype)   # many ties
+    x[0, 0, 0, 0] = np.nan
+    y = fcuda.max_pool2d(dev(x), kernel, stride, padding)
+    np.testing.assert_array_equal(host(y), fastact.max_pool2d(x, kernel, stride, padding))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(host(fcuda.max_pool2d_backward(dev(dy), dev(x), kernel, stride, padding)),
+                 fastact.max_pool2d_backward(dy, x, kernel, stride, padding), dtype, "backward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_linear_matches_cpu(dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 10)).astype(dtype)
+    w = rng.standard_normal((7, 10)).astype(dtype)
+    b = rng.standard_normal(7).astype(dtype)
+    assert_close(host(fcuda.linear(dev(x), dev(w), dev(b), activation="relu")),
+                 fastact.linear(x, w, b, activation="relu"), dtype)
+    assert_close(host(fcuda.linear(dev(x), dev(w))), fastact.linear(x, w), dtype)
