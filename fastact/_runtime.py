@@ -88,6 +88,8 @@ def _setup_threading():
 
 REQUESTED_LAYER = _setup_threading()
 _serial_lock = threading.Lock()
+#: True when concurrent parallel regions must be serialised by parallel_slot() (workqueue)
+NEEDS_SLOT = REQUESTED_LAYER not in ("tbb", "omp", "threadsafe", "forksafe", "safe")
 
 
 @contextlib.contextmanager

@@ -52,8 +52,42 @@ def _same_buffer(a, b):
             and a.strides == b.strides and a.shape == b.shape)
 
 
+_PARAM_CACHE = {}
+
+
+def _typed_params(dt, pvals):
+    """The parameters as scalars of the compute dtype (what the compiled loops take), memoised: the
+    conversion costs more than a small kernel call."""
+    key = (dt.char, *pvals)
+    pv = _PARAM_CACHE.get(key)
+    if pv is None:
+        if len(_PARAM_CACHE) > 4096:
+            _PARAM_CACHE.clear()
+        pv = _PARAM_CACHE[key] = tuple(dt.type(v) for v in pvals)
+    return pv
+
+
+def _call_loop(name, backward, n, flat, pv):
+    parallel = n >= _parallel_min_size(name)
+    if not (parallel and _runtime.NEEDS_SLOT):
+        _codegen.get("loop", name, backward, parallel)(*flat, *pv)
+        return
+    with _runtime.parallel_slot() as may_parallel:  # workqueue: one parallel region at a time
+        _codegen.get("loop", name, backward, parallel and may_parallel)(*flat, *pv)
+
+
 def _run(name, backward, arrays, pvals, out):
     """Apply the compiled loop to ``arrays`` ((x,) or (dy, x)) with scalar parameters ``pvals``."""
+    x = arrays[-1]
+    dt = x.dtype
+    if out is None and dt in _FLOATS and x.flags.c_contiguous and all(
+            a.dtype == dt and a.shape == x.shape and a.flags.c_contiguous for a in arrays[:-1]):
+        # the common case, without the general path's conversions (~20 us of Python per call)
+        res = np.empty(x.shape, dtype=dt)
+        if res.size:
+            flat = [a.reshape(-1) for a in arrays] + [res.reshape(-1)]
+            _call_loop(name, backward, res.size, flat, _typed_params(dt, pvals))
+        return res if res.ndim else res[()]
     dt = _compute_dtype(*(a.dtype for a in arrays))
     shape = arrays[0].shape if len(arrays) == 1 else np.broadcast_shapes(*(a.shape for a in arrays))
     if out is not None:
@@ -71,11 +105,8 @@ def _run(name, backward, arrays, pvals, out):
     res = out if direct else np.empty(shape, dtype=dt, order=order)
     n = res.size
     if n:
-        pv = [dt.type(v) for v in pvals]
         flat = [a.reshape(-1, order=order) for a in ins] + [res.reshape(-1, order=order)]
-        with _runtime.parallel_slot() as may_parallel:
-            parallel = may_parallel and n >= _parallel_min_size(name)
-            _codegen.get("loop", name, backward, parallel)(*flat, *pv)
+        _call_loop(name, backward, n, flat, _typed_params(dt, pvals))
     if out is None:
         return res if res.ndim else res[()]
     if res is not out:
@@ -94,11 +125,14 @@ def _param_values(specs, values):
     return [spec.to_float(v) for spec, v in zip(specs, values)]
 
 
+_SCALARS = (float, int, np.floating, np.integer)
+
+
 def _apply(act, backward, arrays, values, out):
     specs = act.params + (act.backward_params if backward else ())
     pvals = _param_values(specs, values)
-    arrays = [np.asarray(a) for a in arrays]
-    if all(np.ndim(v) == 0 for v in pvals):
+    arrays = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
+    if all(isinstance(v, _SCALARS) or np.ndim(v) == 0 for v in pvals):
         return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
     # Array-valued parameters: the real ufunc broadcasts them against the inputs. Scalar parameters
     # (Python floats, the None -> inf defaults) do not promote x's dtype, as on the scalar path above.
