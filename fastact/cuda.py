@@ -3,7 +3,9 @@
 Every activation's forward and backward, the bias + activation epilogue, im2col/col2im, a tiled
 shared-memory GEMM and max-pooling are CUDA kernels built from the same Python definitions as the CPU
 ufuncs (``fastact._table``; the table's ``fm.exp``/``fm.erfc``/... map to CUDA's libdevice here). On
-top of them: ``conv2d`` (+ ``conv2d_backward``), ``max_pool2d`` (+ backward), ``linear``.
+top of them: ``conv2d`` (+ ``conv2d_backward``), ``max_pool2d`` (+ backward), ``linear``,
+``cross_entropy``, and :class:`DeviceNet`, which runs a whole ``fastact.nn.Sequential`` (a VGG from
+``fastact.models.vgg``) forward and backward on the device.
 
 Inputs are Numba device arrays or any object exposing ``__cuda_array_interface__`` (CuPy, PyTorch);
 results are Numba device arrays (``.copy_to_host()``, or ``torch.as_tensor(result, device='cuda')``).
@@ -25,7 +27,7 @@ from . import _table
 from ._epilogue import param_values
 
 __all__ = ["is_available", "to_device", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
-           "linear", "matmul", "THREADS_PER_BLOCK", "MAX_BLOCKS", "TILE"]
+           "linear", "matmul", "cross_entropy", "DeviceNet", "THREADS_PER_BLOCK", "MAX_BLOCKS", "TILE"]
 
 #: threads per block of the 1-D kernels (a multiple of 32)
 THREADS_PER_BLOCK = 256
@@ -657,3 +659,185 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
         blocks, threads = _launch_1d(dy.size)
         _pool_kernels()["backward"][blocks, threads](dy, x, *a, dx)
     return dx
+
+
+# ------------------------------------------------------------------------ losses and whole networks
+
+def _k_cross_entropy(logits, target, scale, loss_rows, d):
+    # one thread per row: loss_rows[i] = logsumexp(row) - row[t]; d = (softmax(row) - onehot) * scale
+    N, C = logits.shape
+    for i in range(np.int64(cuda.grid(1)), N, np.int64(cuda.gridsize(1))):
+        m = logits[i, 0]
+        for j in range(1, C):
+            v = logits[i, j]
+            if v > m or v != v:
+                m = v
+        s = 0.0
+        for j in range(C):
+            s += math.exp(logits[i, j] - m)
+        lse = m + math.log(s)
+        t = target[i]
+        loss_rows[i] = lse - logits[i, t]
+        for j in range(C):
+            p = math.exp(logits[i, j] - lse)
+            d[i, j] = (p - (1.0 if j == t else 0.0)) * scale
+
+
+def _k_col_sum(dz, db):
+    # db[k] = sum over rows of dz (N, K): one thread per k
+    N, K = dz.shape
+    for k in range(np.int64(cuda.grid(1)), K, np.int64(cuda.gridsize(1))):
+        acc = 0.0
+        for n in range(N):
+            acc += dz[n, k]
+        db[k] = acc
+
+
+def _misc_kernels():
+    k = _built.get("misc")
+    if k is None:
+        k = _built["misc"] = {"ce": _kernel(_k_cross_entropy), "col_sum": _kernel(_k_col_sum)}
+    return k
+
+
+def cross_entropy(logits, target):
+    """Mean cross-entropy of device logits (N, C) against integer labels: ``(loss, dlogits)``.
+
+    ``target`` may be a host array (it is copied) or a device array of integers; labels outside
+    ``[0, C)`` raise a ``ValueError`` (checked on the host copy).
+    """
+    cuda = _cuda()
+    logits = _as_device(logits, "logits")
+    if len(logits.shape) != 2:
+        raise ValueError(f"cross_entropy: logits must be (N, C), got shape {tuple(logits.shape)}")
+    N, C = logits.shape
+    t = np.asarray(target.copy_to_host() if hasattr(target, "copy_to_host") else target)
+    if t.shape != (N,) or t.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: target must be {N} integer labels, got shape {t.shape}, "
+                         f"dtype {t.dtype}")
+    if N and (t.min() < 0 or t.max() >= C):
+        raise ValueError(f"cross_entropy: labels must lie in [0, {C}), got {t.min()}..{t.max()}")
+    rows = cuda.device_array(N, dtype=np.float64)
+    d = cuda.device_array((N, C), dtype=logits.dtype)
+    if N == 0:
+        return float("nan"), d
+    blocks, threads = _launch_1d(N)
+    _misc_kernels()["ce"][blocks, threads](logits, cuda.to_device(t.astype(np.int64)),
+                                          logits.dtype.type(1.0 / N), rows, d)
+    return float(rows.copy_to_host().mean()), d
+
+
+class DeviceNet:
+    """A ``fastact.nn.Sequential`` (e.g. from ``fastact.models.vgg``) run forward and backward on the GPU.
+
+    The parameters are copied to the device once (``sync_to_host()`` copies them back); ``forward``
+    keeps what ``backward`` needs; ``backward(dlogits)`` returns the parameter gradients as device arrays
+    keyed like ``state_dict()`` (PyTorch's names). A Conv2d followed by an activation runs fused (bias +
+    activation in the GEMM epilogue, the activation's backward in front of the conv backward); a Linear's
+    activation runs as its own kernel. Supported modules: Conv2d, Linear, MaxPool2d, Flatten and the table's activations.
+
+    >>> net = DeviceNet(models.vgg([8, "M"], in_channels=1, input_size=8, hidden=(16,)))  # doctest: +SKIP
+    >>> loss, dlogits = cross_entropy(net.forward(to_device(x)), y)                       # doctest: +SKIP
+    >>> grads = net.backward(dlogits)                                                     # doctest: +SKIP
+    """
+
+    def __init__(self, model):
+        from . import nn
+        self.model = model
+        self.params = {k: to_device(v, dtype=v.dtype) for k, v in model.state_dict().items()}
+        self.plan = []
+        mods = list(model)
+        for i, j in model._plan():
+            m = mods[i]
+            act = None if j is None else mods[j]
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
+                pass
+            elif isinstance(m, nn.Activation):
+                pass
+            else:
+                raise TypeError(f"DeviceNet: module {i} ({type(m).__name__}) has no GPU implementation")
+            self.plan.append((i, m, act))
+        self._saved = None
+
+    def _act(self, act):
+        return (None, None) if act is None else (act.name, act.params)
+
+    def forward(self, x):
+        """Logits (device array) of the device batch ``x``; keeps the intermediates for backward."""
+        from . import nn
+        h = _as_device(x, "x")
+        saved = []
+        for i, m, act in self.plan:
+            name, params = self._act(act)
+            if isinstance(m, nn.Conv2d):
+                b = self.params.get(f"{i}.bias")
+                y, z = conv2d(h, self.params[f"{i}.weight"], b, m.stride, m.padding, activation=name,
+                              activation_params=params, return_z=True)
+                saved.append((h, z))
+            elif isinstance(m, nn.Linear):
+                b = self.params.get(f"{i}.bias")
+                z = linear(h, self.params[f"{i}.weight"], b)
+                y = z if name is None else globals()[_table.get(name).name](z, **_kw(name, params))
+                saved.append((h, z))
+            elif isinstance(m, nn.MaxPool2d):
+                y = max_pool2d(h, m.kernel_size, m.stride, m.padding)
+                saved.append((h, None))
+            elif isinstance(m, nn.Flatten):
+                y = h.reshape(h.shape[0], h.size // h.shape[0])
+                saved.append((h.shape, None))
+            else:  # a lone activation module
+                y = globals()[_table.get(m.name).name](h, **_kw(m.name, m.params))
+                saved.append((h, None))
+            h = y
+        self._saved = saved
+        return h
+
+    def backward(self, dy):
+        """Parameter gradients ``{state_dict key: device array}`` from the gradient of the logits."""
+        from . import nn
+        if self._saved is None:
+            raise RuntimeError("DeviceNet.backward: call forward first")
+        cuda = _cuda()
+        grads = {}
+        dy = _as_device(dy, "dy")
+        for (i, m, act), (inp, z) in zip(reversed(self.plan), reversed(self._saved)):
+            name, params = self._act(act)
+            if isinstance(m, nn.Conv2d):
+                dx, dw, db = conv2d_backward(dy, inp, self.params[f"{i}.weight"], m.stride, m.padding,
+                                             z=z, activation=name, activation_params=params)
+                grads[f"{i}.weight"] = dw
+                if f"{i}.bias" in self.params:
+                    grads[f"{i}.bias"] = db
+                dy = dx
+            elif isinstance(m, nn.Linear):
+                dz = dy if name is None else globals()[f"{_table.get(name).name}_backward"](
+                    dy, z, **_kw(name, params))
+                w = self.params[f"{i}.weight"]
+                grads[f"{i}.weight"] = matmul(dz.T, inp)
+                if f"{i}.bias" in self.params:
+                    db = cuda.device_array(dz.shape[1], dtype=dz.dtype)
+                    blocks, threads = _launch_1d(dz.shape[1])
+                    _misc_kernels()["col_sum"][blocks, threads](dz, db)
+                    grads[f"{i}.bias"] = db
+                dy = matmul(dz, w)
+            elif isinstance(m, nn.MaxPool2d):
+                dy = max_pool2d_backward(dy, inp, m.kernel_size, m.stride, m.padding)
+            elif isinstance(m, nn.Flatten):
+                dy = dy.reshape(*inp)
+            else:
+                dy = globals()[f"{_table.get(m.name).name}_backward"](dy, inp, **_kw(m.name, m.params))
+        return grads
+
+    def sync_to_host(self):
+        """Copy the device parameters back into the model (after updating them on the device)."""
+        self.model.load_state_dict({k: v.copy_to_host() for k, v in self.params.items()})
+
+
+def _kw(name, params):
+    """An activation module's parameters as keyword arguments (a dict, a sequence or None)."""
+    act = _table.get(name)
+    if params is None:
+        return {}
+    if isinstance(params, dict):
+        return dict(params)
+    return {s.name: v for s, v in zip(act.params, params)}

@@ -153,3 +153,30 @@ def test_linear_matches_cpu(dtype):
     assert_close(host(fcuda.linear(dev(x), dev(w), dev(b), activation="relu")),
                  fastact.linear(x, w, b, activation="relu"), dtype)
     assert_close(host(fcuda.linear(dev(x), dev(w))), fastact.linear(x, w), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_vgg_forward_loss_and_every_gradient_on_device_match_cpu(dtype):
+    from fastact import models, nn
+    net = models.vgg([3, "M", 4], in_channels=1, num_classes=3, input_size=6, hidden=(5,),
+                     activation="relu", seed=0, dtype=dtype)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 1, 6, 6)).astype(dtype)
+    y = np.array([0, 2])
+    loss_fn = nn.CrossEntropyLoss()
+    logits = net(x)
+    loss = loss_fn(logits, y)
+    net.backward(loss_fn.backward())
+    cpu_grads = {k: p.grad for k, p in net.named_parameters()}
+
+    dnet = fcuda.DeviceNet(net)
+    d_logits = dnet.forward(dev(x))
+    assert_close(host(d_logits), logits, dtype)
+    d_loss, dlogits = fcuda.cross_entropy(d_logits, y)
+    assert d_loss == pytest.approx(loss, rel=1e-5)
+    grads = dnet.backward(dlogits)
+    assert set(grads) == set(cpu_grads)
+    for k, g in grads.items():
+        assert_close(host(g), cpu_grads[k], dtype, "backward", err_msg=k)
+    with pytest.raises(ValueError, match="labels"):
+        fcuda.cross_entropy(d_logits, np.array([0, 3]))
