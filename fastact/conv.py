@@ -291,6 +291,19 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0):
     ``dy`` (N, K, P, Q) is the gradient of the pre-activation output. ``dbias`` sums ``dy`` over
     (n, p, q); ``dweight`` correlates ``dy`` with the input patches; ``dx`` scatters ``weight``
     transposed times ``dy`` back through col2im.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3); w = np.ones((1, 1, 2, 2))
+    >>> dx, dw, db = fa.conv2d_backward(np.ones((1, 1, 2, 2)), x, w)
+    >>> dx[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    >>> dw[0, 0], db
+    (array([[ 8., 12.],
+           [20., 24.]]), array([4.]))
     """
     x, weight, _, dt, shape = _prepare(x, weight, None, stride, padding)
     dy = np.asarray(dy)

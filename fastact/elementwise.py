@@ -166,6 +166,13 @@ _DOC = """{title}.
     See Also
     --------
     {name}_backward
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.array({points})
+    >>> np.round(fa.{name}(x), 4)
+    {values}
 """
 
 _BDOC = """Gradient of :func:`{name}`: ``dx = dy * f'(x)``.
@@ -186,6 +193,13 @@ _BDOC = """Gradient of :func:`{name}`: ``dx = dy * f'(x)``.
     -------
     ndarray
         ``dx``, with the broadcast shape of ``dy`` and ``x``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.array({points})
+    >>> np.round(fa.{name}_backward(np.ones_like(x), x), 4)
+    {values}
 """
 
 
@@ -194,6 +208,23 @@ def _pdoc(params):
     for p in params:
         lines.append(f"    {p.name} : float or array_like, default {p.default!r}\n        {p.doc}\n")
     return "".join(lines)
+
+
+def _example(act):
+    """(points, forward values, derivative values) for a docstring example, as NumPy would print them.
+
+    The values come from the table's scalar functions run as plain Python (``math``'s libm, no Numba),
+    so the doctest checks the compiled kernel against the definition it was compiled from.
+    """
+    lo, hi = act.domain
+    pts = [-2.0, -0.5, 0.0, 0.5, 2.0] if (lo <= -2.0 and hi >= 2.0) else [lo / 2, 0.0, hi / 2]
+    defaults = [float(p.to_float(p.default)) for p in act.params]
+    bdefaults = [float(p.to_float(p.default)) for p in act.backward_params]
+    f = [act.forward.py_func(v, *defaults) for v in pts]
+    d = [act.derivative.py_func(v, *defaults, *bdefaults) for v in pts]
+    with np.printoptions(legacy=False):
+        return (repr(pts), repr(np.round(np.array(f, dtype=float), 4)),
+                repr(np.round(np.array(d, dtype=float), 4)))
 
 
 def _publish(act):
@@ -211,10 +242,12 @@ def _publish(act):
     exec(compile(src, f"<fastact.{act.name}>", "exec"), {"_apply": _apply, "_ACT": act}, ns)
     fwd, bwd = ns[act.name], ns[f"{act.name}_backward"]
     citation = f"\n    Reference: {act.citation}.\n" if act.citation else ""
+    points, fvals, dvals = _example(act)
     fwd.__doc__ = _DOC.format(title=act.name.replace("_", " ").capitalize() + " activation",
                               formula=act.formula, citation=citation, pdoc=_pdoc(act.params),
-                              name=act.name)
-    bwd.__doc__ = _BDOC.format(name=act.name, pdoc=_pdoc(act.params + act.backward_params))
+                              name=act.name, points=points, values=fvals)
+    bwd.__doc__ = _BDOC.format(name=act.name, pdoc=_pdoc(act.params + act.backward_params),
+                               points=points, values=dvals)
     out = {act.name: fwd, f"{act.name}_backward": bwd}
     for alias in act.aliases:
         out[alias] = fwd
@@ -272,6 +305,13 @@ def prelu(x, weight, axis=1, *, out=None):
     References
     ----------
     He et al. (2015), Delving deep into rectifiers, arXiv:1502.01852.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> fa.prelu(np.array([[-1.0, 2.0], [-3.0, 4.0]]), np.array([0.1, 0.5]))
+    array([[-0.1,  2. ],
+           [-0.3,  4. ]])
     """
     x = np.asarray(x)
     w = np.asarray(weight)
@@ -295,6 +335,17 @@ def prelu_backward(dy, x, weight, axis=1, *, out=None):
 
     ``dx = dy * (1 if x > 0 else weight[c])``; ``dweight[c]`` sums ``dy * x`` over the elements of
     channel ``c`` with ``x <= 0``. ``dweight`` has ``weight``'s shape and accumulates in float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.array([[-1.0, 2.0], [-3.0, 4.0]])
+    >>> dx, dw = fa.prelu_backward(np.ones_like(x), x, np.array([0.1, 0.5]))
+    >>> dx
+    array([[0.1, 1. ],
+           [0.1, 1. ]])
+    >>> dw
+    array([-4.,  0.])
     """
     dy = np.asarray(dy)
     x = np.asarray(x)
@@ -451,22 +502,51 @@ def softmax(x, axis=-1, *, out=None):
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))`` (stable for any magnitude).
 
     A row holding NaN gives a row of NaN. See :func:`softmax_backward`, which takes the output ``y``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> np.round(fa.softmax(np.array([[1.0, 2.0, 3.0]])), 4)
+    array([[0.09  , 0.2447, 0.6652]])
     """
     return _softmax_impl(x, axis, out, False)
 
 
 def log_softmax(x, axis=-1, *, out=None):
-    """Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``."""
+    """Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> np.round(fa.log_softmax(np.array([[1.0, 2.0, 3.0]])), 4)
+    array([[-2.4076, -1.4076, -0.4076]])
+    """
     return _softmax_impl(x, axis, out, True)
 
 
 def softmax_backward(dy, y, axis=-1, *, out=None):
-    """Gradient of :func:`softmax` from its output ``y``: ``dx = y * (dy - sum(dy * y, axis))``."""
+    """Gradient of :func:`softmax` from its output ``y``: ``dx = y * (dy - sum(dy * y, axis))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> y = fa.softmax(np.array([[1.0, 2.0, 3.0]]))
+    >>> np.round(fa.softmax_backward(np.array([[1.0, 0.0, 0.0]]), y), 4)
+    array([[ 0.0819, -0.022 , -0.0599]])
+    """
     return _softmax_backward_impl(dy, y, axis, out, False)
 
 
 def log_softmax_backward(dy, y, axis=-1, *, out=None):
-    """Gradient of :func:`log_softmax` from its output ``y``: ``dx = dy - exp(y) * sum(dy, axis)``."""
+    """Gradient of :func:`log_softmax` from its output ``y``: ``dx = dy - exp(y) * sum(dy, axis)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> y = fa.log_softmax(np.array([[1.0, 2.0, 3.0]]))
+    >>> np.round(fa.log_softmax_backward(np.array([[1.0, 0.0, 0.0]]), y), 4)
+    array([[ 0.91  , -0.2447, -0.6652]])
+    """
     return _softmax_backward_impl(dy, y, axis, out, True)
 
 

@@ -102,6 +102,15 @@ def gradcheck_module(module, x, target, *, eps=1e-6, atol=1e-5, rtol=1e-3, max_e
     ``+-eps``; their central differences must match the analytic gradient from ``module.backward``.
 
     Returns True or raises :class:`GradcheckError` naming the parameter, element and both values.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> from fastact import models
+    >>> net = models.vgg([2, "M"], in_channels=1, num_classes=3, input_size=4, hidden=(4,))
+    >>> x = np.random.default_rng(0).standard_normal((2, 1, 4, 4))
+    >>> fa.gradcheck_module(net, x, np.array([0, 2]))
+    True
     """
     from .loss import cross_entropy, cross_entropy_backward
 

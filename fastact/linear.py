@@ -75,6 +75,14 @@ def linear_backward(dy, x, weight):
 
     ``dx = dy @ weight``, ``dweight = dy.T @ x`` (summed over the leading dimensions), ``dbias = dy``
     summed over them.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> w = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> dx, dw, db = fa.linear_backward(np.array([[1.0, 0.0, 1.0]]), np.array([[1.0, 2.0]]), w)
+    >>> dx, db
+    (array([[2., 1.]]), array([1., 0., 1.]))
     """
     x, x2, w, _, dt = _prepare(x, weight, None)
     dy = np.asarray(dy)

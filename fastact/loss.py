@@ -79,7 +79,7 @@ def cross_entropy(logits, target):
     Examples
     --------
     >>> import numpy as np, fastact as fa
-    >>> round(fa.cross_entropy(np.zeros((2, 4)), np.array([0, 3])), 6) == round(np.log(4), 6)
+    >>> bool(round(fa.cross_entropy(np.zeros((2, 4)), np.array([0, 3])), 6) == round(np.log(4), 6))
     True
     """
     logits, target = _check(logits, target)
@@ -89,7 +89,15 @@ def cross_entropy(logits, target):
 
 
 def cross_entropy_backward(logits, target):
-    """Gradient of the mean :func:`cross_entropy`: ``(softmax(logits) - onehot(target)) / N``."""
+    """Gradient of the mean :func:`cross_entropy`: ``(softmax(logits) - onehot(target)) / N``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> np.round(fa.cross_entropy_backward(np.zeros((2, 3)), np.array([0, 2])), 4)
+    array([[-0.3333,  0.1667,  0.1667],
+           [ 0.1667,  0.1667, -0.3333]])
+    """
     logits, target = _check(logits, target)
     d = np.empty_like(logits)
     if logits.shape[0]:

@@ -184,7 +184,15 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0):
 
 
 def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
-    """Gradient of :func:`max_pool2d`: each ``dy`` element goes to its window's first maximum."""
+    """Gradient of :func:`max_pool2d`: each ``dy`` element goes to its window's first maximum.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> fa.max_pool2d_backward(np.array([[[[5.0]]]]), np.array([[[[1.0, 3.0], [2.0, 0.0]]]]))
+    array([[[[0., 5.],
+             [0., 0.]]]])
+    """
     xc, shape, a = _args(x, kernel_size, stride, padding)
     dy = np.asarray(dy)
     if dy.shape != shape:
