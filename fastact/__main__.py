@@ -1,6 +1,7 @@
 """Command line: ``python -m fastact {train,bench,info}`` (also installed as the ``fastact`` script)."""
 
 import argparse
+import os
 import sys
 
 
@@ -48,6 +49,13 @@ def _bench(args):
     return _bench.main(args)
 
 
+def _plot(args):
+    from fastact import plots
+    for path in plots.all_figures(args.out, quick=args.quick):
+        print(path)
+    return 0
+
+
 def _train(args):
     from fastact import train
     return train.run(args)
@@ -66,6 +74,10 @@ def main(argv=None):
     b.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median)")
     b.add_argument("--only", nargs="*", help="activation names to run (default: all)")
     b.set_defaults(fn=_bench)
+    p = sub.add_parser("plot", help="regenerate every figure of the documentation")
+    p.add_argument("--out", default=os.path.join("docs", "images"), help="directory (default docs/images)")
+    p.add_argument("--quick", action="store_true", help="short training for the demo (a smoke test)")
+    p.set_defaults(fn=_plot)
     args = parser.parse_args(argv)
     return args.fn(args)
 

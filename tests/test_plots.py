@@ -1,0 +1,44 @@
+"""The documentation figures regenerate (python -m fastact plot), and the ReLU demo really fits."""
+
+import os
+
+import numpy as np
+import pytest
+
+from fastact import plots
+
+pytest.importorskip("matplotlib")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_figure_regenerates(tmp_path):
+    paths = plots.all_figures(str(tmp_path), quick=True)
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == sorted(["activations.png", "gelu_vs_relu.png", "relu_fit_cubic.png",
+                            "relu_fit_cos.png", "relu_fit.gif", "speedup.png", "conv_gflops.png"])
+    for p in paths:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+        assert head == PNG or head[:6] in (b"GIF89a", b"GIF87a"), p
+        assert os.path.getsize(p) > 5000, p
+
+
+def test_relu_network_fits_the_cubic_and_its_pieces_sum_to_the_fit():
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.uniform(-1, 1, 200))
+    y = x ** 3
+    model, _ = plots._fit(x, y, epochs=1500)
+    pieces, bias, alive = plots._pieces(model, x)
+    fit = model(x[:, None])[:, 0]
+    np.testing.assert_allclose(pieces.sum(axis=0) + bias, fit, rtol=1e-10, atol=1e-12)
+    assert np.mean((fit - y) ** 2) < 2e-3          # a straight line would leave ~0.03
+    assert alive.sum() >= 5
+
+
+def test_performance_tables_are_parsed():
+    root = plots._latest_results(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ratios = plots._read_ratio_tables(os.path.join(root, "activations.md"))
+    assert ("gelu", "1e7") in ratios and ratios[("gelu", "1e7")][0] > 1
+    rows, sgemm = plots._read_conv_table(os.path.join(root, "conv.txt"))
+    assert len(rows) >= 16 and sgemm
