@@ -42,7 +42,9 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum, dampening, weight decay and Nesterov, as PyTorch::
+    """Stochastic gradient descent with momentum, dampening, weight decay and Nesterov, as PyTorch.
+
+    The update of each parameter ``p`` with gradient ``grad``::
 
         g = grad + weight_decay * p
         buf = g (first step) or momentum * buf + (1 - dampening) * g
@@ -96,7 +98,9 @@ def _adam_update(p, g, m, v, lr, b1, b2, eps, wd, bc1, bc2_sqrt):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba, arXiv:1412.6980) with bias correction and L2 weight decay, as ``torch.optim.Adam``::
+    """Adam (Kingma & Ba, arXiv:1412.6980) with bias correction and L2 weight decay, as ``torch.optim.Adam``.
+
+    The update of each parameter ``p`` with gradient ``grad`` at step ``t``::
 
         g = grad + weight_decay * p
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
