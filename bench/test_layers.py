@@ -126,7 +126,7 @@ def _summary_lines():
     floor = {"float32": RESULTS.get(("floor|sgemm|1024", "sgemm")),
              "float64": RESULTS.get(("floor|dgemm|1024", "dgemm"))}
     gemm = {dt: (2 * 1024 ** 3 / t / 1e9 if t else None) for dt, t in floor.items()}
-    lines = [f"GEMM floor (np.matmul 1024^2): " +
+    lines = ["GEMM floor (np.matmul 1024^2): " +
              ", ".join(f"{dt}: {g:.1f} GFLOP/s" for dt, g in gemm.items() if g)]
     lines.append(f"{'group':38s} {'fastact ms':>10s} {'GFLOP/s':>8s} {'% GEMM':>7s} {'vs NumPy':>9s} "
                  f"{'vs torch':>9s} {'fwd+bwd ms':>10s} {'vs torch':>9s}")

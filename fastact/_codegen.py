@@ -115,7 +115,6 @@ def _build_loop(act, backward, parallel):
 def _build_ufunc(act, backward):
     p = _params(act, backward)
     args = ", ".join(p)
-    kind = "bwd" if backward else "fwd"
     fname = f"{act.name}_backward" if backward else act.name  # the ufunc's __name__
     if backward:
         src = (f"def {fname}(dy, x{', ' if p else ''}{args}):\n"

@@ -261,6 +261,9 @@ for _act in _table.ACTIVATIONS.values():
 
 # ----------------------------------------------------------------------------------------- GEMM
 
+# The _k_* functions are kernel bodies, not called directly: _kernel() compiles each with ``cuda`` (and
+# ``T``, ``dev_argmax`` where used) bound in a copy of this module's globals.
+
 def _k_gemm(a, b, c, zero):
     # c (M, N) = a (M, K) @ b (K, N); any strides (transposed views included); T x T tiles of a and b
     # staged in shared memory, one output element per thread, accumulation in c's dtype

@@ -18,7 +18,7 @@ import fastact
 from fastact import _codegen, config, ufuncs
 from fastact._table import ACTIVATIONS, BY_NAME
 
-from conftest import (DTYPES, NAMES, PARAM_SETS, assert_close, awkward_arrays, default_kwargs,
+from conftest import (DTYPES, NAMES, assert_close, awkward_arrays, default_kwargs,
                       finite_kinks, floats_of, param_cases, public, reference, reference_backward,
                       sample_points, tol)
 

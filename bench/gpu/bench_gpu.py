@@ -77,7 +77,6 @@ def run(size, repeat):
     copy_gbs = 8 * size / copy_ms / 1e6
     rows.append(("copy (floor)", "8n", f"{copy_gbs:.1f} GB/s", "100%", "-"))
     tx = peers["torch"].as_tensor(x, device="cuda") if "torch" in peers else None
-    tdy = peers["torch"].as_tensor(dy, device="cuda") if "torch" in peers else None
     for name, act in ACTIVATIONS.items():
         for backward in (False, True):
             fn = getattr(fcuda, f"{name}_backward" if backward else name)
