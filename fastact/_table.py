@@ -129,8 +129,9 @@ def relu_f(x, negative_slope, max_value, threshold):
 
 @_scalar
 def relu_d(x, negative_slope, max_value, threshold, subgradient):
-    # selects, not branches: on real data the sign of x is unpredictable
-    d = (1.0 if x < max_value else 0.0) if x > threshold else negative_slope
+    # selects, not branches: on real data the sign of x is unpredictable. Without a cap (max_value
+    # inf) the derivative at x = +inf is 1, as PyTorch's; with one, 0 from the cap on.
+    d = (1.0 if (x < max_value or max_value == math.inf) else 0.0) if x > threshold else negative_slope
     at = negative_slope if subgradient != subgradient else subgradient
     d = at if x == threshold else d
     return d if x == x else x
@@ -146,7 +147,7 @@ def _relu_ref(x, negative_slope, max_value, threshold):
 @_ref_errstate
 def _relu_dref(x, negative_slope, max_value, threshold, subgradient):
     at = negative_slope if np.isnan(subgradient) else subgradient
-    d = np.where(x > threshold, np.where(x < max_value, 1.0, 0.0),
+    d = np.where(x > threshold, np.where((x < max_value) | (max_value == np.inf), 1.0, 0.0),
                  np.where(x < threshold, negative_slope, at))
     return _nan_where(x, d)
 

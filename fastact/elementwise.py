@@ -67,7 +67,24 @@ def _typed_params(dt, pvals):
     return pv
 
 
+@_runtime.jit(parallel=True)
+def _relu_plain_backward(dy, x, dx, zero, one):
+    # relu_backward with the default parameters in the arrays' own dtype (the general kernel carries
+    # slope, cap, threshold and subgradient through float64 selects): dx = dy * (1, 0 or NaN)
+    for i in _runtime.prange(x.size):
+        v = x[i]
+        d = one if v > zero else zero
+        dx[i] = dy[i] * (v if v != v else d)
+
+
+_RELU_DEFAULT_BACKWARD = (0.0, math.inf, 0.0)
+
+
 def _call_loop(name, backward, n, flat, pv):
+    if name == "relu" and backward and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3]:
+        t = type(pv[0])
+        _relu_plain_backward(*flat, t(0), t(1))
+        return
     parallel = n >= _parallel_min_size(name)
     if not (parallel and _runtime.NEEDS_SLOT):
         _codegen.get("loop", name, backward, parallel)(*flat, *pv)

@@ -575,6 +575,8 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     x = rng.uniform(lo, hi, n).astype(dtype)
     x[::997] = np.nan
     dy = rng.standard_normal(n).astype(dtype)
+    if name == "relu":
+        kw = dict(kw, negative_slope=0.01)  # the defaults take the plain kernel (tested below)
     y_par = f(x, **kw)
     dx_par = fb(dy, x, **kw)
     # the parallel loops were used ...
@@ -590,6 +592,22 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     assert calls and all(not c[3] for c in calls if c[0] == "loop"), calls  # ... and now the serial ones
     assert_close(y_par, reference(act, x, kw), dtype)
     assert_close(dx_par, reference_backward(act, dy, x, kw), dtype, "backward")
+
+
+@pytest.mark.parametrize("n", [1000, config.PARALLEL_MIN_SIZE + 77], ids=["serial", "parallel"])
+def test_plain_relu_backward_equals_the_general_kernel(n, dtype):
+    from fastact import elementwise
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(n).astype(dtype)
+    x[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.0]
+    dy = rng.standard_normal(n).astype(dtype)
+    dy[7] = np.nan
+    fast = fastact.relu_backward(dy, x)
+    general = np.empty_like(x)
+    _codegen.get("loop", "relu", True, False)(dy, x, general, *elementwise._typed_params(
+        np.dtype(dtype), [0.0, np.inf, 0.0, np.nan]))
+    np.testing.assert_array_equal(fast, general)
+    assert fast[2] == dy[2] and fast[3] == 0 and np.isnan(fast[4]) and np.isnan(fast[7])
 
 
 def test_concurrent_calls_from_threads():
