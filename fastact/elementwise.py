@@ -68,12 +68,13 @@ def _typed_params(dt, pvals):
 
 
 @_runtime.jit(parallel=True)
-def _relu_plain_backward(dy, x, dx, zero, one):
-    # relu_backward with the default parameters in the arrays' own dtype (the general kernel carries
-    # slope, cap, threshold and subgradient through float64 selects): dx = dy * (1, 0 or NaN)
+def _step_backward(dy, x, dx, t, zero, one):
+    # dx = dy * (1 if x > t else 0; NaN for NaN x), in the arrays' own dtype: the backward of threshold
+    # and of relu with its default parameters (the general relu kernel carries slope, cap, threshold
+    # and subgradient through float64 selects, ~3x slower)
     for i in _runtime.prange(x.size):
         v = x[i]
-        d = one if v > zero else zero
+        d = one if v > t else zero
         dx[i] = dy[i] * (v if v != v else d)
 
 
@@ -81,9 +82,10 @@ _RELU_DEFAULT_BACKWARD = (0.0, math.inf, 0.0)
 
 
 def _call_loop(name, backward, n, flat, pv):
-    if name == "relu" and backward and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3]:
+    if backward and (name == "threshold" or (
+            name == "relu" and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3])):
         t = type(pv[0])
-        _relu_plain_backward(*flat, t(0), t(1))
+        _step_backward(*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
         return
     parallel = n >= _parallel_min_size(name)
     if not (parallel and _runtime.NEEDS_SLOT):

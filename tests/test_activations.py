@@ -576,12 +576,12 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     x[::997] = np.nan
     dy = rng.standard_normal(n).astype(dtype)
     if name == "relu":
-        kw = dict(kw, negative_slope=0.01)  # the defaults take the plain kernel (tested below)
+        kw = dict(kw, negative_slope=0.01)  # the defaults take the step kernel (tested below)
     y_par = f(x, **kw)
     dx_par = fb(dy, x, **kw)
     # the parallel loops were used ...
     assert ("loop", name, False, True) in _codegen._built
-    assert ("loop", name, True, True) in _codegen._built
+    assert ("loop", name, True, True) in _codegen._built or name == "threshold"
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE", n + 1)
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE_TRANSCENDENTAL", n + 1)
     calls = []
@@ -595,7 +595,7 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("n", [1000, config.PARALLEL_MIN_SIZE + 77], ids=["serial", "parallel"])
-def test_plain_relu_backward_equals_the_general_kernel(n, dtype):
+def test_step_kernel_equals_the_general_relu_and_threshold_kernels(n, dtype):
     from fastact import elementwise
     rng = np.random.default_rng(12)
     x = rng.standard_normal(n).astype(dtype)
@@ -608,6 +608,11 @@ def test_plain_relu_backward_equals_the_general_kernel(n, dtype):
         np.dtype(dtype), [0.0, np.inf, 0.0, np.nan]))
     np.testing.assert_array_equal(fast, general)
     assert fast[2] == dy[2] and fast[3] == 0 and np.isnan(fast[4]) and np.isnan(fast[7])
+    for t, v in [(0.0, 0.0), (0.5, -2.0), (-1.0, 3.0)]:
+        general = np.empty_like(x)
+        _codegen.get("loop", "threshold", True, False)(dy, x, general, *elementwise._typed_params(
+            np.dtype(dtype), [t, v]))
+        np.testing.assert_array_equal(fastact.threshold_backward(dy, x, threshold=t, value=v), general)
 
 
 def test_concurrent_calls_from_threads():
