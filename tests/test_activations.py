@@ -929,3 +929,27 @@ def test_documented_differences_from_torch_hold():
     assert fastact.silu(x)[0] == 0.0 and fastact.mish(x)[0] == 0.0 and fastact.softsign(x)[0] == -1.0
     assert fastact.softsign(np.array([np.inf]))[0] == 1.0
     np.testing.assert_array_equal(fastact.hardswish_backward(np.ones(2), np.array([-3.0, 3.0])), [0.0, 1.5])
+
+
+def _mem_available_gib():
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return 0.0
+
+
+@pytest.mark.skipif(_mem_available_gib() < 14, reason="needs ~9 GiB free for a 2**31-element array")
+def test_more_than_2_31_elements_in_place():
+    n = 2 ** 31 + 8
+    x = np.empty(n, dtype=np.float32)
+    x[:] = -1.0
+    idx = [0, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 3, n - 1]  # both sides of the int32 boundary
+    x[idx] = [3.0, 5.0, -4.0, 7.0, 2.0]
+    fastact.leaky_relu(x, negative_slope=0.5, out=x)   # parallel loop over the whole buffer, in place
+    np.testing.assert_array_equal(x[idx], [3.0, 5.0, -2.0, 7.0, 2.0])
+    assert x[12345] == -0.5 and x[n - 2] == -0.5
+    del x
