@@ -15,6 +15,7 @@ from . import config
 
 _libs = None
 _lock = threading.Lock()
+_switch_lock = threading.Lock()
 
 
 def _blas_libs():
@@ -36,11 +37,12 @@ def matmul(a, b, out=None):
     if flops >= config.BLAS_PARALLEL_MIN_FLOPS:
         return np.matmul(a, b, out=out)
     libs = _blas_libs()
-    saved = [c.num_threads for c in libs]
-    for c in libs:
-        c.set_num_threads(1)
-    try:
-        return np.matmul(a, b, out=out)
-    finally:
-        for c, n in zip(libs, saved):
-            c.set_num_threads(n)
+    with _switch_lock:  # the thread count is process-wide: one save/set/restore at a time
+        saved = [c.num_threads for c in libs]
+        for c in libs:
+            c.set_num_threads(1)
+        try:
+            return np.matmul(a, b, out=out)
+        finally:
+            for c, n in zip(libs, saved):
+                c.set_num_threads(n)

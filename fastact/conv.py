@@ -34,11 +34,13 @@ def _pair(v, name):
         a, b = v
     else:
         a = b = v
-    try:
-        a, b = int(a), int(b)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
-    return a, b
+    out = []
+    for e in (a, b):
+        if isinstance(e, (bool, np.bool_)) or not isinstance(e, (int, np.integer, float, np.floating)) \
+                or e != int(e):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        out.append(int(e))
+    return out[0], out[1]
 
 
 def conv_output_shape(x_shape, w_shape, stride=1, padding=0):

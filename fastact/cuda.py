@@ -311,6 +311,10 @@ def matmul(a, b, out=None):
     if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not fit")
     M, N = a.shape[0], b.shape[1]
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: a is {a.dtype} but b is {b.dtype}")
+    if out is not None and (tuple(out.shape) != (M, N) or out.dtype != a.dtype):
+        raise ValueError(f"matmul: out must be ({M}, {N}) {a.dtype}, got {tuple(out.shape)} {out.dtype}")
     c = cuda.device_array((M, N), dtype=a.dtype) if out is None else out
     if M and N:
         grid = (min(MAX_BLOCKS, (N + TILE - 1) // TILE), min(MAX_BLOCKS, (M + TILE - 1) // TILE))
@@ -522,6 +526,9 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, z=None, activation=No
         if z is None:
             raise ValueError("conv2d_backward: an activation needs the pre-activation z")
         z = _as_device(z, "z")
+        if tuple(z.shape) != shape or z.dtype != dt or dy.dtype != dt:
+            raise ValueError(f"conv2d_backward: z {tuple(z.shape)} {z.dtype} and dy {tuple(dy.shape)} "
+                             f"{dy.dtype} must both be {shape} {dt} (the conv output)")
         pv = [dt.type(v) for v in param_values(activation, activation_params, backward=True)]
         dz = cuda.device_array(shape, dtype=dt)
         blocks, threads = _launch_1d(dz.size)

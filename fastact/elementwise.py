@@ -56,9 +56,9 @@ _PARAM_CACHE = {}
 
 
 def _typed_params(dt, pvals):
-    """The parameters as scalars of the compute dtype (what the compiled loops take), memoised: the
-    conversion costs more than a small kernel call."""
-    key = (dt.char, *pvals)
+    """The parameters as scalars of the compute dtype (what the compiled loops take), memoised by their
+    exact values: the conversion costs more than a small kernel call."""
+    key = (dt.char, *(float(v).hex() for v in pvals))  # exact: -0.0 and 0.0 differ, all NaNs agree
     pv = _PARAM_CACHE.get(key)
     if pv is None:
         if len(_PARAM_CACHE) > 4096:
@@ -83,9 +83,11 @@ _RELU_DEFAULT_BACKWARD = (0.0, math.inf, 0.0)
 
 def _call_loop(name, backward, n, flat, pv):
     if backward and (name == "threshold" or (
-            name == "relu" and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3])):
+            name == "relu" and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3]
+            and math.copysign(1.0, pv[0]) > 0)):  # a slope of -0.0 gives -0.0: the general kernel
         t = type(pv[0])
-        _step_backward(*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
+        step = _step_backward.parallel if n >= config.PARALLEL_MIN_SIZE else _step_backward.serial
+        step(*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
         return
     parallel = n >= _parallel_min_size(name)
     if not (parallel and _runtime.NEEDS_SLOT):

@@ -953,3 +953,13 @@ def test_more_than_2_31_elements_in_place():
     np.testing.assert_array_equal(x[idx], [3.0, 5.0, -2.0, 7.0, 2.0])
     assert x[12345] == -0.5 and x[n - 2] == -0.5
     del x
+
+
+def test_parameter_memo_keeps_the_sign_of_zero():
+    x = np.array([-1.0, 0.0, 2.0])
+    a = fastact.threshold(x, 0.0, 0.0)
+    b = fastact.threshold(x, 0.0, -0.0)
+    assert np.signbit(b[0]) and not np.signbit(a[0])
+    assert np.signbit(fastact.leaky_relu(np.array([1.0, -1.0]), negative_slope=-0.0)[1]) == np.signbit(
+        -0.0 * -1.0)
+    assert np.signbit(fastact.relu_backward(np.array([1.0]), np.array([-1.0]), negative_slope=-0.0)[0])

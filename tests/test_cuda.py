@@ -180,3 +180,15 @@ def test_vgg_forward_loss_and_every_gradient_on_device_match_cpu(dtype):
         assert_close(host(g), cpu_grads[k], dtype, "backward", err_msg=k)
     with pytest.raises(ValueError, match="labels"):
         fcuda.cross_entropy(d_logits, np.array([0, 3]))
+
+
+def test_shape_checks_of_the_conv_backward_and_matmul():
+    rng = np.random.default_rng(7)
+    x = dev(rng.standard_normal((1, 1, 3, 3)).astype(np.float32))
+    w = dev(rng.standard_normal((1, 1, 2, 2)).astype(np.float32))
+    dy = dev(np.ones((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="z"):
+        fcuda.conv2d_backward(dy, x, w, z=dev(np.ones((1, 1, 1, 2), np.float32)), activation="relu")
+    a = dev(np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        fcuda.matmul(a, a, out=dev(np.ones((2, 2), np.float32)))

@@ -780,6 +780,11 @@ def test_bad_input_raises_value_error_naming_shapes(i):
 def test_non_integer_stride_is_a_type_error():
     with pytest.raises(TypeError, match="stride"):
         fa.conv2d(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), stride="a")
+    with pytest.raises(TypeError, match="stride"):  # PyTorch rejects it too; never truncate to 1
+        fa.conv2d(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), stride=1.5)
+    with pytest.raises(TypeError, match="kernel_size"):
+        fa.max_pool2d(np.zeros((1, 1, 4, 4)), kernel_size=(2, 2.5))
+    assert fa.conv2d(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), stride=2.0).shape == (1, 1, 1, 1)
 
 
 # -------------------------------------------------------------------------------------- dtypes
