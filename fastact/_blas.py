@@ -32,8 +32,8 @@ def _blas_libs():
 
 
 def matmul(a, b, out=None):
-    """``a @ b`` (2-D), on one BLAS thread when it is small."""
-    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    """``a @ b`` (2-D, or a 2-D ``a`` times a stack ``b``), on one BLAS thread when it is small."""
+    flops = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (b.shape[0] if b.ndim == 3 else 1)
     if flops >= config.BLAS_PARALLEL_MIN_FLOPS:
         return np.matmul(a, b, out=out)
     libs = _blas_libs()

@@ -7,6 +7,8 @@ Shapes (one key for the file): K = output channels / features, M = columns of a 
   runs over unit-stride rows and vectorises); writes ``y[n, k] = act(g[k, n] + b[k])`` and, when
   ``z.size`` is not 0, the pre-activation ``z = g + b[k]`` in the same pass (training keeps z for the
   backward).
+* ``conv_inplace_epilogue(act)(y, b, z, *p)``: the same when the GEMM wrote straight into ``y``
+  (NCHW images viewed (nb, K, PQ)): ``y = act(y + b[k])`` in place, ``z`` as above.
 * ``linear_epilogue(act)(g, b, y, z, *p)``: ``g``, ``y``, ``z`` are (N, K); bias along the last axis.
 * ``act_backward_bias(act)(dy, z, dz, db_part, *p)``: (A, K, L) arrays; ``dz = dy * act'(z)`` and the
   per-(A, K) partial sums of dz for the bias gradient, row by row while the row is in L1 (a vectorised
@@ -77,6 +79,24 @@ def _src(kind, fname, p):
                 f"        else:\n"
                 f"            for j in range(L):\n"
                 f"                yr[j] = F(gr[j] + bk{a})\n")
+    if kind == "conv_inplace":
+        return (f"def {fname}(y, b, z{a}):\n"
+                f"    NB, K, L = y.shape\n"
+                f"    keep = z.size != 0\n"
+                f"    for nk in prange(NB * K):\n"
+                f"        n = nk // K\n"
+                f"        k = nk - n * K\n"
+                f"        bk = b[k]\n"
+                f"        yr = y[n, k]\n"
+                f"        if keep:\n"
+                f"            zr = z[n, k]\n"
+                f"            for j in range(L):\n"
+                f"                v = yr[j] + bk\n"
+                f"                zr[j] = v\n"
+                f"                yr[j] = F(v{a})\n"
+                f"        else:\n"
+                f"            for j in range(L):\n"
+                f"                yr[j] = F(yr[j] + bk{a})\n")
     if kind == "linear":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    N, K = g.shape\n"
@@ -102,7 +122,8 @@ def _src(kind, fname, p):
 
 
 def get(kind, activation):
-    """Compiled kernel ``kind`` ('conv', 'linear' or 'backward') for ``activation`` (name or None)."""
+    """Compiled kernel ``kind`` ('conv', 'conv_inplace', 'linear' or 'backward') for ``activation``
+    (name or None)."""
     act = None if activation is None else _get_activation(activation)
     key = (kind, None if act is None else act.name)
     fn = _built.get(key)

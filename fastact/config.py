@@ -19,6 +19,12 @@ PARALLEL_MIN_SIZE = 1 << 17
 #: then 0.55-0.7x); 2^14 leaves room for the cheaper ones (ELU, SELU: a third of GELU's work).
 PARALLEL_MIN_SIZE_TRANSCENDENTAL = 1 << 14
 
+#: Convolutions whose output images have at least this many pixels (P*Q) run one GEMM per image
+#: straight into the NCHW output (then the epilogue in place), so a forward needs no memory beyond the
+#: column buffer; smaller images run one GEMM per tile into a buffer, since per-image GEMMs of a few
+#: dozen columns lose BLAS efficiency (measured in docs/performance.md).
+CONV_GEMM_INTO_OUTPUT_MIN_PQ = 256
+
 #: Row-wise kernels (softmax) go parallel over rows when rows * row_length reaches this.
 PARALLEL_MIN_SIZE_ROWS = 1 << 15
 

@@ -274,13 +274,23 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
         return y, z
     nb = _tile(N, CRS, PQ, dt.itemsize)
     no_z = np.empty((0, 0, 0), dtype=dt)
+    into_y = PQ >= config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
+    if into_y:
+        epi = _epilogue.get("conv_inplace", activation)
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         col = _workspace("col", (CRS, m * PQ), dt)
         _im2col(x, n0, m, R, S, sh, sw, ph, pw, P, Q, col)
+        zt = z[n0:n0 + m].reshape(m, K, PQ) if keep_z else no_z
+        if into_y:
+            # one GEMM per image, each writing its NCHW output block directly: no GEMM buffer, so a
+            # forward needs no memory beyond the column buffer (the epilogue then works in place)
+            yv = y[n0:n0 + m].reshape(m, K, PQ)
+            _blas.matmul(w2, col.reshape(CRS, m, PQ).transpose(1, 0, 2), out=yv)
+            epi(yv, b, zt, *pv)
+            continue
         g = _workspace("gemm", (K, m * PQ), dt)
         _blas.matmul(w2, col, out=g)
-        zt = z[n0:n0 + m].reshape(m, K, PQ) if keep_z else no_z
         epi(g.reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), zt, *pv)
     return y, z
 

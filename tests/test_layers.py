@@ -542,6 +542,27 @@ def test_conv2d_multi_tile_equals_single_tile(monkeypatch, dtype, images_per_til
         assert_ref(t, r, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("images_per_tile", [1, 2, 5])
+@pytest.mark.parametrize("act,params", [(None, None), ("gelu", None), ("relu", {"max_value": 1.0})])
+def test_conv2d_gemm_into_output_equals_gemm_buffer(monkeypatch, dtype, images_per_tile, act, params):
+    # the two forward paths: one GEMM per image straight into y (large images) and one GEMM per tile
+    # into a buffer (small images), selected by config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
+    rng = np.random.default_rng(18)
+    x, w, b = _conv_inputs(rng, dtype, N=5, C=3, H=7, W=6, K=4, kernel=3)
+    N, K, P, Q = fconv.conv_output_shape(x.shape, w.shape, 1, 1)
+    monkeypatch.setattr(fa.config, "CONV_WORKSPACE_BYTES", images_per_tile * 27 * P * Q *
+                        np.dtype(dtype).itemsize)
+    outs = {}
+    for min_pq in (1, 10 ** 9):
+        monkeypatch.setattr(fa.config, "CONV_GEMM_INTO_OUTPUT_MIN_PQ", min_pq)
+        outs[min_pq] = fconv._conv2d_forward(x, w, b, 1, 1, act, params, True)
+    (y1, z1), (y2, z2) = outs[1], outs[10 ** 9]
+    assert_same(y1, y2, dtype, "y")
+    assert_same(z1, z2, dtype, "z")
+    assert_ref(z1, ref_conv2d(x, w, b, 1, 1), dtype)
+
+
 # ---------------------------------------------------------------------------------- max_pool2d
 
 POOL_GRID = GRID + [(2, None, 0), (2, None, 1), ((3, 2), (1, 2), (1, 0))]
