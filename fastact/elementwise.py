@@ -86,15 +86,22 @@ def _call_loop(name, backward, n, flat, pv):
             name == "relu" and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3]
             and math.copysign(1.0, pv[0]) > 0)):  # a slope of -0.0 gives -0.0: the general kernel
         t = type(pv[0])
-        step = _step_backward.parallel if n >= config.PARALLEL_MIN_SIZE else _step_backward.serial
-        step(*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
-        return
-    parallel = n >= _parallel_min_size(name)
+        args = (*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
+        parallel = n >= config.PARALLEL_MIN_SIZE
+
+        def kernel(par):
+            return _step_backward.parallel if par else _step_backward.serial
+    else:
+        args = (*flat, *pv)
+        parallel = n >= _parallel_min_size(name)
+
+        def kernel(par):
+            return _codegen.get("loop", name, backward, par)
     if not (parallel and _runtime.NEEDS_SLOT):
-        _codegen.get("loop", name, backward, parallel)(*flat, *pv)
+        kernel(parallel)(*args)
         return
     with _runtime.parallel_slot() as may_parallel:  # workqueue: one parallel region at a time
-        _codegen.get("loop", name, backward, parallel and may_parallel)(*flat, *pv)
+        kernel(may_parallel)(*args)
 
 
 def _run(name, backward, arrays, pvals, out):
