@@ -6,8 +6,9 @@ own SIMD loops. So there are two sets of functions:
 
 * the **exact** set (``exp``, ``expm1``, ...): libm, full float64 accuracy; the float64 kernels use it;
 * the **fast** set (``fexp``, ``fexpm1``, ...): branch-free float64 polynomials that LLVM vectorises
-  (4 lanes with AVX2, no AVX-512 instruction needed), relative error <= 2e-8 (erfc: 1.2e-7), with
-  FMA contraction allowed. The
+  (4 lanes with AVX2, no AVX-512 instruction needed), with FMA contraction allowed. Largest relative
+  errors found by a dense scan against ``math`` (2026-11-23): fexp 7.0e-9, fexpm1 2.4e-8, ftanh 2.0e-8,
+  fsigmoid 7e-9, flog1p 1.3e-12, ferfc 1.11e-7 (its fit's bound is 1.2e-7). The
   float32 kernels of the transcendental activations compute in float64 with this set and round once
   to float32 (see ``FAST`` and ``fastact._table.fast_variant``), so results are within about one
   float32 ulp of the correctly rounded value (GELU, through erfc's 1.2e-7: two; a derivative near one
@@ -91,7 +92,7 @@ def _reduce(d):
 
 @_fast
 def fexp(d):
-    """exp(d), relative error <= 6e-9 on [-708, 709] (Taylor degree 7); 0 below, inf above that range."""
+    """exp(d) on [-708, 709] (Taylor degree 7, relative error ~7e-9); 0 below, inf above that range."""
     r, s = _reduce(d)
     p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (
         1.0 / 720.0 + r * (1.0 / 5040.0)))))))

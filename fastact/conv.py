@@ -72,6 +72,18 @@ def conv_output_shape(x_shape, w_shape, stride=1, padding=0):
 
 # ---------------------------------------------------------------------------------- im2col / col2im
 
+@_runtime.jit()
+def _valid_columns(Q, W, sw, pw, s):
+    """[q_lo, q_hi): the output columns q whose input column q*sw - pw + s lies inside [0, W)."""
+    q_lo = 0
+    while q_lo < Q and q_lo * sw - pw + s < 0:
+        q_lo += 1
+    q_hi = Q
+    while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
+        q_hi -= 1
+    return q_lo, q_hi
+
+
 @_runtime.jit(parallel=True)
 def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
     # x (N, C, H, W); col (C*R*S, nb*P*Q): col[(c, r, s), (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
@@ -82,13 +94,7 @@ def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
         rs = row - c * (R * S)
         r = rs // S
         s = rs - r * S
-        # output columns q whose input column w = q*sw - pw + s lies inside [0, W)
-        q_lo = 0
-        while q_lo < Q and q_lo * sw - pw + s < 0:
-            q_lo += 1
-        q_hi = Q
-        while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
-            q_hi -= 1
+        q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
         if sh == 1 and sw == 1 and Q == W:
             # "same" width, unit stride (the VGG 3x3/pad-1 case): the image block of this row is the
             # flattened image shifted by delta, so copy it in one run of P*Q elements (short rows of
@@ -156,13 +162,7 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
             for s in range(S):
                 row = (c * R + r) * S + s
                 src = dcol[row]
-                # output columns q whose input column w = q*sw - pw + s lies inside [0, W)
-                q_lo = 0
-                while q_lo < Q and q_lo * sw - pw + s < 0:
-                    q_lo += 1
-                q_hi = Q
-                while q_hi > q_lo and (q_hi - 1) * sw - pw + s >= W:
-                    q_hi -= 1
+                q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
                 w0 = q_lo * sw - pw + s
                 for n in range(nb):
                     base = n * PQ

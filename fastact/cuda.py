@@ -25,6 +25,7 @@ import numpy as np
 from . import _math as fm
 from . import _table
 from ._epilogue import param_values
+from .conv import _pair
 
 __all__ = ["is_available", "to_device", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
            "linear", "matmul", "cross_entropy", "DeviceNet", "THREADS_PER_BLOCK", "MAX_BLOCKS", "TILE"]
@@ -262,7 +263,7 @@ for _act in _table.ACTIVATIONS.values():
 # ----------------------------------------------------------------------------------------- GEMM
 
 # The _k_* functions are kernel bodies, not called directly: _kernel() compiles each with ``cuda`` (and
-# ``T``, ``dev_argmax`` where used) bound in a copy of this module's globals.
+# ``T``, ``dev_argmax``, ``row_max`` where used) bound in a copy of this module's globals.
 
 def _k_gemm(a, b, c, zero):
     # c (M, N) = a (M, K) @ b (K, N); any strides (transposed views included); T x T tiles of a and b
@@ -458,11 +459,6 @@ def _epilogue_kernel(activation, kind):
     return k
 
 
-def _pair(v, what):
-    from .conv import _pair as pair
-    return pair(v, what)
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None,
            return_z=False):
     """:func:`fastact.conv2d` on device arrays: im2col, the tiled GEMM, then bias + activation in the
@@ -584,24 +580,6 @@ def linear(x, weight, bias=None, *, activation=None, activation_params=None):
 
 # ------------------------------------------------------------------------------------ max-pooling
 
-def _k_argmax(x, n, c, p, q, kh, kw, sh, sw, ph, pw):
-    H, W = x.shape[2], x.shape[3]
-    bh, bw = -1, -1
-    best = -math.inf
-    for i in range(kh):
-        h = p * sh - ph + i
-        if h < 0 or h >= H:
-            continue
-        for j in range(kw):
-            w = q * sw - pw + j
-            if w < 0 or w >= W:
-                continue
-            v = x[n, c, h, w]
-            if bh < 0 or v > best or (v != v and best == best):
-                best = v
-                bh, bw = h, w
-    return bh, bw
-
 def _k_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
     N, C, P, Q = y.shape
     for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
@@ -628,7 +606,8 @@ def _k_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
 def _pool_kernels():
     k = _built.get("pool")
     if k is None:
-        argmax = _kernel(_k_argmax, device=True)
+        from .pool import _argmax_window  # the CPU kernels' own definition, compiled for the device
+        argmax = _kernel(_argmax_window.py_func, device=True)
         k = _built["pool"] = {"forward": _kernel(_k_pool_forward, dev_argmax=argmax),
                               "backward": _kernel(_k_pool_backward, dev_argmax=argmax)}
     return k
@@ -677,11 +656,7 @@ def _k_cross_entropy(logits, target, scale, loss_rows, d):
     # one thread per row: loss_rows[i] = logsumexp(row) - row[t]; d = (softmax(row) - onehot) * scale
     N, C = logits.shape
     for i in range(np.int64(cuda.grid(1)), N, np.int64(cuda.gridsize(1))):
-        m = logits[i, 0]
-        for j in range(1, C):
-            v = logits[i, j]
-            if v > m or v != v:
-                m = v
+        m = row_max(logits[i])
         s = 0.0
         for j in range(C):
             s += math.exp(logits[i, j] - m)
@@ -706,7 +681,10 @@ def _k_col_sum(dz, db):
 def _misc_kernels():
     k = _built.get("misc")
     if k is None:
-        k = _built["misc"] = {"ce": _kernel(_k_cross_entropy), "col_sum": _kernel(_k_col_sum)}
+        from .elementwise import _row_max
+        row_max = _kernel(_row_max.py_func, device=True)
+        k = _built["misc"] = {"ce": _kernel(_k_cross_entropy, row_max=row_max),
+                              "col_sum": _kernel(_k_col_sum)}
     return k
 
 
@@ -760,11 +738,7 @@ class DeviceNet:
         for i, j in model._plan():
             m = mods[i]
             act = None if j is None else mods[j]
-            if isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten)):
-                pass
-            elif isinstance(m, nn.Activation):
-                pass
-            else:
+            if not isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten, nn.Activation)):
                 raise TypeError(f"DeviceNet: module {i} ({type(m).__name__}) has no GPU implementation")
             self.plan.append((i, m, act))
         self._saved = None

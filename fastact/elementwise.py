@@ -71,7 +71,7 @@ def _typed_params(dt, pvals):
 def _step_backward(dy, x, dx, t, zero, one):
     # dx = dy * (1 if x > t else 0; NaN for NaN x), in the arrays' own dtype: the backward of threshold
     # and of relu with its default parameters (the general relu kernel carries slope, cap, threshold
-    # and subgradient through float64 selects, ~3x slower)
+    # and subgradient through float64 selects: 0.58 vs 0.20 ns per element, serial, 1e5 float32)
     for i in _runtime.prange(x.size):
         v = x[i]
         d = one if v > t else zero
@@ -432,18 +432,26 @@ def _prelu_backward_kernel(dy3, x3, w, dx3, dw_part):
 
 # ------------------------------------------------------------------------------------------ softmax
 
+@_runtime.jit()
+def _row_max(row):
+    """Maximum of a 1-D row, NaN if the row holds NaN (max(v, m) would drop it): the shift of every
+    log-sum-exp here (softmax, log_softmax, cross-entropy, and fastact.cuda's cross-entropy)."""
+    m = row[0]
+    for j in range(1, row.size):
+        v = row[j]
+        if v > m or v != v:
+            m = v
+        if m != m:
+            break
+    return m
+
+
 @_runtime.jit(parallel=True)
 def _softmax_rows(x2, y2, log):
     # x2, y2 are (R, L): softmax (or log-softmax) of each row
     R, L = x2.shape
     for r in _runtime.prange(R):
-        m = x2[r, 0]
-        for j in range(1, L):
-            v = x2[r, j]
-            if v > m or v != v:
-                m = v
-            if m != m:
-                break
+        m = _row_max(x2[r])
         s = 0.0
         if log:
             for j in range(L):

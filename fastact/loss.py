@@ -9,7 +9,7 @@ import numpy as np
 
 from . import _runtime
 from . import _math as fm
-from .elementwise import _compute_dtype
+from .elementwise import _compute_dtype, _row_max
 
 __all__ = ["cross_entropy", "cross_entropy_backward"]
 
@@ -20,11 +20,7 @@ def _ce_forward(logits, target):
     N, C = logits.shape
     total = 0.0
     for i in range(N):
-        m = logits[i, 0]
-        for j in range(1, C):
-            v = logits[i, j]
-            if v > m or v != v:
-                m = v
+        m = _row_max(logits[i])
         s = 0.0
         for j in range(C):
             s += math.exp(float(logits[i, j] - m))
@@ -37,11 +33,7 @@ def _ce_backward(logits, target, scale, d):
     # d (N, C) = scale * (softmax(logits) - onehot(target))
     N, C = logits.shape
     for i in _runtime.prange(N):
-        m = logits[i, 0]
-        for j in range(1, C):
-            v = logits[i, j]
-            if v > m or v != v:
-                m = v
+        m = _row_max(logits[i])
         s = 0.0
         for j in range(C):
             e = fm.exp(logits[i, j] - m)
