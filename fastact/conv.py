@@ -22,25 +22,10 @@ import threading
 import numpy as np
 
 from . import _blas, _epilogue, _runtime, config
-from .elementwise import _compute_dtype
+from ._util import compute_dtype as _compute_dtype
+from ._util import pair as _pair
 
 __all__ = ["conv2d", "conv2d_backward", "conv_output_shape"]
-
-
-def _pair(v, name):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        a, b = v
-    else:
-        a = b = v
-    out = []
-    for e in (a, b):
-        if isinstance(e, (bool, np.bool_)) or not isinstance(e, (int, np.integer, float, np.floating)) \
-                or e != int(e):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-        out.append(int(e))
-    return out[0], out[1]
 
 
 def conv_output_shape(x_shape, w_shape, stride=1, padding=0):

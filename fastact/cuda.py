@@ -25,7 +25,7 @@ import numpy as np
 from . import _math as fm
 from . import _table
 from ._epilogue import param_values
-from .conv import _pair
+from ._util import pair as _pair
 
 __all__ = ["is_available", "to_device", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
            "linear", "matmul", "cross_entropy", "DeviceNet", "THREADS_PER_BLOCK", "MAX_BLOCKS", "TILE"]
@@ -681,7 +681,7 @@ def _k_col_sum(dz, db):
 def _misc_kernels():
     k = _built.get("misc")
     if k is None:
-        from .elementwise import _row_max
+        from ._util import row_max as _row_max
         row_max = _kernel(_row_max.py_func, device=True)
         k = _built["misc"] = {"ce": _kernel(_k_cross_entropy, row_max=row_max),
                               "col_sum": _kernel(_k_col_sum)}

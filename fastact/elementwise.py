@@ -18,23 +18,11 @@ import numpy as np
 from . import _codegen, _runtime, config
 from . import _math as fm
 from ._table import ACTIVATIONS, leaky_relu_d, leaky_relu_f
+from ._util import compute_dtype as _compute_dtype
+from ._util import _FLOATS
+from ._util import row_max as _row_max
 
 __all__ = []  # filled by _publish()
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _compute_dtype(*dtypes):
-    """The dtype a kernel computes in for inputs of these dtypes (NumPy ufunc casting, float16 -> f32)."""
-    dt = np.result_type(*dtypes)
-    if dt in _FLOATS:
-        return dt
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    if dt.kind in "biuf":  # bool, ints, longdouble
-        return np.dtype(np.float64)
-    raise TypeError(f"fastact activations take real numbers; got an array of dtype {dt}")
-
 
 def _check_out(out, shape):
     if not isinstance(out, np.ndarray):
@@ -431,20 +419,6 @@ def _prelu_backward_kernel(dy3, x3, w, dx3, dw_part):
 
 
 # ------------------------------------------------------------------------------------------ softmax
-
-@_runtime.jit()
-def _row_max(row):
-    """Maximum of a 1-D row, NaN if the row holds NaN (max(v, m) would drop it): the shift of every
-    log-sum-exp here (softmax, log_softmax, cross-entropy, and fastact.cuda's cross-entropy)."""
-    m = row[0]
-    for j in range(1, row.size):
-        v = row[j]
-        if v > m or v != v:
-            m = v
-        if m != m:
-            break
-    return m
-
 
 @_runtime.jit(parallel=True)
 def _softmax_rows(x2, y2, log):

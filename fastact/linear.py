@@ -7,7 +7,7 @@ x (..., I), weight (O, I) as PyTorch, bias (O,), y (..., O).
 import numpy as np
 
 from . import _blas, _epilogue
-from .elementwise import _compute_dtype
+from ._util import compute_dtype as _compute_dtype
 
 __all__ = ["linear", "linear_backward"]
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from . import _runtime
 from . import _math as fm
-from .elementwise import _compute_dtype, _row_max
+from ._util import compute_dtype as _compute_dtype
+from ._util import row_max as _row_max
 
 __all__ = ["cross_entropy", "cross_entropy_backward"]
 

@@ -8,8 +8,8 @@ and its gradient goes to the first NaN. A tie sends the gradient to the first ma
 import numpy as np
 
 from . import _runtime
-from .conv import _pair
-from .elementwise import _compute_dtype
+from ._util import compute_dtype as _compute_dtype
+from ._util import pair as _pair
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "pool_output_shape"]
 

@@ -1,0 +1,53 @@
+"""Small helpers that several layers share: dtype rules, argument pairs, the row maximum.
+
+They live here, below every layer module, so that no layer imports another layer's privates.
+"""
+
+import numpy as np
+
+from . import _runtime
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def compute_dtype(*dtypes):
+    """The dtype a kernel computes in for inputs of these dtypes (NumPy ufunc casting, float16 -> f32)."""
+    dt = np.result_type(*dtypes)
+    if dt in _FLOATS:
+        return dt
+    if dt == np.float16:
+        return np.dtype(np.float32)
+    if dt.kind in "biuf":  # bool, ints, longdouble
+        return np.dtype(np.float64)
+    raise TypeError(f"fastact activations take real numbers; got an array of dtype {dt}")
+
+
+def pair(v, name):
+    """``v`` as a pair of ints (``3`` -> ``(3, 3)``); TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+        a, b = v
+    else:
+        a = b = v
+    out = []
+    for e in (a, b):
+        if isinstance(e, (bool, np.bool_)) or not isinstance(e, (int, np.integer, float, np.floating)) \
+                or e != int(e):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        out.append(int(e))
+    return out[0], out[1]
+
+
+@_runtime.jit()
+def row_max(row):
+    """Maximum of a 1-D row, NaN if the row holds NaN (max(v, m) would drop it): the shift of every
+    log-sum-exp here (softmax, log_softmax, cross-entropy, and fastact.cuda's cross-entropy)."""
+    m = row[0]
+    for j in range(1, row.size):
+        v = row[j]
+        if v > m or v != v:
+            m = v
+        if m != m:
+            break
+    return m
