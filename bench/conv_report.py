@@ -82,8 +82,8 @@ def fastact_fwd(x, w, b):
 
 def fastact_fwd_bwd(x, w, b, dy):
     """One training step's conv work: forward keeping the pre-activation, then the fused backward."""
-    y, z = fconv._conv2d_forward(x, w, b, 1, PAD, "relu", None, True)
-    return fconv._conv2d_layer_backward(dy, z, x, w, 1, PAD, "relu", None)
+    y, z = fa.conv2d(x, w, b, 1, PAD, activation="relu", return_preactivation=True)
+    return fa.conv2d_backward(dy, x, w, 1, PAD, preactivation=z, activation="relu")
 
 
 def torch_or_none():

@@ -6,15 +6,22 @@ nb images per tile. Layouts are PyTorch's: x (N, C, H, W), weight (K, C, R, S), 
 Forward, per tile of nb images:
   1. im2col writes col (C*R*S, nb*P*Q) from x (parallel over the C*R*S rows; each row is a shifted copy
      of input rows, so the inner loop is a plain strided copy);
-  2. one GEMM, weight (K, C*R*S) @ col -> g (K, nb*P*Q), through NumPy's BLAS;
-  3. the epilogue writes y[n, k] = act(g[k, n] + bias[k]) (and the pre-activation when asked): the
-     output is written once.
-The column buffer and the GEMM tile live in a per-thread workspace reused across calls; the tile is
+  2. the GEMM weight (K, C*R*S) @ col, through NumPy's BLAS, and
+  3. the epilogue y[n, k] = act(g[k, n] + bias[k]) (and the pre-activation z when asked), the output
+     written once. Two ways, chosen by the image size:
+     * images of ``config.CONV_GEMM_INTO_OUTPUT_MIN_PQ`` (256) or more output pixels: one GEMM per image
+       straight into its NCHW output block y[n] (K, P*Q), then the epilogue in place on y, so a forward
+       needs no memory beyond the column buffer;
+     * smaller images: one GEMM per tile into a workspace g (K, nb*P*Q), since per-image GEMMs of a few
+       dozen columns lose BLAS efficiency, then the epilogue reads g and writes y.
+The column buffer and the GEMM tile g live in a per-thread workspace reused across calls; the tile is
 sized so the column buffer stays under ``config.CONV_WORKSPACE_BYTES``.
 
-Backward (``dy`` is the gradient of the pre-activation output):
-  dbias = sum of dy over (n, p, q); dweight += dy_tile (K, nb*P*Q) @ col.T; dcol = weight.T @ dy_tile,
+Backward (``dz`` the gradient of the pre-activation z = conv + bias; with a fused activation,
+``dz = dy * act'(z)`` and the bias gradient come out of one pass over dy and z):
+  dbias = sum of dz over (n, p, q); dweight += dz_tile (K, nb*P*Q) @ col.T; dcol = weight.T @ dz_tile,
   and col2im scatters dcol into dx (parallel over channels, so no two threads write one element).
+  ``need_dx=False`` (a network's first layer) skips the dcol GEMM and the col2im.
 """
 
 import threading
@@ -208,10 +215,12 @@ def _prepare(x, weight, bias, stride, padding):
     return x, weight, bias, dt, (N, K, P, Q)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None):
+def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None,
+           return_preactivation=False):
     """2-D convolution (cross-correlation, as PyTorch) with bias and activation fused into its epilogue.
 
-    ``y[n, k, p, q] = act(bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, c, p*sh + r, q*sw + s])``
+    ``z[n, k, p, q] = bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, c, p*sh + r, q*sw + s]`` and
+    ``y = act(z)``, where ``xpad`` is ``x`` zero-padded by ``padding`` on each side.
 
     Parameters
     ----------
@@ -225,10 +234,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
         that writes ``y``.
     activation_params : dict or sequence, optional
         The activation's parameters (e.g. ``{'negative_slope': 0.1}``), scalars only.
+    return_preactivation : bool, default False
+        Also return the pre-activation ``z``, written in the same pass as ``y``: what
+        :func:`conv2d_backward` needs to differentiate through the activation. Without an activation
+        ``z`` is ``y`` itself (no copy).
 
     Returns
     -------
-    ndarray, shape (N, K, P, Q), with ``P = (H + 2*ph - R) // sh + 1`` and likewise ``Q``.
+    y : ndarray, shape (N, K, P, Q)
+        With ``P = (H + 2*ph - R) // sh + 1`` and likewise ``Q``; the dtype follows NumPy's casting of
+        the inputs (float16 computes in float32, integers in float64).
+    z : ndarray, shape (N, K, P, Q)
+        Only with ``return_preactivation=True``.
 
     Examples
     --------
@@ -236,9 +253,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
     >>> x = np.ones((1, 1, 3, 3), np.float32); w = np.ones((2, 1, 2, 2), np.float32)
     >>> fa.conv2d(x, w, np.array([0.0, -5.0], np.float32), activation="relu")[:, :, 0, 0]
     array([[4., 0.]], dtype=float32)
+    >>> y, z = fa.conv2d(x, w, np.array([0.0, -5.0], np.float32), activation="relu",
+    ...                  return_preactivation=True)
+    >>> z[:, :, 0, 0]
+    array([[ 4., -1.]], dtype=float32)
     """
-    y, _ = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, False)
-    return y
+    keep_z = return_preactivation and activation is not None
+    y, z = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z)
+    if not return_preactivation:
+        return y
+    return y, (z if keep_z else y)
 
 
 def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z):
@@ -282,12 +306,40 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
 
 # ----------------------------------------------------------------------------------------- backward
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0):
-    """Gradients of :func:`conv2d` without its activation: returns ``(dx, dweight, dbias)``.
+def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, activation=None,
+                    activation_params=None, need_dx=True):
+    """Gradients of :func:`conv2d`: returns ``(dx, dweight, dbias)``.
 
-    ``dy`` (N, K, P, Q) is the gradient of the pre-activation output. ``dbias`` sums ``dy`` over
-    (n, p, q); ``dweight`` correlates ``dy`` with the input patches; ``dx`` scatters ``weight``
-    transposed times ``dy`` back through col2im.
+    Without ``activation``, ``dy`` is the gradient of the pre-activation ``z`` (conv + bias). With
+    ``activation``, ``dy`` is the gradient of the activation's output ``y = act(z)`` and
+    ``preactivation`` must be the ``z`` of the forward (``conv2d(..., return_preactivation=True)``);
+    ``dz = dy * act'(z)`` and the bias gradient then come out of one pass over ``dy`` and ``z``.
+    From ``dz``: ``dbias[k] = sum_{n,p,q} dz[n, k, p, q]``, ``dweight`` correlates ``dz`` with the input
+    patches, and ``dx`` scatters ``weight`` transposed times ``dz`` back through col2im.
+
+    Parameters
+    ----------
+    dy : array_like, shape (N, K, P, Q)
+    x : array_like, shape (N, C, H, W)
+    weight : array_like, shape (K, C, R, S)
+    stride, padding : int or (int, int)
+        As in the forward.
+    preactivation : array_like, shape (N, K, P, Q), optional
+        The forward's ``z``; required with ``activation``, ignored without.
+    activation : str, optional
+        The activation the forward fused.
+    activation_params : dict or sequence, optional
+        Its parameters as in the forward, plus any backward parameters of the table (e.g. ReLU's
+        ``subgradient``, the derivative used at the kink).
+    need_dx : bool, default True
+        False skips the input gradient (``dx`` is None), saving a GEMM and the col2im: a network's
+        first layer never needs it.
+
+    Returns
+    -------
+    dx : ndarray, shape (N, C, H, W), or None
+    dweight : ndarray, shape (K, C, R, S)
+    dbias : ndarray, shape (K,)
 
     Examples
     --------
@@ -301,16 +353,59 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0):
     >>> dw[0, 0], db
     (array([[ 8., 12.],
            [20., 24.]]), array([4.]))
+
+    Through a fused ReLU: only the outputs whose pre-activation was positive pass their gradient.
+
+    >>> y, z = fa.conv2d(x, w, np.array([-20.0]), activation="relu", return_preactivation=True)
+    >>> z[0, 0]
+    array([[-12.,  -8.],
+           [  0.,   4.]])
+    >>> _, dw, db = fa.conv2d_backward(np.ones((1, 1, 2, 2)), x, w, preactivation=z, activation="relu",
+    ...                                need_dx=False)
+    >>> dw[0, 0], db
+    (array([[4., 5.],
+           [7., 8.]]), array([1.]))
     """
     x, weight, _, dt, shape = _prepare(x, weight, None, stride, padding)
     dy = np.asarray(dy)
     if dy.shape != shape:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with "
                          f"weight {weight.shape} (stride {stride!r}, padding {padding!r}) gives {shape}")
-    dy = np.ascontiguousarray(dy, dtype=dt)
-    dbias = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
-    dx, dw = _conv2d_backward_data_weight(dy, x, weight, stride, padding, True)
+    if activation is None:
+        _epilogue.param_values(None, activation_params)  # ValueError for parameters without activation
+        dz = np.ascontiguousarray(dy, dtype=dt)
+        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    else:
+        z = _check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
+        dz, dbias = _activation_backward(dy, z, dt, activation, activation_params)
+    dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx)
     return dx, dw, dbias
+
+
+def _check_preactivation(fname, preactivation, shape, activation):
+    """``preactivation`` as an array of ``shape``; ValueError naming it when missing or mis-shaped."""
+    if preactivation is None:
+        raise ValueError(f"{fname}: activation {activation!r} needs preactivation=, the pre-activation "
+                         f"output (shape {shape}) that the forward returns with return_preactivation=True")
+    z = np.asarray(preactivation)
+    if z.shape != shape:
+        raise ValueError(f"{fname}: preactivation has shape {z.shape} but dy has shape {shape}")
+    return z
+
+
+def _activation_backward(dy, z, dt, activation, activation_params):
+    """(dz, dbias): ``dz = dy * act'(z)`` (N, K, P, Q) and its sum over (n, p, q), in one pass."""
+    N, K, P, Q = z.shape
+    # C-contiguous dy, z and dz: the kernel sees (N, K, P*Q) views, and reshaping a non-contiguous dz
+    # would hand it a temporary copy, leaving dz unwritten (garbage gradients)
+    z = np.ascontiguousarray(z, dtype=dt)
+    dz = np.empty(z.shape, dtype=dt)
+    part = np.empty((N, K), dtype=np.float64)
+    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
+    _epilogue.get("backward", activation)(
+        np.ascontiguousarray(dy, dtype=dt).reshape(N, K, P * Q), z.reshape(N, K, P * Q),
+        dz.reshape(N, K, P * Q), part, *pv)
+    return dz, part.sum(axis=0).astype(dt)
 
 
 def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
@@ -341,26 +436,3 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
             _blas.matmul(w2.T, dyt2, out=dcol)
             _col2im(dcol, n0, m, R, S, sh, sw, ph, pw, P, Q, dx)
     return dx, dw.reshape(weight.shape)
-
-
-def _conv2d_layer_backward(dy, z, x, weight, stride, padding, activation, activation_params,
-                           need_dx=True):
-    """Backward of the fused conv + bias + activation layer: ``(dx, dweight, dbias)``.
-
-    ``dy`` is the gradient of the activation's output and ``z`` the pre-activation saved by the
-    forward; ``dz = dy * act'(z)`` and the bias gradient come out of one pass.
-    """
-    dt = x.dtype
-    N, K, P, Q = z.shape
-    # a C-contiguous z and dz: the kernel sees (N, K, P*Q) views, and reshaping a non-contiguous dz
-    # would hand it a temporary copy, leaving dz unwritten (garbage gradients)
-    z = np.ascontiguousarray(z, dtype=dt)
-    dz = np.empty(z.shape, dtype=dt)
-    part = np.empty((N, K), dtype=np.float64)
-    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
-    _epilogue.get("backward", activation)(
-        np.ascontiguousarray(dy, dtype=dt).reshape(N, K, P * Q), z.reshape(N, K, P * Q),
-        dz.reshape(N, K, P * Q), part, *pv)
-    dbias = part.sum(axis=0).astype(dt)
-    dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx)
-    return dx, dw, dbias

@@ -31,8 +31,9 @@ def _prepare(x, weight, bias):
     return x, x2, np.ascontiguousarray(weight, dtype=dt), bias, dt
 
 
-def linear(x, weight, bias=None, *, activation=None, activation_params=None):
-    """``y = act(x @ weight.T + bias)``, the activation applied in the pass after the GEMM.
+def linear(x, weight, bias=None, *, activation=None, activation_params=None, return_preactivation=False):
+    """``y = act(z)`` with ``z = x @ weight.T + bias``, the bias and activation applied in one pass after
+    the GEMM.
 
     Parameters
     ----------
@@ -42,22 +43,37 @@ def linear(x, weight, bias=None, *, activation=None, activation_params=None):
     activation : str, optional
         Any elementwise activation of the table.
     activation_params : dict or sequence, optional
+        The activation's parameters, scalars only.
+    return_preactivation : bool, default False
+        Also return the pre-activation ``z``, written in the same pass as ``y``: what
+        :func:`linear_backward` needs to differentiate through the activation. Without an activation
+        ``z`` is ``y`` itself (no copy).
 
     Returns
     -------
-    ndarray, shape (..., out_features)
+    y : ndarray, shape (..., out_features)
+    z : ndarray, shape (..., out_features)
+        Only with ``return_preactivation=True``.
 
     Examples
     --------
     >>> import numpy as np, fastact as fa
     >>> fa.linear(np.array([[1.0, -2.0]]), np.array([[1.0, 1.0], [0.0, 1.0]]), activation="relu")
     array([[0., 0.]])
+    >>> y, z = fa.linear(np.array([[1.0, -2.0]]), np.array([[1.0, 1.0], [0.0, 1.0]]), activation="relu",
+    ...                  return_preactivation=True)
+    >>> z
+    array([[-1., -2.]])
     """
-    y, _ = _linear_forward(x, weight, bias, activation, activation_params, False)
-    return y
+    keep_z = return_preactivation and activation is not None
+    y, z = _linear_forward(x, weight, bias, activation, activation_params, keep_z)
+    if not return_preactivation:
+        return y
+    return y, (z if keep_z else y)
 
 
 def _linear_forward(x, weight, bias, activation, activation_params, keep_z):
+    """linear, returning (y, z) where z is the pre-activation output when keep_z (else None)."""
     x, x2, w, bias, dt = _prepare(x, weight, bias)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
     O = w.shape[0]
@@ -70,11 +86,36 @@ def _linear_forward(x, weight, bias, activation, activation_params, keep_z):
     return g.reshape(shape), (z.reshape(shape) if keep_z else None)
 
 
-def linear_backward(dy, x, weight):
-    """Gradients of :func:`linear` without its activation: ``(dx, dweight, dbias)``.
+def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activation_params=None,
+                    need_dx=True):
+    """Gradients of :func:`linear`: ``(dx, dweight, dbias)``.
 
-    ``dx = dy @ weight``, ``dweight = dy.T @ x`` (summed over the leading dimensions), ``dbias = dy``
-    summed over them.
+    Without ``activation``, ``dy`` is the gradient of the pre-activation ``z = x @ weight.T + bias``.
+    With ``activation``, ``dy`` is the gradient of ``y = act(z)`` and ``preactivation`` must be the
+    forward's ``z`` (``linear(..., return_preactivation=True)``); ``dz = dy * act'(z)`` and the bias
+    gradient then come out of one pass. From ``dz`` (rows = the leading dimensions flattened):
+    ``dx = dz @ weight``, ``dweight = dz.T @ x``, ``dbias = dz`` summed over the rows.
+
+    Parameters
+    ----------
+    dy : array_like, shape (..., out_features)
+    x : array_like, shape (..., in_features)
+    weight : array_like, shape (out_features, in_features)
+    preactivation : array_like, shape (..., out_features), optional
+        The forward's ``z``; required with ``activation``, ignored without.
+    activation : str, optional
+        The activation the forward fused.
+    activation_params : dict or sequence, optional
+        Its parameters as in the forward, plus any backward parameters of the table (e.g. ReLU's
+        ``subgradient``).
+    need_dx : bool, default True
+        False skips the input gradient (``dx`` is None) and its GEMM.
+
+    Returns
+    -------
+    dx : ndarray, shape (..., in_features), or None
+    dweight : ndarray, shape (out_features, in_features)
+    dbias : ndarray, shape (out_features,)
 
     Examples
     --------
@@ -83,31 +124,45 @@ def linear_backward(dy, x, weight):
     >>> dx, dw, db = fa.linear_backward(np.array([[1.0, 0.0, 1.0]]), np.array([[1.0, 2.0]]), w)
     >>> dx, db
     (array([[2., 1.]]), array([1., 0., 1.]))
+
+    Through a fused ReLU, the gradient passes only where the pre-activation was positive:
+
+    >>> x = np.array([[1.0, -2.0]])
+    >>> y, z = fa.linear(x, w, activation="relu", return_preactivation=True)
+    >>> z
+    array([[ 1., -2., -1.]])
+    >>> dx, dw, db = fa.linear_backward(np.ones((1, 3)), x, w, preactivation=z, activation="relu")
+    >>> dx, db
+    (array([[1., 0.]]), array([1., 0., 0.]))
     """
     x, x2, w, _, dt = _prepare(x, weight, None)
+    O = w.shape[0]
     dy = np.asarray(dy)
-    expect = x.shape[:-1] + (w.shape[0],)
+    expect = x.shape[:-1] + (O,)
     if dy.shape != expect:
         raise ValueError(f"linear_backward: dy has shape {dy.shape}, expected {expect} for x {x.shape} "
                          f"and weight {w.shape}")
-    dy2 = np.ascontiguousarray(dy.reshape(-1, w.shape[0]), dtype=dt)
-    dx = _blas.matmul(dy2, w).reshape(x.shape)
-    dw = _blas.matmul(dy2.T, x2)
-    db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
-    return dx, dw, db
-
-
-def _linear_layer_backward(dy, z, x, weight, activation, activation_params, need_dx=True):
-    """Backward of the fused linear + bias + activation layer from the saved pre-activation ``z``."""
-    dt = z.dtype
-    O = weight.shape[0]
-    z2 = z.reshape(-1, O)
-    dz = np.empty_like(z2)
-    part = np.empty((z2.shape[0], O), dtype=np.float64)
-    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
-    _epilogue.get("backward", activation)(
-        np.ascontiguousarray(dy, dtype=dt).reshape(-1, O, 1), z2.reshape(-1, O, 1),
-        dz.reshape(-1, O, 1), part, *pv)
-    x2 = np.ascontiguousarray(x, dtype=dt).reshape(-1, weight.shape[1])
-    dx = _blas.matmul(dz, weight).reshape(x.shape) if need_dx else None
-    return dx, _blas.matmul(dz.T, x2), part.sum(axis=0).astype(dt)
+    dy2 = np.ascontiguousarray(dy.reshape(-1, O), dtype=dt)
+    if activation is None:
+        _epilogue.param_values(None, activation_params)  # ValueError for parameters without activation
+        dz = dy2
+        db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
+    else:
+        if preactivation is None:
+            raise ValueError(f"linear_backward: activation {activation!r} needs preactivation=, the "
+                             f"pre-activation output (shape {dy.shape}) that linear returns with "
+                             f"return_preactivation=True")
+        z = np.asarray(preactivation)
+        if z.shape != dy.shape:
+            raise ValueError(f"linear_backward: preactivation has shape {z.shape} but dy has shape "
+                             f"{dy.shape}")
+        # (rows, O, 1) views of C-contiguous arrays: the kernel's (A, K, L) layout, dz written in place
+        z2 = np.ascontiguousarray(z.reshape(-1, O), dtype=dt)
+        dz = np.empty_like(z2)
+        part = np.empty((z2.shape[0], O), dtype=np.float64)
+        pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
+        _epilogue.get("backward", activation)(dy2.reshape(-1, O, 1), z2.reshape(-1, O, 1),
+                                              dz.reshape(-1, O, 1), part, *pv)
+        db = part.sum(axis=0).astype(dt)
+    dx = _blas.matmul(dz, w).reshape(x.shape) if need_dx else None
+    return dx, _blas.matmul(dz.T, x2), db

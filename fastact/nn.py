@@ -13,8 +13,8 @@ import numpy as np
 
 from . import _table
 from . import elementwise as ew
-from .conv import _conv2d_forward, _conv2d_layer_backward, conv2d_backward
-from .linear import _linear_forward, _linear_layer_backward, linear_backward
+from .conv import conv2d, conv2d_backward
+from .linear import linear, linear_backward
 from .loss import cross_entropy, cross_entropy_backward
 from .pool import max_pool2d, max_pool2d_backward
 
@@ -167,20 +167,22 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding}")
 
     def forward(self, x, activation=None, activation_params=None):
-        y, z = _conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               self.stride, self.padding, activation, activation_params,
-                               keep_z=self.training and activation is not None)
-        if self.training:
-            self._saved = (np.ascontiguousarray(x, dtype=y.dtype), z, activation, activation_params)
+        bias = None if self.bias is None else self.bias.data
+        if not self.training:
+            return conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
+                          activation_params=activation_params)
+        # training keeps the pre-activation for the backward (without an activation it is y itself,
+        # and the backward does not read it)
+        y, z = conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
+                      activation_params=activation_params, return_preactivation=True)
+        self._saved = (np.ascontiguousarray(x, dtype=y.dtype), None if activation is None else z,
+                       activation, activation_params)
         return y
 
     def backward(self, dy, need_dx=True):
         x, z, activation, params = _need_saved(self)
-        if activation is None:
-            dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding)
-        else:
-            dx, dw, db = _conv2d_layer_backward(dy, z, x, self.weight.data, self.stride, self.padding,
-                                                activation, params, need_dx)
+        dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, preactivation=z,
+                                     activation=activation, activation_params=params, need_dx=need_dx)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
@@ -204,19 +206,20 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
     def forward(self, x, activation=None, activation_params=None):
-        y, z = _linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                               activation, activation_params,
-                               keep_z=self.training and activation is not None)
-        if self.training:
-            self._saved = (np.asarray(x, dtype=y.dtype), z, activation, activation_params)
+        bias = None if self.bias is None else self.bias.data
+        if not self.training:
+            return linear(x, self.weight.data, bias, activation=activation,
+                          activation_params=activation_params)
+        y, z = linear(x, self.weight.data, bias, activation=activation,
+                      activation_params=activation_params, return_preactivation=True)
+        self._saved = (np.asarray(x, dtype=y.dtype), None if activation is None else z, activation,
+                       activation_params)
         return y
 
     def backward(self, dy, need_dx=True):
         x, z, activation, params = _need_saved(self)
-        if activation is None:
-            dx, dw, db = linear_backward(dy, x, self.weight.data)
-        else:
-            dx, dw, db = _linear_layer_backward(dy, z, x, self.weight.data, activation, params, need_dx)
+        dx, dw, db = linear_backward(dy, x, self.weight.data, preactivation=z, activation=activation,
+                                     activation_params=params, need_dx=need_dx)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)

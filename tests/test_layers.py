@@ -15,7 +15,6 @@ Tolerances (``|actual - expected| <= atol + rtol * |expected|``, expected in flo
     blocking may differ: float64 1e-12, float32 rtol 1e-5.
 """
 
-import importlib
 import itertools
 import math
 import re
@@ -25,10 +24,8 @@ import pytest
 
 import fastact as fa
 from fastact._table import ACTIVATIONS
+from fastact.conv import conv_output_shape
 
-# the modules (``fastact.linear`` the attribute is the function of the same name)
-fconv = importlib.import_module("fastact.conv")
-flinear = importlib.import_module("fastact.linear")
 
 DTYPES = (np.float32, np.float64)
 REF_TOL = {np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
@@ -274,7 +271,7 @@ def _conv_inputs(rng, dtype, N=2, C=3, H=7, W=6, K=4, kernel=3):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("hw", [(7, 6), (3, 4)], ids=["7x6", "3x4"])
 @pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
-def test_conv2d_forward_matches_naive_loops(kernel, stride, padding, hw, dtype):
+def test_conv2d_output_matches_naive_loops(kernel, stride, padding, hw, dtype):
     rng = np.random.default_rng(hash((kernel, stride, padding, hw)) % 2**32)
     x, w, b = _conv_inputs(rng, dtype, H=hw[0], W=hw[1], kernel=kernel)
     if not _fits(*hw, kernel, padding):
@@ -283,7 +280,7 @@ def test_conv2d_forward_matches_naive_loops(kernel, stride, padding, hw, dtype):
         return
     expected = ref_conv2d(x, w, b, stride, padding)
     y = fa.conv2d(x, w, b, stride, padding)
-    assert y.shape == expected.shape == fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    assert y.shape == expected.shape == conv_output_shape(x.shape, w.shape, stride, padding)
     assert_ref(y, expected, dtype)
     assert_ref(fa.conv2d(x, w, None, stride, padding), ref_conv2d(x, w, None, stride, padding), dtype)
 
@@ -293,7 +290,7 @@ def test_conv2d_forward_matches_naive_loops(kernel, stride, padding, hw, dtype):
 def test_conv2d_backward_matches_naive_loops(kernel, stride, padding, dtype):
     rng = np.random.default_rng(7)
     x, w, _ = _conv_inputs(rng, dtype, H=7, W=6, kernel=kernel)
-    shape = fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    shape = conv_output_shape(x.shape, w.shape, stride, padding)
     dy = rand(rng, shape, dtype)
     dx, dw, db = fa.conv2d_backward(dy, x, w, stride, padding)
     rdx, rdw, rdb = ref_conv2d_backward(dy, x, w, stride, padding)
@@ -401,35 +398,37 @@ def test_linear_fused_equals_unfused(act, params, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
-def test_conv2d_layer_backward_equals_unfused(act, params, dtype):
+def test_conv2d_fused_backward_equals_unfused(act, params, dtype):
     rng = np.random.default_rng(13)
     x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=7, W=6, K=4, kernel=3)
-    y, z = fconv._conv2d_forward(x, w, b, 2, 1, act, params, True)
+    y, z = fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=params, return_preactivation=True)
     assert_same(z, fa.conv2d(x, w, b, 2, 1), dtype, "saved pre-activation")
     assert_same(y, fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=params), dtype, "y")
     dy = rand(rng, y.shape, dtype)
-    dx, dw, db = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params)
+    dx, dw, db = fa.conv2d_backward(dy, x, w, 2, 1, preactivation=z, activation=act, activation_params=params)
     dz = getattr(fa, f"{act}_backward")(dy, z, **params)
     for name, got, want in zip(("dx", "dweight", "dbias"), (dx, dw, db), fa.conv2d_backward(dz, x, w, 2, 1)):
         assert_same(got, want, dtype, name)
     # independent: table derivative reference + naive conv backward
     for got, want in zip((dx, dw, db), ref_conv2d_backward(dy * act_dref(act, params, z), x, w, 2, 1)):
         assert_ref(got, want, dtype)
-    _, dw2, db2 = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params, need_dx=False)
+    dx2, dw2, db2 = fa.conv2d_backward(dy, x, w, 2, 1, preactivation=z, activation=act,
+                                       activation_params=params, need_dx=False)
+    assert dx2 is None
     assert_same(dw2, dw, dtype)
     assert_same(db2, db, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("act,params", FUSED, ids=FUSED_IDS)
-def test_linear_layer_backward_equals_unfused(act, params, dtype):
+def test_linear_fused_backward_equals_unfused(act, params, dtype):
     rng = np.random.default_rng(14)
     x, w, b = rand(rng, (2, 3, 5), dtype), rand(rng, (4, 5), dtype), rand(rng, (4,), dtype)
-    y, z = flinear._linear_forward(x, w, b, act, params, True)
+    y, z = fa.linear(x, w, b, activation=act, activation_params=params, return_preactivation=True)
     assert_same(z, fa.linear(x, w, b), dtype, "saved pre-activation")
     assert_same(y, fa.linear(x, w, b, activation=act, activation_params=params), dtype, "y")
     dy = rand(rng, y.shape, dtype)
-    dx, dw, db = flinear._linear_layer_backward(dy, z, x, w, act, params)
+    dx, dw, db = fa.linear_backward(dy, x, w, preactivation=z, activation=act, activation_params=params)
     dz = getattr(fa, f"{act}_backward")(dy, z, **params)
     for name, got, want in zip(("dx", "dweight", "dbias"), (dx, dw, db), fa.linear_backward(dz, x, w)):
         assert_same(got, want, dtype, name)
@@ -443,19 +442,19 @@ def test_layer_backward_takes_any_layout_of_z_and_dy(dtype):
     # gradients (regression: a Fortran-order z made the conv kernel write into a temporary)
     rng = np.random.default_rng(18)
     x, w, b = _conv_inputs(rng, dtype, N=2, C=3, H=6, W=5, K=4, kernel=3)
-    y, z = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    y, z = fa.conv2d(x, w, b, 1, 1, activation="relu", return_preactivation=True)
     dy = rand(rng, y.shape, dtype)
     want = ref_conv2d_backward(dy * act_dref("relu", {}, z), x, w, 1, 1)
     for zz, dd in ((np.asfortranarray(z), dy), (z, np.asfortranarray(dy)),
                    (np.asfortranarray(z), dy[:, ::-1][:, ::-1])):
-        for got, r in zip(fconv._conv2d_layer_backward(dd, zz, x, w, 1, 1, "relu", None), want):
+        for got, r in zip(fa.conv2d_backward(dd, x, w, 1, 1, preactivation=zz, activation="relu"), want):
             assert_ref(got, r, dtype)
     xl, wl, bl = rand(rng, (5, 4), dtype), rand(rng, (3, 4), dtype), rand(rng, (3,), dtype)
-    yl, zl = flinear._linear_forward(xl, wl, bl, "relu", None, True)
+    yl, zl = fa.linear(xl, wl, bl, activation="relu", return_preactivation=True)
     dyl = rand(rng, yl.shape, dtype)
     want = ref_linear_backward(dyl * act_dref("relu", {}, zl), xl, wl)
     for zz, dd in ((np.asfortranarray(zl), dyl), (zl, np.asfortranarray(dyl))):
-        for got, r in zip(flinear._linear_layer_backward(dd, zz, xl, wl, "relu", None), want):
+        for got, r in zip(fa.linear_backward(dd, xl, wl, preactivation=zz, activation="relu"), want):
             assert_ref(got, r, dtype)
 
 
@@ -471,16 +470,18 @@ def test_fused_layers_gradcheck(act, params):
         return fa.conv2d(x, w, b, (2, 1), 1, activation=act, activation_params=params)
 
     def conv_bwd(dy, x, w, b):
-        _, z = fconv._conv2d_forward(x, w, b, (2, 1), 1, act, params, True)
-        return fconv._conv2d_layer_backward(dy, z, x, w, (2, 1), 1, act, params)
+        _, z = fa.conv2d(x, w, b, (2, 1), 1, activation=act, activation_params=params,
+                         return_preactivation=True)
+        return fa.conv2d_backward(dy, x, w, (2, 1), 1, preactivation=z, activation=act,
+                                  activation_params=params)
 
     assert fa.gradcheck(conv_fn, conv_bwd, (x, w, b))
 
     xl, wl, bl = rand(rng, (3, 5)), rand(rng, (4, 5)), rand(rng, (4,))
 
     def lin_bwd(dy, x, w, b):
-        _, z = flinear._linear_forward(x, w, b, act, params, True)
-        return flinear._linear_layer_backward(dy, z, x, w, act, params)
+        _, z = fa.linear(x, w, b, activation=act, activation_params=params, return_preactivation=True)
+        return fa.linear_backward(dy, x, w, preactivation=z, activation=act, activation_params=params)
 
     assert fa.gradcheck(lambda x, w, b: fa.linear(x, w, b, activation=act, activation_params=params),
                         lin_bwd, (xl, wl, bl))
@@ -493,22 +494,77 @@ def test_relu_kink_in_fused_backward(dtype):
     x = rng.integers(-2, 3, (2, 2, 5, 5)).astype(dtype)
     w = rng.integers(-1, 2, (3, 2, 3, 3)).astype(dtype)
     b = np.zeros(3, dtype)
-    y, z = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    y, z = fa.conv2d(x, w, b, 1, 1, activation="relu", return_preactivation=True)
     assert (z == 0).sum() > 10
     dy = rand(rng, z.shape, dtype)
     for bparams, at0 in (({}, 0.0), ({"subgradient": 0.5}, 0.5)):
         dz = dy * np.where(z > 0, 1.0, np.where(z < 0, 0.0, at0))   # ReLU'(0) = 0, or the subgradient
-        got = fconv._conv2d_layer_backward(dy, z, x, w, 1, 1, "relu", bparams)
+        got = fa.conv2d_backward(dy, x, w, 1, 1, preactivation=z, activation="relu",
+                                 activation_params=bparams)
         for g, want in zip(got, ref_conv2d_backward(dz, x, w, 1, 1)):
             assert_ref(g, want, dtype)
         zl = z.reshape(-1, 3)[:20]
         dyl = dy.reshape(-1, 3)[:20]
         xl = rand(rng, (20, 4), dtype)
         wl = rand(rng, (3, 4), dtype)
-        got = flinear._linear_layer_backward(dyl, zl, xl, wl, "relu", bparams)
+        got = fa.linear_backward(dyl, xl, wl, preactivation=zl, activation="relu", activation_params=bparams)
         dzl = dyl * np.where(zl > 0, 1.0, np.where(zl < 0, 0.0, at0))
         for g, want in zip(got, ref_linear_backward(dzl, xl, wl)):
             assert_ref(g, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_return_preactivation(dtype):
+    rng = np.random.default_rng(19)
+    x, w, b = _conv_inputs(rng, dtype, N=2, C=3, H=6, W=5, K=4, kernel=3)
+    xl, wl, bl = rand(rng, (2, 3, 5), dtype), rand(rng, (4, 5), dtype), rand(rng, (4,), dtype)
+    for fn, args in ((fa.conv2d, (x, w, b, 2, 1)), (fa.linear, (xl, wl, bl))):
+        plain = fn(*args)
+        assert isinstance(plain, np.ndarray)
+        # with an activation: z is the un-activated output, y the same as without return_preactivation
+        y, z = fn(*args, activation="gelu", return_preactivation=True)
+        assert_same(z, plain, dtype, f"{fn.__name__} z")
+        assert_same(y, fn(*args, activation="gelu"), dtype, f"{fn.__name__} y")
+        assert z is not y and not np.shares_memory(y, z)
+        # without one, z is y itself: no copy
+        y, z = fn(*args, return_preactivation=True)
+        assert z is y
+        assert_same(y, plain, dtype, f"{fn.__name__} identity")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("act", [None, "relu"])
+def test_backward_need_dx_false(dtype, act):
+    # need_dx=False returns dx None and the same parameter gradients, fused or not
+    rng = np.random.default_rng(20)
+    x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=7, W=6, K=4, kernel=3)
+    y, z = fa.conv2d(x, w, b, 2, 1, activation=act, return_preactivation=True)
+    dy = rand(rng, y.shape, dtype)
+    kw = dict(preactivation=z, activation=act)
+    full = fa.conv2d_backward(dy, x, w, 2, 1, **kw)
+    part = fa.conv2d_backward(dy, x, w, 2, 1, need_dx=False, **kw)
+    assert full[0] is not None and part[0] is None
+    for got, want in zip(part[1:], full[1:]):
+        assert_same(got, want, dtype)
+    xl, wl, bl = rand(rng, (2, 3, 5), dtype), rand(rng, (4, 5), dtype), rand(rng, (4,), dtype)
+    yl, zl = fa.linear(xl, wl, bl, activation=act, return_preactivation=True)
+    dyl = rand(rng, yl.shape, dtype)
+    kw = dict(preactivation=zl, activation=act)
+    full = fa.linear_backward(dyl, xl, wl, **kw)
+    part = fa.linear_backward(dyl, xl, wl, need_dx=False, **kw)
+    assert full[0].shape == xl.shape and part[0] is None
+    for got, want in zip(part[1:], full[1:]):
+        assert_same(got, want, dtype)
+
+
+def test_preactivation_is_ignored_without_activation():
+    # without an activation dy already is the pre-activation gradient: preactivation plays no part
+    rng = np.random.default_rng(21)
+    x, w, b = _conv_inputs(rng, np.float64, N=2, C=2, H=5, W=5, K=3, kernel=3)
+    dy = rand(rng, (2, 3, 3, 3))
+    for got, want in zip(fa.conv2d_backward(dy, x, w, preactivation=np.full(dy.shape, np.nan)),
+                         fa.conv2d_backward(dy, x, w)):
+        assert_same(got, want, np.float64)
 
 
 # ---------------------------------------------------------------------------------- tiling
@@ -519,21 +575,24 @@ def test_conv2d_multi_tile_equals_single_tile(monkeypatch, dtype, images_per_til
     rng = np.random.default_rng(17)
     x, w, b = _conv_inputs(rng, dtype, N=5, C=3, H=7, W=6, K=4, kernel=3)
     stride, padding, act, params = (1, 2), 1, "leaky_relu", {"negative_slope": 0.2}
-    N, K, P, Q = fconv.conv_output_shape(x.shape, w.shape, stride, padding)
+    N, K, P, Q = conv_output_shape(x.shape, w.shape, stride, padding)
     dy = rand(rng, (N, K, P, Q), dtype)
-    CRS, itemsize = 3 * 9, np.dtype(dtype).itemsize
-    assert fconv._tile(N, CRS, P * Q, itemsize) == N  # the default budget holds the whole batch
+    # one image's column buffer (C*R*S, P*Q); tiles hold as many images as config's budget allows
+    image_bytes = 3 * 9 * P * Q * np.dtype(dtype).itemsize
+    assert fa.config.CONV_WORKSPACE_BYTES >= N * image_bytes  # the default budget holds the whole batch
 
     def run():
-        y, z = fconv._conv2d_forward(x, w, b, stride, padding, act, params, True)
+        y, z = fa.conv2d(x, w, b, stride, padding, activation=act, activation_params=params,
+                         return_preactivation=True)
         plain = fa.conv2d(x, w, b, stride, padding)
         bwd = fa.conv2d_backward(dy, x, w, stride, padding)
-        layer = fconv._conv2d_layer_backward(dy, z, x, w, stride, padding, act, params)
+        layer = fa.conv2d_backward(dy, x, w, stride, padding, preactivation=z, activation=act,
+                                   activation_params=params)
         return (y, z, plain, *bwd, *layer)
 
     single = run()
-    monkeypatch.setattr(fa.config, "CONV_WORKSPACE_BYTES", images_per_tile * CRS * P * Q * itemsize)
-    assert fconv._tile(N, CRS, P * Q, itemsize) == images_per_tile  # 5 images: a remainder tile too
+    # images_per_tile images per tile; 5 images leave a remainder tile too
+    monkeypatch.setattr(fa.config, "CONV_WORKSPACE_BYTES", images_per_tile * image_bytes)
     tiled = run()
     for i, (t, s) in enumerate(zip(tiled, single)):
         assert_same(t, s, dtype, f"output {i}")
@@ -550,13 +609,14 @@ def test_conv2d_gemm_into_output_equals_gemm_buffer(monkeypatch, dtype, images_p
     # into a buffer (small images), selected by config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
     rng = np.random.default_rng(18)
     x, w, b = _conv_inputs(rng, dtype, N=5, C=3, H=7, W=6, K=4, kernel=3)
-    N, K, P, Q = fconv.conv_output_shape(x.shape, w.shape, 1, 1)
+    N, K, P, Q = conv_output_shape(x.shape, w.shape, 1, 1)
     monkeypatch.setattr(fa.config, "CONV_WORKSPACE_BYTES", images_per_tile * 27 * P * Q *
                         np.dtype(dtype).itemsize)
     outs = {}
     for min_pq in (1, 10 ** 9):
         monkeypatch.setattr(fa.config, "CONV_GEMM_INTO_OUTPUT_MIN_PQ", min_pq)
-        outs[min_pq] = fconv._conv2d_forward(x, w, b, 1, 1, act, params, True)
+        outs[min_pq] = fa.conv2d(x, w, b, 1, 1, activation=act, activation_params=params,
+                                 return_preactivation=True)
     (y1, z1), (y2, z2) = outs[1], outs[10 ** 9]
     assert_same(y1, y2, dtype, "y")
     assert_same(z1, z2, dtype, "z")
@@ -771,6 +831,18 @@ def _bad_cases():
                                                                                         "(2, 4, 3, 3)"]),
         ("conv-backward-channels", lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, np.zeros((4, 2, 3, 3))),
          ["(4, 2, 3, 3)"]),
+        ("conv-backward-no-preactivation",
+         lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, w, activation="relu"),
+         ["preactivation", "(2, 4, 3, 3)"]),
+        ("conv-backward-preactivation-shape",
+         lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, w, preactivation=np.zeros((2, 4, 9)),
+                                    activation="relu"), ["preactivation", "(2, 4, 9)", "(2, 4, 3, 3)"]),
+        ("conv-backward-params-without-activation",
+         lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, w, activation_params={"subgradient": 1}),
+         ["activation"]),
+        ("conv-backward-unknown-param",
+         lambda: fa.conv2d_backward(np.zeros((2, 4, 3, 3)), x, w, preactivation=np.zeros((2, 4, 3, 3)),
+                                    activation="relu", activation_params={"alpha": 1}), ["alpha"]),
         ("pool-3d", lambda: fa.max_pool2d(np.zeros((3, 5, 5))), ["(3, 5, 5)"]),
         ("pool-window-too-large", lambda: fa.max_pool2d(x, 7), ["7x7", "(2, 3, 5, 5)"]),
         ("pool-padding-over-half", lambda: fa.max_pool2d(x, 2, 1, 2), ["2"]),
@@ -783,6 +855,13 @@ def _bad_cases():
          ["'relu7'"]),
         ("linear-backward-dy", lambda: fa.linear_backward(np.zeros((2, 4)), np.zeros((2, 4)), np.zeros((3, 4))),
          ["(2, 4)", "(2, 3)"]),
+        ("linear-backward-no-preactivation",
+         lambda: fa.linear_backward(np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((3, 4)), activation="gelu"),
+         ["preactivation", "(2, 3)"]),
+        ("linear-backward-preactivation-shape",
+         lambda: fa.linear_backward(np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((3, 4)),
+                                    preactivation=np.zeros((3, 2)), activation="gelu"),
+         ["preactivation", "(3, 2)", "(2, 3)"]),
     ]
 
 
@@ -817,9 +896,10 @@ def test_results_keep_their_dtype(dtype):
     y = fa.conv2d(x, w, b, 1, 1, activation="gelu")
     assert y.dtype == dtype
     assert all(g.dtype == dtype for g in fa.conv2d_backward(y, x, w, 1, 1))
-    yz = fconv._conv2d_forward(x, w, b, 1, 1, "relu", None, True)
+    yz = fa.conv2d(x, w, b, 1, 1, activation="relu", return_preactivation=True)
     assert all(a.dtype == dtype for a in yz)
-    assert all(g.dtype == dtype for g in fconv._conv2d_layer_backward(y, yz[1], x, w, 1, 1, "relu", None))
+    assert all(g.dtype == dtype
+               for g in fa.conv2d_backward(y, x, w, 1, 1, preactivation=yz[1], activation="relu"))
     p = fa.max_pool2d(x, 2)
     assert p.dtype == dtype and fa.max_pool2d_backward(p, x, 2).dtype == dtype
     xl, wl, bl = rand(rng, (3, 4), dtype), rand(rng, (2, 4), dtype), rand(rng, (2,), dtype)
@@ -884,22 +964,23 @@ def test_fused_layers_match_torch(act, params, tfn):
     x, w, b = _conv_inputs(rng, np.float64, N=2, C=3, H=7, W=6, K=4, kernel=3)
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = tfn(F, F.conv2d(tx, tw, tb, stride=2, padding=1))
-    y, z = fconv._conv2d_forward(x, w, b, 2, 1, act, params, True)
+    y, z = fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=params, return_preactivation=True)
     assert_ref(y, ty.detach().numpy(), np.float64)
     dy = rand(rng, y.shape)
     ty.backward(torch.tensor(dy))
-    got = fconv._conv2d_layer_backward(dy, z, x, w, 2, 1, act, params)
+    got = fa.conv2d_backward(dy, x, w, 2, 1, preactivation=z, activation=act, activation_params=params)
     for g, t in zip(got, (tx, tw, tb)):
         assert_ref(g, t.grad.numpy(), np.float64)
     # linear
     xl, wl, bl = rand(rng, (2, 3, 5)), rand(rng, (4, 5)), rand(rng, (4,))
     txl, twl, tbl = (torch.tensor(a, requires_grad=True) for a in (xl, wl, bl))
     tyl = tfn(F, F.linear(txl, twl, tbl))
-    yl, zl = flinear._linear_forward(xl, wl, bl, act, params, True)
+    yl, zl = fa.linear(xl, wl, bl, activation=act, activation_params=params, return_preactivation=True)
     assert_ref(yl, tyl.detach().numpy(), np.float64)
     dyl = rand(rng, yl.shape)
     tyl.backward(torch.tensor(dyl))
-    for g, t in zip(flinear._linear_layer_backward(dyl, zl, xl, wl, act, params), (txl, twl, tbl)):
+    got = fa.linear_backward(dyl, xl, wl, preactivation=zl, activation=act, activation_params=params)
+    for g, t in zip(got, (txl, twl, tbl)):
         assert_ref(g, t.grad.numpy(), np.float64)
 
 

@@ -68,6 +68,34 @@ def test_sequential_fused_equals_unfused():
     np.testing.assert_allclose(fused, h, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_layer_module_fused_backward_equals_unfused(layer):
+    # Conv2d/Linear with a fused activation (as Sequential runs them) against the layer followed by
+    # the activation module, in both directions; need_dx=False drops only the input gradient
+    def make():
+        if layer == "conv":
+            return nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, seed=5)
+        return nn.Linear(6, 3, dtype=np.float64, seed=5)
+
+    x = RNG.standard_normal((2, 2, 5, 5) if layer == "conv" else (4, 6))
+    act = nn.ELU(alpha=0.5)
+    fused, plain = make(), make()
+    y = fused.forward(x, activation="elu", activation_params=act.params)
+    np.testing.assert_allclose(y, act(plain(x)), rtol=1e-12, atol=1e-12)
+    dy = RNG.standard_normal(y.shape)
+    dx = fused.backward(dy)
+    dx_plain = plain.backward(act.backward(dy))
+    np.testing.assert_allclose(dx, dx_plain, rtol=1e-12, atol=1e-12)
+    for p, q in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+    grads = [p.grad.copy() for p in fused.parameters()]
+    assert fused.backward(dy, need_dx=False) is None
+    assert plain.backward(act.backward(dy), need_dx=False) is None
+    for p, q, g in zip(fused.parameters(), plain.parameters(), grads):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12, atol=1e-12)  # accumulated once more
+        np.testing.assert_allclose(q.grad, 2 * g, rtol=1e-12, atol=1e-12)
+
+
 def test_state_dict_round_trip_and_errors():
     a, b = small_vgg(seed=1), small_vgg(seed=2)
     b.load_state_dict(a.state_dict())
