@@ -15,7 +15,8 @@ from .elementwise import __all__ as _elementwise_all
 from .conv import conv2d, conv2d_backward
 from .gradcheck import GradcheckError, gradcheck, gradcheck_module
 from .linear import linear, linear_backward
-from .loss import cross_entropy, cross_entropy_backward
+from .loss import (cross_entropy, cross_entropy_backward, log_softmax, log_softmax_backward, softmax,
+                   softmax_backward)
 from .pool import max_pool2d, max_pool2d_backward
 from . import models, nn, optim  # noqa: E402  (after the kernels they are built on)
 
@@ -25,8 +26,10 @@ ACTIVATIONS = tuple(_TABLE)
 #: the layer functions (tests and benchmarks parametrise over these)
 LAYERS = ("conv2d", "max_pool2d", "linear", "cross_entropy")
 
-__all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS", "GradcheckError", "gradcheck", "gradcheck_module",
-           *_elementwise_all, "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+__all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS",
+           "GradcheckError", "gradcheck", "gradcheck_module", *_elementwise_all,
+           "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+           "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]
 
 

@@ -1,6 +1,15 @@
-"""Cross-entropy from logits and integer labels (mean over the batch), log-sum-exp stable.
+"""Softmax, log-softmax and cross-entropy: the log-sum-exp family, in one place.
 
-Shape key: N batch, C classes. logits (N, C), target (N,) integers in [0, C).
+Every row is shifted by its maximum before ``exp`` (``fastact._util.row_max``, NaN when the row holds
+NaN), so no magnitude overflows, and a row holding NaN gives NaN.
+
+Shape key: R rows of length L (softmax: ``axis`` moved last, the other axes flattened into R);
+N batch, C classes (cross-entropy: logits (N, C), target (N,) integers in [0, C)).
+
+``softmax``/``log_softmax`` take any axis and ``out=`` like the elementwise activations, and their
+backward takes the forward's output ``y`` (not ``x``): ``softmax_backward`` needs only ``y``, and
+``log_softmax_backward`` recovers the probabilities as ``exp(y)``. ``cross_entropy`` is the mean over
+the batch of ``logsumexp(logits[i]) - logits[i, target[i]]``, accumulated in float64.
 """
 
 import math
@@ -12,8 +21,166 @@ from . import _math as fm
 from ._util import compute_dtype as _compute_dtype
 from ._util import row_max as _row_max
 
-__all__ = ["cross_entropy", "cross_entropy_backward"]
+__all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+           "cross_entropy", "cross_entropy_backward"]
 
+
+# ------------------------------------------------------------------------------------------ softmax
+
+@_runtime.jit(parallel=True)
+def _softmax_rows(x2, y2, log):
+    # x2, y2 are (R, L): softmax (or log-softmax) of each row
+    R, L = x2.shape
+    for r in _runtime.prange(R):
+        m = _row_max(x2[r])
+        s = 0.0
+        if log:
+            for j in range(L):
+                s += fm.exp(x2[r, j] - m)
+            lse = m + math.log(s)
+            for j in range(L):
+                y2[r, j] = x2[r, j] - lse
+        else:
+            for j in range(L):
+                e = fm.exp(x2[r, j] - m)
+                y2[r, j] = e
+                s += e
+            inv = 1.0 / s
+            for j in range(L):
+                y2[r, j] = y2[r, j] * inv
+
+
+@_runtime.jit(parallel=True)
+def _softmax_backward_rows(dy2, y2, dx2, log):
+    # dy2, y2, dx2 are (R, L); y2 is the forward output (log-probabilities when log is True)
+    R, L = y2.shape
+    for r in _runtime.prange(R):
+        s = 0.0
+        if log:
+            for j in range(L):
+                s += dy2[r, j]
+            for j in range(L):
+                dx2[r, j] = dy2[r, j] - fm.exp(y2[r, j]) * s
+        else:
+            for j in range(L):
+                s += dy2[r, j] * y2[r, j]
+            for j in range(L):
+                dx2[r, j] = y2[r, j] * (dy2[r, j] - s)
+
+
+def _check_out(out, shape):
+    """``out=`` as the elementwise activations take it: a writeable float array of the result's shape
+    (the result is cast into it with NumPy's same-kind casting)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype.kind != "f":
+        raise TypeError(f"out must be a floating-point array, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {shape}")
+
+
+def _rows(a, axis, dt):
+    """``a`` with ``axis`` moved last, as a contiguous (rows, L) array of dtype dt."""
+    if a.ndim == 0:
+        a = a.reshape(1)
+        axis = 0 if axis in (0, -1) else axis
+    moved = np.moveaxis(a, axis, -1)
+    return np.ascontiguousarray(moved, dtype=dt), moved.shape
+
+
+def _softmax_impl(x, axis, out, log):
+    x = np.asarray(x)
+    dt = _compute_dtype(x.dtype)
+    xr, mshape = _rows(x, axis, dt)
+    if out is not None:
+        _check_out(out, x.shape)
+    res = np.empty(mshape, dtype=dt)
+    if res.size:
+        L = mshape[-1]
+        _softmax_rows(xr.reshape(-1, L), res.reshape(-1, L), log)
+    res = np.moveaxis(res, -1, axis).reshape(x.shape) if x.ndim else res.reshape(())
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def _softmax_backward_impl(dy, y, axis, out, log):
+    dy = np.asarray(dy)
+    y = np.asarray(y)
+    if dy.shape != y.shape:
+        raise ValueError(f"dy has shape {dy.shape} but y has shape {y.shape}")
+    dt = _compute_dtype(dy.dtype, y.dtype)
+    dyr, mshape = _rows(dy, axis, dt)
+    yr, _ = _rows(y, axis, dt)
+    if out is not None:
+        _check_out(out, y.shape)
+    res = np.empty(mshape, dtype=dt)
+    if res.size:
+        L = mshape[-1]
+        _softmax_backward_rows(dyr.reshape(-1, L), yr.reshape(-1, L), res.reshape(-1, L), log)
+    res = np.moveaxis(res, -1, axis).reshape(y.shape) if y.ndim else res.reshape(())
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
+def softmax(x, axis=-1, *, out=None):
+    """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))`` (stable for any magnitude).
+
+    A row holding NaN gives a row of NaN. See :func:`softmax_backward`, which takes the output ``y``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> np.round(fa.softmax(np.array([[1.0, 2.0, 3.0]])), 4)
+    array([[0.09  , 0.2447, 0.6652]])
+    """
+    return _softmax_impl(x, axis, out, False)
+
+
+def log_softmax(x, axis=-1, *, out=None):
+    """Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> np.round(fa.log_softmax(np.array([[1.0, 2.0, 3.0]])), 4)
+    array([[-2.4076, -1.4076, -0.4076]])
+    """
+    return _softmax_impl(x, axis, out, True)
+
+
+def softmax_backward(dy, y, axis=-1, *, out=None):
+    """Gradient of :func:`softmax` from its output ``y``: ``dx = y * (dy - sum(dy * y, axis))``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> y = fa.softmax(np.array([[1.0, 2.0, 3.0]]))
+    >>> np.round(fa.softmax_backward(np.array([[1.0, 0.0, 0.0]]), y), 4)
+    array([[ 0.0819, -0.022 , -0.0599]])
+    """
+    return _softmax_backward_impl(dy, y, axis, out, False)
+
+
+def log_softmax_backward(dy, y, axis=-1, *, out=None):
+    """Gradient of :func:`log_softmax` from its output ``y``: ``dx = dy - exp(y) * sum(dy, axis)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> y = fa.log_softmax(np.array([[1.0, 2.0, 3.0]]))
+    >>> np.round(fa.log_softmax_backward(np.array([[1.0, 0.0, 0.0]]), y), 4)
+    array([[ 0.91  , -0.2447, -0.6652]])
+    """
+    return _softmax_backward_impl(dy, y, axis, out, True)
+
+
+# ------------------------------------------------------------------------------------ cross-entropy
 
 @_runtime.jit()
 def _ce_forward(logits, target):
