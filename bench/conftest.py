@@ -8,7 +8,7 @@ faster) and fastact's bytes moved per second as a share of the copy bandwidth me
 
 import pytest
 
-from fastact import _bench
+from fastact import benchmark as fbench  # "benchmark" is pytest-benchmark's fixture
 
 #: seconds each benchmark of the small sizes may take (pytest-benchmark's default 1.0 would put the
 #: ~430 benchmarks over 10 minutes on 2 cores); --benchmark-max-time on the command line wins.
@@ -41,8 +41,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tt = med.get((g, "torch"), (None,))[0]
         gb = info["bytes"] / t / 1e9
         pct = f"{100 * gb / copy[size]:.0f}%" if size in copy else "-"
-        lines.append(f"{g:32s} {gb:8.2f} GB/s  vs NumPy {_bench._x(tn and tn / t):>7s}  "
-                     f"vs torch {_bench._x(tt and tt / t):>7s}  {pct:>5s} of copy")
+        lines.append(f"{g:32s} {gb:8.2f} GB/s  vs NumPy {fbench.format_ratio(tn and tn / t):>7s}  "
+                     f"vs torch {fbench.format_ratio(tt and tt / t):>7s}  {pct:>5s} of copy")
     if lines:
         terminalreporter.section("fastact ratios (NumPy or PyTorch median / fastact median)")
         for size, g in sorted(copy.items()):
@@ -55,15 +55,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def run_benchmark(benchmark):
     """``run_benchmark(fn, group, impl, size, nbytes)``: times ``fn`` (already warmed up) under pytest-
     benchmark; large sizes use a fixed number of rounds (a NumPy GELU on 1e7 values takes ~0.5 s)."""
-    import time
 
     def run(fn, group, impl, size, nbytes):
         benchmark.group = group
         benchmark.extra_info.update(impl=impl, size=size, bytes=nbytes)
         if size >= 10**6:
-            t0 = time.perf_counter()
-            fn()
-            once = time.perf_counter() - t0
+            once = fbench.time_pair(fn)
             rounds = max(3, min(10, int(1.0 / max(once, 1e-6))))
             benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
         else:

@@ -2,11 +2,11 @@
 
     PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick]
 
-For each layer shape of docs' peer table (PERF.md) and float32/float64 it prints, as a markdown table:
-fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy baseline a user would
-write (im2col with ``sliding_window_view`` + ``np.tensordot`` + bias + ``np.maximum``), PyTorch
-(``F.relu(F.conv2d(...))``, 2 threads), the ratios (peer time / fastact time: above 1.00x fastact is
-faster), forward+backward times, and fastact's GFLOP/s as a share of the GEMM rate of NumPy's BLAS
+For each layer shape of the peer table in docs/performance.md and float32/float64 it prints, as a
+markdown table: fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy
+baseline a user would write (im2col with ``sliding_window_view`` + ``np.tensordot`` + bias +
+``np.maximum``), PyTorch (``F.relu(F.conv2d(...))``, 2 threads), the ratios (peer time / fastact time:
+above 1.00x fastact is faster), forward+backward times, and fastact's GFLOP/s as a share of the GEMM rate of NumPy's BLAS
 measured in the same run (square 1024..2048 matmuls; SGEMM for float32 rows, DGEMM for float64): the
 floor of any "im2col then BLAS" convolution.
 
@@ -15,21 +15,22 @@ NumPy's allocations), cold (fresh workspace) and warm (workspace reused), agains
 column buffer; and, for the N=64 64->64 layer, the three forward stages (im2col, GEMM, epilogue) timed
 separately through fastact/conv.py's internals.
 
-The machine is shared and noisy: every figure is a median of repeats, and the implementations are
-timed interleaved (fastact, NumPy, PyTorch, fastact, ...) so that a burst of noise hits all alike.
-``bench/test_layers.py`` imports the shapes and the baselines from here.
+The machine is shared and noisy: every figure is a median of repeats, the implementations are timed
+interleaved (fastact, NumPy, PyTorch, fastact, ...) so that a burst of noise hits all alike, and each
+sample is the second of two back-to-back calls, so that no implementation pays for the previous one's
+spinning thread pool (:func:`fastact.benchmark.median_time`). ``bench/test_layers.py`` imports the
+shapes and the baselines from here.
 """
 
 import argparse
 import importlib
-import statistics
 import sys
-import time
 import tracemalloc
 
 import numpy as np
 
 import fastact as fa
+from fastact import benchmark
 
 fconv = importlib.import_module("fastact.conv")  # the module (fastact.conv2d is the function)
 
@@ -86,13 +87,8 @@ def fastact_fwd_bwd(x, w, b, dy):
     return fa.conv2d_backward(dy, x, w, 1, PAD, preactivation=z, activation="relu")
 
 
-def torch_or_none():
-    try:
-        import torch
-    except ImportError:
-        return None
-    torch.set_num_threads(2)
-    return torch
+#: PyTorch's threads: the machine's 2 cores, as fastact uses
+TORCH_THREADS = 2
 
 
 def torch_fns(torch, x, w, b, dy):
@@ -116,25 +112,10 @@ def torch_fns(torch, x, w, b, dy):
 
 # ------------------------------------------------------------------------------------------ timing
 
-def _once(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def interleaved(fns, repeat, budget=3.0):
-    """Median seconds of each fn in ``fns`` (a dict), timed round-robin after one warm-up call each.
-    Fewer repeats (at least 3) when one round would take longer than ``budget`` seconds."""
-    first = {k: _once(f) for k, f in fns.items()}  # warm-up (compiles or loads from cache)
-    per_round = sum(first.values())
-    n = max(3, min(repeat, int(budget / max(per_round, 1e-9))))
-    times = {k: [] for k in fns}
-    for _ in range(n):
-        for k, f in fns.items():
-            f()  # one untimed call first: PyTorch's OpenMP threads spin after a parallel region and
-            # would otherwise be charged to whatever runs next (and TBB's wake-up to PyTorch)
-            times[k].append(_once(f))
-    return {k: statistics.median(v) for k, v in times.items()}
+def interleaved(fns, repeat, budget=6.0):
+    """Median seconds of each fn in ``fns`` (a dict): :func:`fastact.benchmark.median_time`, with fewer
+    repeats (at least 3) when one measurement would take longer than ``budget`` seconds."""
+    return benchmark.median_time(fns, repeat, budget=budget)
 
 
 def gemm_rates(dtype, sizes=(1024, 1536, 2048), repeat=5):
@@ -238,7 +219,7 @@ def _ms(t):
 
 
 def run(repeat=7, shapes=None, dtypes=DTYPES, backward=True):
-    torch = torch_or_none()
+    torch = benchmark.load_torch(TORCH_THREADS)
     rows = []
     gemm = {np.dtype(dt): gemm_rates(dt) for dt in dtypes}
     for name in shapes or SHAPES:
@@ -326,10 +307,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="float32 only, no backward")
     a = p.parse_args(argv)
-    import numba
-    torch = torch_or_none()
-    print(f"fastact {fa.__version__}, numpy {np.__version__}, numba {numba.__version__} "
-          f"({numba.get_num_threads()} threads), torch {torch.__version__ if torch else 'not installed'}")
+    benchmark.load_torch(TORCH_THREADS)
+    for k, v in benchmark.machine():
+        print(f"{k:20s} {v}")
     print(f"CONV_WORKSPACE_BYTES = {fa.config.CONV_WORKSPACE_BYTES}")
     print("Peer time / fastact time: above 1.00x fastact is faster.\n")
     dtypes = (np.float32,) if a.quick else DTYPES

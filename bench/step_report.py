@@ -1,4 +1,4 @@
-"""One SGD training step of the three reference nets of PERF.md, fastact against PyTorch, side by side.
+"""One SGD training step of the three reference nets, fastact against PyTorch, side by side.
 
     PYTHONPATH=. python bench/step_report.py [--repeat 15] [--profile]
 
@@ -10,8 +10,10 @@ Linear + ReLU to 128 and Linear to 10):
 * ``cifar 3x32x32``: widths (16, 32, 64)
 
 A step is forward, cross-entropy, zero_grad, backward, ``SGD(lr=0.01, momentum=0.9).step()``, the same
-work in both libraries (PyTorch with 2 threads, the machine's cores). fastact and PyTorch samples are
-interleaved and each figure is a median, because the machine is noisy. ``--profile`` adds a per-layer
+work in both libraries (PyTorch with 2 threads, the machine's cores). The nets and their PyTorch step
+times on two machines are in docs/performance.md ("Floors and peers"). fastact and PyTorch samples are
+interleaved, each the second of two back-to-back steps, and each figure is a median
+(:func:`fastact.benchmark.median_time`), because the machine is noisy. ``--profile`` adds a per-layer
 table for fastact: forward and backward time of each fused block (conv + bias + ReLU is one block),
 which is where the time goes when fastact is slower. ``bench/test_train_step.py`` times the same steps
 under pytest-benchmark.
@@ -24,7 +26,7 @@ import time
 import numpy as np
 
 import fastact
-from fastact import models, nn, optim
+from fastact import benchmark, models, nn, optim
 
 BATCH = 64
 NETS = {
@@ -58,11 +60,9 @@ def fastact_step(spec):
 
 def torch_step(spec):
     """The same step in PyTorch, or None without PyTorch."""
-    try:
-        import torch
-    except ImportError:
+    torch = benchmark.load_torch(num_threads=2)
+    if torch is None:
         return None
-    torch.set_num_threads(2)
     model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
                        hidden=(128,), num_classes=10, seed=0)
     layers = []
@@ -90,25 +90,6 @@ def torch_step(spec):
         loss.backward()
         opt.step()
     return step
-
-
-def median_times(fns, repeat):
-    """Interleaved samples: {name: median seconds}.
-
-    Each sample is the second of two back-to-back steps: the first lets the library's thread pool wake
-    up and the other library's spinning threads (PyTorch's OpenMP pool spins after a parallel region)
-    go to sleep, which would otherwise be charged to whichever library runs next.
-    """
-    for f in fns.values():
-        f(), f()  # compile / load, warm the allocator
-    samples = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            f()
-            t0 = time.perf_counter()
-            f()
-            samples[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def profile(spec, repeat):
@@ -160,6 +141,9 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="per-layer table of fastact's step")
     a = ap.parse_args(argv)
+    benchmark.load_torch(num_threads=2)
+    for k, v in benchmark.machine():
+        print(f"{k:20s} {v}")
     print(f"fastact {fastact.__version__}, batch {BATCH}, float32, one SGD step (median of {a.repeat})")
     print("| net | fastact ms | PyTorch ms | ratio (PyTorch / fastact) | fastact images/s |")
     print("|---|---|---|---|---|")
@@ -168,7 +152,7 @@ def main(argv=None):
         t = torch_step(spec)
         if t is not None:
             fns["torch"] = t
-        m = median_times(fns, a.repeat)
+        m = benchmark.median_time(fns, a.repeat)
         tf, tt = m["fastact"], m.get("torch")
         ratio = f"{tt / tf:.2f}x" if tt else "-"
         print(f"| {name} | {1e3 * tf:.2f} | {'-' if tt is None else f'{1e3 * tt:.2f}'} | {ratio} | "

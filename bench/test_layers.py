@@ -1,5 +1,6 @@
-"""Benchmarks: conv3x3 + bias + ReLU, forward and forward+backward, on the layer shapes of PERF.md's peer
-table, float32 and float64, against the NumPy baseline a user would write and PyTorch (skipped without it).
+"""Benchmarks: conv3x3 + bias + ReLU, forward and forward+backward, on the layer shapes of the peer table
+in docs/performance.md, float32 and float64, against the NumPy baseline a user would write and PyTorch
+(skipped without it).
 
 Shapes (N, C -> K, H x W; all 3x3, padding 1): N=32 3->32 32x32; N=64 64->64 32x32; and the six layers of
 the 3x32x32 VGG-style net at batch 64 (3->16 @32, 16->16 @32, 16->32 @16, 32->32 @16, 32->64 @8,
@@ -21,12 +22,11 @@ call outside the timing. Large shapes run a few pedantic rounds so the module st
 2 cores.
 """
 
-import time
-
 import numpy as np
 import pytest
 
 import conv_report as cr  # bench/ is on sys.path (pytest inserts the directory of bench/conftest.py)
+from fastact import benchmark as fbench  # "benchmark" is pytest-benchmark's fixture
 
 SHAPE_IDS = {name: name.replace(" ", "-").replace("->", "to").replace("@", "at") for name in cr.SHAPES}
 DTYPES = ("float32", "float64")
@@ -48,17 +48,11 @@ def inputs(name, dtype):
     return _inputs_cache[key]
 
 
-def _once(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def run_bench(benchmark, fn, group, impl, flops):
     benchmark.group = group
     benchmark.extra_info.update(conv_impl=impl, flops=flops)
     fn()  # warm-up: JIT compile or cache load, BLAS/oneDNN set-up, first-touch of buffers
-    once = _once(fn)
+    once = fbench.time_pair(fn)
     rounds = max(3, min(20, int(TARGET_S / max(once, 1e-6))))
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0)
     if benchmark.stats is not None:  # None under --benchmark-disable
@@ -68,7 +62,7 @@ def run_bench(benchmark, fn, group, impl, flops):
 
 
 def _torch():
-    torch = cr.torch_or_none()
+    torch = fbench.load_torch(cr.TORCH_THREADS)
     if torch is None:
         pytest.skip("PyTorch is not installed")
     return torch

@@ -1,7 +1,8 @@
-"""Benchmarks: one SGD training step (batch 64, float32) of the three reference nets of PERF.md,
-fastact against PyTorch (skipped without it). Groups are ``f"step|{net}"``; ``extra_info`` holds
-images/s. The nets and the two step functions live in ``bench/step_report.py``, which prints the same
-comparison as a table (and a per-layer profile with ``--profile``).
+"""Benchmarks: one SGD training step (batch 64, float32) of the three reference nets of
+docs/performance.md ("Floors and peers"), fastact against PyTorch (skipped without it). Groups are
+``f"step|{net}"``; ``extra_info`` holds images/s. The nets and the two step functions live in
+``bench/step_report.py``, which prints the same comparison as a table (and a per-layer profile with
+``--profile``).
 
     pytest bench/test_train_step.py --benchmark-group-by=group
 """
@@ -24,4 +25,5 @@ def test_train_step(benchmark, net, impl):
     benchmark.group = f"step|{NET_IDS[net]}"
     benchmark.extra_info["impl"] = impl
     benchmark.pedantic(step, rounds=20, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["images/s"] = round(sr.BATCH / benchmark.stats.stats.median, 1)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["images/s"] = round(sr.BATCH / benchmark.stats.stats.median, 1)

@@ -1,59 +1,30 @@
 """Where should elementwise kernels switch from the serial to the parallel loop?
 
 Times the compiled serial and parallel (both cores) loops of a memory-bound kernel (ReLU) and a
-transcendental one (GELU) over contiguous float32 arrays of 2^10 .. 2^22 elements, calling
-``fastact._codegen.get("loop", name, backward=False, parallel=...)`` directly (no Python driver), and
+transcendental one (GELU) over contiguous float32 arrays of 2^10 .. 2^22 elements with
+:func:`fastact.benchmark.serial_parallel_times` (no Python driver, the defaults of every parameter), and
 prints the parallel/serial time ratio per size, each kernel's crossover, and for each kind of kernel the
 threshold that minimises the worst slowdown against the better loop over all sizes: the values for
 ``fastact.config.PARALLEL_MIN_SIZE`` (memory-bound) and ``PARALLEL_MIN_SIZE_TRANSCENDENTAL``.
 
     PYTHONPATH=. python bench/threshold.py [--repeat 15]
 
-Serial and parallel samples are interleaved and each figure is a median, because the machine is noisy.
+Serial and parallel samples are interleaved, each the second of two back-to-back calls, and each figure
+is a median, because the machine is noisy (:mod:`fastact.benchmark`).
 """
 
 import argparse
-import statistics
-import time
 
-import numpy as np
+from fastact import benchmark
 
-from fastact import _codegen
-
-KERNELS = {"relu": (0.0, np.inf, 0.0), "gelu": (0.0,)}  # default parameters
+KERNELS = ("relu", "gelu")
 EXPONENTS = range(10, 23)
 
 
-def _sample(fn, args, number):
-    t0 = time.perf_counter()
-    for _ in range(number):
-        fn(*args)
-    return (time.perf_counter() - t0) / number
-
-
-def measure(repeat=15, min_sample=2e-3):
+def measure(repeat=15):
     """{name: [(n, serial seconds, parallel seconds), ...]}"""
-    res = {}
-    rng = np.random.default_rng(0)
-    for name, params in KERNELS.items():
-        ser = _codegen.get("loop", name, backward=False, parallel=False)
-        par = _codegen.get("loop", name, backward=False, parallel=True)
-        rows = []
-        for e in EXPONENTS:
-            n = 1 << e
-            x = (3.0 * rng.standard_normal(n)).astype(np.float32)
-            y = np.empty_like(x)
-            args = (x, y, *(np.float32(p) for p in params))
-            ser(*args), par(*args)  # compile / load, fault in y
-            number = {k: max(1, int(min_sample / max(_sample(f, args, 1), 1e-7))) for k, f in
-                      (("ser", ser), ("par", par))}
-            s, p = [], []
-            for _ in range(repeat):
-                s.append(_sample(ser, args, number["ser"]))
-                p.append(_sample(par, args, number["par"]))
-            rows.append((n, statistics.median(s), statistics.median(p)))
-        res[name] = rows
-    return res
+    return {name: benchmark.serial_parallel_times(name, [1 << e for e in EXPONENTS], repeat)
+            for name in KERNELS}
 
 
 def crossover(rows):
@@ -83,11 +54,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
     a = ap.parse_args(argv)
-    import numba
-
-    from fastact import _runtime
     res = measure(a.repeat)
-    print(f"threading layer {_runtime.threading_layer()}, {numba.get_num_threads()} threads")
+    for k, v in benchmark.machine():
+        print(f"{k:20s} {v}")
     print(f"{'n':>9s}  " + "  ".join(f"{k + ' ser us':>12s} {k + ' par us':>12s} {'par/ser':>7s}" for k in res))
     for i, e in enumerate(EXPONENTS):
         cells = []

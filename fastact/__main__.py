@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastact {train,bench,info}`` (also installed as the ``fastact`` script)."""
+"""Command line: ``python -m fastact {train,info,bench,plot}`` (also installed as the ``fastact`` script)."""
 
 import argparse
 import os
@@ -45,14 +45,22 @@ def _cuda_status():
 
 
 def _bench(args):
-    from fastact import _bench
-    return _bench.main(args)
+    from fastact import benchmark
+    return benchmark.main(args)
 
 
 def _plot(args):
     from fastact import plots
-    for path in plots.all_figures(args.out, quick=args.quick):
+    try:
+        results = plots.find_results(args.results)
+    except FileNotFoundError as exc:
+        results, missing = None, exc
+    for path in plots.all_figures(args.out, quick=args.quick, results=results,
+                                  with_results=results is not None):
         print(path)
+    if results is None:
+        print(f"fastact plot: {missing}; speedup.png and conv_gflops.png were not made", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -70,13 +78,16 @@ def main(argv=None):
     t.set_defaults(fn=_train)
     sub.add_parser("info", help="versions, threading layer, threads, JIT cache, CUDA").set_defaults(fn=_info)
     b = sub.add_parser("bench", help="speed ratios against NumPy (and PyTorch when installed)")
-    b.add_argument("--size", type=int, action="append", help="array sizes (default 1e3, 1e5, 1e7)")
-    b.add_argument("--repeat", type=int, default=7, help="timed repeats per measurement (median)")
-    b.add_argument("--only", nargs="*", help="activation names to run (default: all)")
+    from fastact.benchmark import add_arguments as add_bench_arguments
+    add_bench_arguments(b)
     b.set_defaults(fn=_bench)
     p = sub.add_parser("plot", help="regenerate every figure of the documentation")
     p.add_argument("--out", default=os.path.join("docs", "images"), help="directory (default docs/images)")
     p.add_argument("--quick", action="store_true", help="short training for the demo (a smoke test)")
+    p.add_argument("--results", metavar="DIR",
+                   help="benchmark results for speedup.png and conv_gflops.png: a directory holding "
+                        "activations.md and conv.txt, or one whose newest subdirectory does "
+                        "(default: bench/results under the current directory)")
     p.set_defaults(fn=_plot)
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -69,7 +69,18 @@ class Activation:
     aliases: tuple = ()
     citation: str = ""
     torch_name: str = None        # torch.nn.functional name, for the optional PyTorch comparisons
-    numpy_baseline: str = ""      # the NumPy formulation a user would write (benchmarks)
+    torch_module: str = None      # torch.nn class name ("ReLU6", "SiLU"): also fastact.nn's module name
+    # Benchmark baselines (fastact.benchmark), Python expressions evaluated with the defaults of every
+    # parameter. NumPy: over float32 arrays x, dy and y (the preallocated output), with np and scipy in
+    # scope; PyTorch: over tensors x, dy and y, with torch, F (torch.nn.functional) and aten
+    # (torch.ops.aten) in scope.
+    numpy_baseline: str = ""      # forward f(x), the NumPy formulation a user would write
+    numpy_backward_baseline: str = ""  # backward dx(dy, x)
+    numpy_out_baseline: str = ""  # forward into y; set only where NumPy has a one-pass out= form,
+    #                               and then fastact's out= is benchmarked as well
+    torch_baseline: str = ""      # forward of x; empty: F.<torch_name>(x)
+    torch_backward_baseline: str = ""  # dx(dy, x, y = forward's output): the aten kernel autograd calls
+    torch_out_baseline: str = ""  # forward of x into the preallocated tensor y
     domain: tuple = (-6.0, 6.0)   # where tests sample points
     extra: dict = field(default_factory=dict)
 
@@ -160,7 +171,10 @@ _add(Activation(
             Param("threshold", 0.0, "values at or below it take the negative slope")),
     backward_params=(Param("subgradient", None, "derivative used at x == threshold; None means the "
                            "left derivative (negative_slope), as PyTorch", none_value=math.nan),),
-    kinks=lambda a, m, t: (t, m), torch_name="relu", numpy_baseline="np.maximum(x, 0)"))
+    kinks=lambda a, m, t: (t, m), torch_name="relu", numpy_baseline="np.maximum(x, 0)",
+    numpy_backward_baseline="dy * (x > 0)", numpy_out_baseline="np.maximum(x, 0, out=y)",
+    torch_module="ReLU", torch_backward_baseline="aten.threshold_backward(dy, x, 0.0)",
+    torch_out_baseline="torch.clamp_min(x, 0.0, out=y)"))
 
 
 @_scalar
@@ -194,6 +208,10 @@ _add(Activation(
     formula="x if x > 0 else negative_slope * x",
     params=(Param("negative_slope", 0.01, "slope for x <= 0"),),
     kinks=lambda a: (0.0,), torch_name="leaky_relu", numpy_baseline="np.where(x > 0, x, 0.01 * x)",
+    numpy_backward_baseline="np.where(x > 0, dy, 0.01 * dy)",
+    numpy_out_baseline="np.maximum(x, 0.01 * x, out=y)", torch_module="LeakyReLU",
+    torch_backward_baseline="aten.leaky_relu_backward(dy, x, 0.01, False)",
+    torch_out_baseline="aten.leaky_relu.out(x, 0.01, out=y)",
     citation="Maas, Hannun & Ng (2013), Rectifier nonlinearities improve neural network acoustic models"))
 
 
@@ -220,7 +238,10 @@ _add(Activation(
     _ref_errstate(lambda x: _nan_where(x, np.clip(x, 0.0, 6.0))),
     _ref_errstate(lambda x: _nan_where(x, ((x > 0) & (x < 6)).astype(float))),
     formula="min(max(x, 0), 6)", kinks=lambda: (0.0, 6.0), torch_name="relu6",
-    numpy_baseline="np.clip(x, 0, 6)", domain=(-3.0, 9.0)))
+    numpy_baseline="np.clip(x, 0, 6)", domain=(-3.0, 9.0),
+    numpy_backward_baseline="dy * ((x > 0) & (x < 6))", numpy_out_baseline="np.clip(x, 0, 6, out=y)",
+    torch_module="ReLU6", torch_backward_baseline="aten.hardtanh_backward(dy, x, 0.0, 6.0)",
+    torch_out_baseline="aten.hardtanh.out(x, 0.0, 6.0, out=y)"))
 
 
 @_scalar
@@ -248,7 +269,10 @@ _add(Activation(
     formula="min(max(x, min_val), max_val)",
     params=(Param("min_val", -1.0, "lower end"), Param("max_val", 1.0, "upper end")),
     kinks=lambda lo, hi: (lo, hi), torch_name="hardtanh", numpy_baseline="np.clip(x, -1, 1)",
-    domain=(-3.0, 3.0)))
+    domain=(-3.0, 3.0), numpy_backward_baseline="dy * ((x > -1) & (x < 1))",
+    numpy_out_baseline="np.clip(x, -1, 1, out=y)", torch_module="Hardtanh",
+    torch_backward_baseline="aten.hardtanh_backward(dy, x, -1.0, 1.0)",
+    torch_out_baseline="aten.hardtanh.out(x, -1.0, 1.0, out=y)"))
 
 
 @_scalar
@@ -274,7 +298,11 @@ _add(Activation(
     formula="x if x > threshold else value",
     params=(Param("threshold", 0.0, "values at or below it are replaced"),
             Param("value", 0.0, "the replacement")),
-    kinks=lambda t, v: (t,), torch_name="threshold", numpy_baseline="np.where(x > 0, x, 0)"))
+    kinks=lambda t, v: (t,), torch_name="threshold", numpy_baseline="np.where(x > 0, x, 0)",
+    numpy_backward_baseline="dy * (x > 0)", numpy_out_baseline="np.maximum(x, 0, out=y)",
+    torch_module="Threshold", torch_baseline="F.threshold(x, 0.0, 0.0)",
+    torch_backward_baseline="aten.threshold_backward(dy, x, 0.0)",
+    torch_out_baseline="aten.threshold.out(x, 0.0, 0.0, out=y)"))
 
 
 # ----------------------------------------------------------------------------- exponential family
@@ -302,6 +330,8 @@ _add(Activation(
     params=(Param("alpha", 1.0, "value approached as x -> -inf is -alpha"),),
     kinks=lambda a: (0.0,), transcendental=True, torch_name="elu",
     numpy_baseline="np.where(x > 0, x, np.expm1(x))",
+    numpy_backward_baseline="np.where(x > 0, dy, dy * np.exp(x))", torch_module="ELU",
+    torch_backward_baseline="aten.elu_backward(dy, 1.0, 1, 1, False, x)",
     citation="Clevert, Unterthiner & Hochreiter (2016), arXiv:1511.07289"))
 
 
@@ -326,7 +356,10 @@ _add(Activation(
     formula="x if x > 0 else alpha * (exp(x / alpha) - 1)",
     params=(Param("alpha", 1.0, "scale of the negative part"),),
     kinks=lambda a: (0.0,), transcendental=True, torch_name="celu",
-    numpy_baseline="np.where(x > 0, x, np.expm1(x))", citation="Barron (2017), arXiv:1704.07483"))
+    numpy_baseline="np.where(x > 0, x, np.expm1(x))",
+    numpy_backward_baseline="np.where(x > 0, dy, dy * np.exp(x))", torch_module="CELU",
+    torch_backward_baseline="aten.elu_backward(dy, 1.0, 1, 1.0, False, x)",
+    citation="Barron (2017), arXiv:1704.07483"))
 
 
 @_scalar
@@ -350,6 +383,9 @@ _add(Activation(
     formula="scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6733, scale = 1.0507",
     kinks=lambda: (0.0,), transcendental=True, torch_name="selu",
     numpy_baseline="1.0507 * np.where(x > 0, x, 1.6733 * np.expm1(x))",
+    numpy_backward_baseline="dy * np.where(x > 0, 1.0507, 1.0507 * 1.6733 * np.exp(x))",
+    torch_module="SELU",
+    torch_backward_baseline="aten.elu_backward(dy, 1.6732632423543772, 1.0507009873554805, 1, False, x)",
     citation="Klambauer et al. (2017), Self-normalizing neural networks, arXiv:1706.02515"))
 
 
@@ -396,6 +432,9 @@ _add(Activation(
                   choices={"none": 0.0, "tanh": 1.0}),),
     transcendental=True, torch_name="gelu",
     numpy_baseline="0.5 * x * scipy.special.erfc(-x / np.sqrt(2))",
+    numpy_backward_baseline="dy * (0.5 * scipy.special.erfc(-0.7071067811865476 * x)"
+                            " + 0.3989422804014327 * x * np.exp(-0.5 * x * x))",
+    torch_module="GELU", torch_backward_baseline="aten.gelu_backward(dy, x)",
     citation="Hendrycks & Gimpel (2016), Gaussian error linear units, arXiv:1606.08415"))
 
 
@@ -426,6 +465,8 @@ def _silu_dref(x):
 _add(Activation(
     "silu", silu_f, silu_d, _silu_ref, _silu_dref, formula="x * sigmoid(x)",
     transcendental=True, aliases=("swish",), torch_name="silu", numpy_baseline="x / (1 + np.exp(-x))",
+    numpy_backward_baseline="dy * (s := 1 / (1 + np.exp(-x))) * (1 + x * (1 - s))",
+    torch_module="SiLU", torch_backward_baseline="aten.silu_backward(dy, x)",
     citation="Elfwing, Uchibe & Doya (2018), arXiv:1702.03118; Ramachandran et al. (2017), "
              "arXiv:1710.05941"))
 
@@ -468,6 +509,9 @@ def _mish_dref(x):
 _add(Activation(
     "mish", mish_f, mish_d, _mish_ref, _mish_dref, formula="x * tanh(softplus(x))",
     transcendental=True, torch_name="mish", numpy_baseline="x * np.tanh(np.log1p(np.exp(x)))",
+    numpy_backward_baseline="dy * ((t := np.tanh(np.log1p(np.exp(x))))"
+                            " + x * (1 - t * t) / (1 + np.exp(-x)))",
+    torch_module="Mish", torch_backward_baseline="aten.mish_backward(dy, x)",
     citation="Misra (2019), Mish: a self regularized non-monotonic activation function, "
              "arXiv:1908.08681"))
 
@@ -500,6 +544,8 @@ _add(Activation(
     _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3, 0.0, np.where(x <= 3, x / 3 + 0.5, 1.0)))),
     formula="x * relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardswish",
     numpy_baseline="x * np.clip(x + 3, 0, 6) / 6",
+    numpy_backward_baseline="dy * np.where(x <= -3, 0, np.where(x <= 3, x / 3 + 0.5, 1))",
+    torch_module="Hardswish", torch_backward_baseline="aten.hardswish_backward(dy, x)",
     citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244"))
 
 
@@ -526,7 +572,9 @@ _add(Activation(
     _ref_errstate(lambda x: _nan_where(x, np.clip(x / 6.0 + 0.5, 0.0, 1.0))),
     _ref_errstate(lambda x: _nan_where(x, np.where((x > -3) & (x < 3), 1.0 / 6.0, 0.0))),
     formula="relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardsigmoid",
-    numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)"))
+    numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)",
+    numpy_backward_baseline="np.where((x > -3) & (x < 3), dy / 6, 0)", torch_module="Hardsigmoid",
+    torch_backward_baseline="aten.hardsigmoid_backward(dy, x)"))
 
 
 @_scalar
@@ -544,7 +592,9 @@ _add(Activation(
     "sigmoid", sigmoid_f, sigmoid_d, _ref_errstate(lambda x: sp.expit(x)),
     _ref_errstate(lambda x: sp.expit(x) * (1.0 - sp.expit(x))),
     formula="1 / (1 + exp(-x))", transcendental=True, torch_name="sigmoid",
-    numpy_baseline="1 / (1 + np.exp(-x))"))
+    numpy_baseline="1 / (1 + np.exp(-x))",
+    numpy_backward_baseline="dy * (s := 1 / (1 + np.exp(-x))) * (1 - s)", torch_module="Sigmoid",
+    torch_backward_baseline="aten.sigmoid_backward(dy, y)"))
 
 
 @_scalar
@@ -560,7 +610,9 @@ def tanh_d(x):
 
 _add(Activation(
     "tanh", tanh_f, tanh_d, _ref_errstate(np.tanh), _ref_errstate(lambda x: 1.0 - np.tanh(x) ** 2),
-    formula="tanh(x)", transcendental=True, torch_name="tanh", numpy_baseline="np.tanh(x)"))
+    formula="tanh(x)", transcendental=True, torch_name="tanh", numpy_baseline="np.tanh(x)",
+    numpy_backward_baseline="dy * (1 - (t := np.tanh(x)) * t)", torch_module="Tanh",
+    torch_backward_baseline="aten.tanh_backward(dy, y)"))
 
 
 @_scalar
@@ -579,7 +631,9 @@ _add(Activation(
     "softsign", softsign_f, softsign_d,
     _ref_errstate(lambda x: np.where(np.isinf(x), np.sign(x), x / (1.0 + np.abs(x)))),
     _ref_errstate(lambda x: 1.0 / (1.0 + np.abs(x)) ** 2),
-    formula="x / (1 + |x|)", torch_name="softsign", numpy_baseline="x / (1 + np.abs(x))"))
+    formula="x / (1 + |x|)", torch_name="softsign", numpy_baseline="x / (1 + np.abs(x))",
+    numpy_backward_baseline="dy / (1 + np.abs(x)) ** 2", torch_module="Softsign",
+    torch_backward_baseline="dy / (1 + x.abs()) ** 2"))  # composite in PyTorch too
 
 
 @_scalar
@@ -607,7 +661,8 @@ _add(Activation(
     params=(Param("beta", 1.0, "sharpness"),
             Param("threshold", 20.0, "above beta * x > threshold the function is linear")),
     kinks=lambda b, t: (t / b,), transcendental=True, torch_name="softplus",
-    numpy_baseline="np.log1p(np.exp(x))"))
+    numpy_baseline="np.log1p(np.exp(x))", numpy_backward_baseline="dy / (1 + np.exp(-x))",
+    torch_module="Softplus", torch_backward_baseline="aten.softplus_backward(dy, x, 1.0, 20.0)"))
 
 #: names of the activations, in table order (tests and benchmarks parametrise over this)
 NAMES = tuple(ACTIVATIONS)

@@ -292,17 +292,12 @@ class Activation(Module):
         return self._bwd(dy, x, **self.params)
 
 
-_TORCH_CLASS_NAMES = {
-    "relu": "ReLU", "leaky_relu": "LeakyReLU", "relu6": "ReLU6", "hardtanh": "Hardtanh",
-    "threshold": "Threshold", "elu": "ELU", "celu": "CELU", "selu": "SELU", "gelu": "GELU",
-    "silu": "SiLU", "mish": "Mish", "hardswish": "Hardswish", "hardsigmoid": "Hardsigmoid",
-    "sigmoid": "Sigmoid", "tanh": "Tanh", "softsign": "Softsign", "softplus": "Softplus",
-}
-
-#: table name -> activation module class (every entry of the table gets one)
+#: table name -> activation module class (every entry of the table gets one), named as in torch.nn
+#: (``Activation.torch_module``), else the CamelCase of the name
 ACTIVATION_MODULES = {}
 for _name in _table.NAMES:
-    _cls_name = _TORCH_CLASS_NAMES.get(_name) or "".join(w.capitalize() for w in _name.split("_"))
+    _cls_name = (_table.ACTIVATIONS[_name].torch_module
+                 or "".join(w.capitalize() for w in _name.split("_")))
     _cls = type(_cls_name, (Activation,), {"name": _name, "__module__": __name__,
                                            "__doc__": f"Module form of :func:`fastact.{_name}`."})
     ACTIVATION_MODULES[_name] = _cls

@@ -8,7 +8,10 @@
   (200 points); the figures show the data, the fit, the scaled ReLU pieces that sum to it, and the units
   that are dead at the end (they never fire on the data); the GIF shows the pieces during training.
 * ``speedup.png`` and ``conv_gflops.png``: speed-up over NumPy and PyTorch against array size, and conv
-  GFLOP/s against the SGEMM floor, read from the benchmark results in ``bench/results/<date>/``.
+  GFLOP/s against the SGEMM floor, read from a directory of benchmark results (``--results DIR``; by
+  default the newest ``bench/results/<date>/`` under the current directory, which a source checkout
+  has and an installed wheel does not): ``activations.md`` from ``python -m fastact bench --markdown``
+  and ``conv.txt``, the output of ``bench/conv_report.py``.
 """
 
 import glob
@@ -19,7 +22,7 @@ import numpy as np
 
 from . import _table, nn, optim
 
-__all__ = ["gallery", "relu_fit", "performance", "all_figures"]
+__all__ = ["gallery", "relu_fit", "find_results", "performance", "all_figures"]
 
 
 def _plt():
@@ -178,13 +181,52 @@ def relu_fit(outdir, epochs=3000, frames=40):
 
 # ----------------------------------------------------------------------------------- performance
 
-def _latest_results(root):
-    dirs = sorted(glob.glob(os.path.join(root, "bench", "results", "*")))
-    return dirs[-1] if dirs else None
+#: the files the performance figures read from a results directory
+RESULT_FILES = ("activations.md", "conv.txt")
+
+
+def find_results(path=None):
+    """The benchmark results directory the performance figures read.
+
+    Parameters
+    ----------
+    path : str, optional
+        A directory holding :data:`RESULT_FILES`, or one whose subdirectories do (``bench/results``,
+        with one subdirectory per date: the newest by name is taken). Default: ``bench/results`` under
+        the current directory.
+
+    Returns
+    -------
+    str
+        The directory holding the result files.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is no such directory, saying where it looked and how to make the files.
+    """
+    given = path is not None
+    path = path if given else os.path.join("bench", "results")
+
+    def complete(d):
+        return all(os.path.isfile(os.path.join(d, f)) for f in RESULT_FILES)
+
+    if os.path.isdir(path):
+        if complete(path):
+            return path
+        dirs = sorted(d for d in glob.glob(os.path.join(path, "*")) if os.path.isdir(d) and complete(d))
+        if dirs:
+            return dirs[-1]
+    where = f"{path!r}" if given else f"{path!r} under the current directory ({os.getcwd()})"
+    raise FileNotFoundError(
+        f"no benchmark results in {where}: expected {' and '.join(RESULT_FILES)} there or in one of its "
+        "subdirectories. Pass --results DIR (a source checkout has bench/results), or make them with "
+        "`python -m fastact bench --markdown DIR/activations.md` and "
+        "`python bench/conv_report.py > DIR/conv.txt`")
 
 
 def _read_ratio_tables(path):
-    """{(function, size): (vs NumPy, vs torch)} from a ``python -m fastact._bench --markdown`` file."""
+    """{(function, size): (vs NumPy, vs torch)} from a ``python -m fastact bench --markdown`` file."""
     out = {}
     row = re.compile(r"^\| `([^`]+)` \| (1e\d) \| [\d.]+ \| [\d.]+ \| ([\d.]+)x \| ([\d.]+|-)x? \|")
     with open(path) as fh:
@@ -210,13 +252,10 @@ def _read_conv_table(path):
 
 
 def performance(outdir, results=None):
-    """speedup.png and conv_gflops.png from the newest ``bench/results/<date>/``; returns their paths."""
+    """speedup.png and conv_gflops.png from a results directory (:func:`find_results` of ``results``);
+    returns their paths."""
+    results = find_results(results)
     plt = _plt()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    results = results or _latest_results(root)
-    if results is None:
-        raise FileNotFoundError(f"no benchmark results under {os.path.join(root, 'bench', 'results')}; "
-                                "run python -m fastact._bench --markdown ... first")
     paths = []
     md = os.path.join(results, "activations.md")
     ratios = _read_ratio_tables(md)
@@ -261,10 +300,28 @@ def performance(outdir, results=None):
     return paths
 
 
-def all_figures(outdir, quick=False):
-    """Every figure of the documentation into ``outdir``; returns the paths written."""
+def all_figures(outdir, quick=False, results=None, with_results=True):
+    """Every figure of the documentation into ``outdir``; returns the paths written.
+
+    Parameters
+    ----------
+    outdir : str
+        Where the figures go (created if needed).
+    quick : bool, optional
+        Short training for the ReLU demo (a smoke test).
+    results : str, optional
+        Benchmark results for the performance figures (see :func:`find_results`).
+    with_results : bool, optional
+        False: skip the performance figures, making only those that need no benchmark results.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``with_results`` and no results are found; the other figures are written first.
+    """
     os.makedirs(outdir, exist_ok=True)
     paths = gallery(outdir)
     paths += relu_fit(outdir, epochs=300 if quick else 3000, frames=8 if quick else 40)
-    paths += performance(outdir)
+    if with_results:
+        paths += performance(outdir, results)
     return paths

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 
 from fastact import plots
+from fastact.__main__ import main
 
 pytest.importorskip("matplotlib")
 
 PNG = b"\x89PNG\r\n\x1a\n"
+#: the benchmark results of this checkout (bench/results/<date>/)
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results")
 
 
 def test_every_figure_regenerates(tmp_path):
-    paths = plots.all_figures(str(tmp_path), quick=True)
+    paths = plots.all_figures(str(tmp_path), quick=True, results=RESULTS)
     names = sorted(os.path.basename(p) for p in paths)
     assert names == sorted(["activations.png", "gelu_vs_relu.png", "relu_fit_cubic.png",
                             "relu_fit_cos.png", "relu_fit.gif", "speedup.png", "conv_gflops.png"])
@@ -36,8 +39,35 @@ def test_relu_network_fits_the_cubic_and_its_pieces_sum_to_the_fit():
     assert alive.sum() >= 5
 
 
+def test_results_are_found_from_a_date_directory_or_its_parent(tmp_path, monkeypatch):
+    newest = plots.find_results(RESULTS)
+    assert os.path.dirname(newest) == RESULTS
+    assert plots.find_results(newest) == newest
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(RESULTS)))  # the checkout root
+    assert os.path.samefile(plots.find_results(), newest)
+    monkeypatch.chdir(tmp_path)  # elsewhere, as from an installed wheel: a clear error
+    with pytest.raises(FileNotFoundError, match="--results DIR"):
+        plots.find_results()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="activations.md and conv.txt"):
+        plots.find_results(str(tmp_path / "empty"))
+
+
+def test_plot_without_results_makes_the_other_figures_and_fails_clearly(tmp_path, monkeypatch, capsys):
+    made = []
+    monkeypatch.setattr(plots, "gallery", lambda out: made.append("gallery") or ["activations.png"])
+    monkeypatch.setattr(plots, "relu_fit", lambda out, **kw: made.append("relu_fit") or ["relu_fit.gif"])
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", "--out", str(tmp_path / "img"), "--quick"]) == 1
+    out, err = capsys.readouterr()
+    assert made == ["gallery", "relu_fit"] and "relu_fit.gif" in out
+    assert "no benchmark results" in err and "speedup.png" in err
+    with pytest.raises(FileNotFoundError):
+        plots.all_figures(str(tmp_path / "img"), results=str(tmp_path))
+
+
 def test_performance_tables_are_parsed():
-    root = plots._latest_results(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = plots.find_results(RESULTS)
     ratios = plots._read_ratio_tables(os.path.join(root, "activations.md"))
     assert ("gelu", "1e7") in ratios and ratios[("gelu", "1e7")][0] > 1
     rows, sgemm = plots._read_conv_table(os.path.join(root, "conv.txt"))

@@ -1,0 +1,673 @@
+"""Benchmarking fastact against NumPy and PyTorch: the timer, the machine description and the cases.
+
+``python -m fastact bench`` prints, for every activation's forward and backward at 1e3, 1e5 and 1e7
+float32 values, fastact's and NumPy's throughput, the ratios (NumPy time / fastact time, PyTorch time /
+fastact time: above 1.00x fastact is faster) and fastact's throughput as a share of the copy bandwidth
+measured in the same run. The scripts and pytest-benchmark suites under ``bench/`` use this module's
+timer (:func:`time_pair`, :func:`median_time`), PyTorch loader (:func:`load_torch`) and machine
+description (:func:`machine`), so that every figure of ``docs/performance.md`` is measured one way.
+
+**Timing.** Every sample is the *second of two back-to-back calls* of one implementation, and each
+figure is the median of samples taken round-robin (fastact, NumPy, PyTorch, fastact, ...). On a 2-core
+machine a thread pool is still spinning for a while after the call that used it: OpenBLAS's threads
+busy-wait ~70-100 ms after a GEMM, PyTorch's OpenMP pool spins after each parallel region, and Numba's
+TBB workers take time to go to sleep and to wake up. Timed straight after another library, a call would
+pay for those spinning threads (and for waking its own); the untimed first call of the pair lets the
+other pool settle and wakes this one, so each implementation is charged for its own work only.
+Interleaving makes a burst of noise from other processes hit all implementations alike: compare the
+ratios of one run, never absolute times across runs.
+
+**The floor.** An elementwise forward on n float32 values reads x and writes y, 8n bytes; a backward
+reads dy and x and writes dx, 12n bytes. No implementation beats ``np.copyto(y, x)`` (8n bytes streamed,
+:func:`copy_fn`), so "% of copy" says how close a kernel is to the memory-bound limit. Transcendental
+kernels (GELU, SiLU, ...) are compute-bound on two cores and sit below it.
+
+**The cases** come from the activation table: each entry's ``numpy_baseline``,
+``numpy_backward_baseline`` and ``numpy_out_baseline`` (the NumPy formulations a user would write) and
+``torch_baseline`` (default ``F.<torch_name>(x)``), ``torch_backward_baseline`` (the aten kernel autograd
+calls) and ``torch_out_baseline``; a new activation is benchmarked without an edit here. PReLU and
+softmax, which are not elementwise table entries, are the two cases defined in this module.
+
+>>> from fastact import benchmark
+>>> [c.label for c in benchmark.cases(["relu6"])]
+['relu6', 'relu6_backward', 'relu6(out=)']
+>>> benchmark.size_label(10**5), benchmark.format_ratio(1.234), benchmark.format_ratio(None)
+('1e5', '1.23x', '-')
+
+A run from Python, and its tables::
+
+    rows = benchmark.run(sizes=[10**7], repeat=5, only=["gelu"])
+    print(benchmark.format_table(rows))
+    benchmark.write_markdown("out.md", rows)
+"""
+
+import functools
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._table import ACTIVATIONS
+
+__all__ = ["DEFAULT_SIZES", "BYTES_PER_ELEMENT", "time_pair", "median_time", "load_torch", "machine",
+           "Case", "cases", "inputs", "copy_fn", "warm_up", "run", "serial_parallel_times", "startup",
+           "size_label", "format_ratio", "format_table", "markdown_table", "write_markdown",
+           "add_arguments", "main"]
+
+DEFAULT_SIZES = (10**3, 10**5, 10**7)
+#: bytes moved per float32 element: read x (and dy), write y (dx)
+BYTES_PER_ELEMENT = {"fwd": 8, "bwd": 12}
+
+# The two benchmarked functions that are not elementwise table entries, with their baselines in the
+# table's notation (NumPy expressions of x, dy, y; w the PReLU slopes with shape (C, 1); for
+# softmax_backward y is the forward's output). Their PyTorch calls are in Case._torch_fn.
+_NON_TABLE = {
+    "prelu": {"numpy": "np.where(x > 0, x, w * x)",
+              "numpy_backward": "(np.where(x > 0, dy, w * dy), (dy * np.minimum(x, 0)).sum(axis=(0, 2)))"},
+    "softmax": {"numpy": "(e := np.exp(x - x.max(-1, keepdims=True))) / e.sum(-1, keepdims=True)",
+                "numpy_backward": "y * (dy - (dy * y).sum(-1, keepdims=True))"},
+}
+
+
+# ------------------------------------------------------------------------------------------- timing
+
+def time_pair(fn, number=1):
+    """Seconds per call of ``fn``, measured as the second of two back-to-back runs.
+
+    Parameters
+    ----------
+    fn : callable
+        Called with no arguments.
+    number : int, optional
+        Calls timed together (after the one untimed call), so that calls of a few microseconds are not
+        dominated by the timer's resolution.
+
+    Returns
+    -------
+    float
+        Seconds per timed call.
+
+    Notes
+    -----
+    The untimed first call lets the thread pool of whatever ran before settle (OpenBLAS spins ~70-100
+    ms after a GEMM, PyTorch's OpenMP pool after each parallel region) and wakes ``fn``'s own (Numba's
+    TBB workers), so that ``fn`` is charged for its own work only; see the module docstring.
+
+    Examples
+    --------
+    >>> t = time_pair(lambda: sum(range(100)), number=10)
+    >>> 0 < t < 1
+    True
+    """
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def median_time(fns, repeat=7, *, min_sample=2e-3, budget=None):
+    """Median seconds per call of each function of ``fns``, sampled round-robin with :func:`time_pair`.
+
+    Parameters
+    ----------
+    fns : dict of str to callable
+        The implementations to compare, each called with no arguments.
+    repeat : int, optional
+        Samples per implementation (the median is taken over them).
+    min_sample : float, optional
+        Seconds a sample should at least last: calls faster than that are timed ``number`` at a time.
+    budget : float or None, optional
+        Seconds one measurement may take: fewer samples (at least 3) when ``repeat`` rounds would take
+        longer. None: always ``repeat``.
+
+    Returns
+    -------
+    dict of str to float
+        Median seconds per call, by the keys of ``fns``.
+
+    Notes
+    -----
+    Each function is called once first (JIT compilation or cache load, page faults of fresh buffers,
+    allocator warm-up) and timed once to choose ``number``; neither counts. Samples are interleaved
+    (a, b, c, a, b, c, ...) so that a burst of noise from other processes hits every implementation.
+
+    Examples
+    --------
+    >>> t = median_time({"sum": lambda: sum(range(100)), "max": lambda: max(range(100))}, repeat=3)
+    >>> sorted(t), all(v > 0 for v in t.values())
+    (['max', 'sum'], True)
+    """
+    for f in fns.values():
+        f()
+    single = {k: max(time_pair(f), 1e-9) for k, f in fns.items()}
+    number = {k: max(1, int(min_sample / s)) for k, s in single.items()}
+    rounds = repeat
+    if budget is not None:
+        per_round = sum((number[k] + 1) * s for k, s in single.items())
+        rounds = max(3, min(repeat, int(budget / per_round)))
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            samples[k].append(time_pair(f, number[k]))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+# ------------------------------------------------------------------------------------------- peers
+
+def load_torch(num_threads=None):
+    """PyTorch, if it is installed, for the optional comparisons.
+
+    Parameters
+    ----------
+    num_threads : int or None, optional
+        Passed to ``torch.set_num_threads`` (the layer and training-step reports use the machine's
+        2 cores); None leaves PyTorch's default.
+
+    Returns
+    -------
+    module or None
+        The ``torch`` module, or None when it cannot be imported (every benchmark then omits PyTorch).
+
+    Examples
+    --------
+    >>> torch = load_torch()
+    >>> torch is None or hasattr(torch, "from_numpy")
+    True
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    return torch
+
+
+def _cpu():
+    """(model name, the flags among avx2/avx512f/fma, memory) from /proc, or what platform knows."""
+    cpu, flags, mem = platform.processor() or "unknown", [], "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [f for f in ("avx2", "avx512f", "fma") if f in have]
+                    break
+        with open("/proc/meminfo") as fh:
+            mem = f"{int(fh.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return cpu, flags, mem
+
+
+def _blas():
+    """NumPy's BLAS as threadpoolctl reports it: library, version, kernel architecture, threads."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not libs:
+        return "unknown"
+    return "; ".join(f"{i.get('internal_api')} {i.get('version') or ''} ({i.get('architecture') or '?'} "
+                     f"kernels, {i.get('num_threads')} threads)".replace("  ", " ") for i in libs)
+
+
+def machine():
+    """This machine and the software measured, as (label, value) pairs for a report's header.
+
+    Returns
+    -------
+    list of (str, str)
+        CPU model with the SIMD flags that matter here (avx2, avx512f, fma), cores, memory, versions,
+        NumPy's BLAS and the kernels it picked (OpenBLAS's SkylakeX kernels run SGEMM ~1.9x faster
+        than its Haswell ones on a Zen 5), Numba's threading layer and threads, fastact's parallel
+        thresholds, and PyTorch's version and threads when it is installed.
+
+    Examples
+    --------
+    >>> rows = dict(machine())
+    >>> "cpu" in rows and "BLAS" in rows and "threading layer" in rows
+    True
+    """
+    import numba
+
+    from . import __version__, _runtime, config
+    cpu, flags, mem = _cpu()
+    rows = [("cpu", f"{cpu} ({', '.join(flags)})" if flags else cpu), ("cores", str(os.cpu_count())),
+            ("memory", mem), ("python", platform.python_version()), ("numpy", np.__version__),
+            ("BLAS", _blas()), ("numba", numba.__version__), ("fastact", __version__),
+            ("threading layer", _runtime.threading_layer()), ("numba threads", str(numba.get_num_threads())),
+            ("parallel threshold", f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
+                                   f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})")]
+    torch = load_torch()
+    if torch is not None:
+        rows.append(("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- cases
+
+def _numpy_fn(expr):
+    import scipy
+    import scipy.special  # noqa: F401  (the GELU baselines use scipy.special.erfc)
+    return eval(f"lambda x, dy, y, w: {expr}", {"np": np, "scipy": scipy})
+
+
+def _torch_expr(torch, expr):
+    return eval(f"lambda x, dy, y: {expr}",
+                {"torch": torch, "F": torch.nn.functional, "aten": torch.ops.aten})
+
+
+@functools.lru_cache(maxsize=2)
+def inputs(n, seed=0):
+    """(x, dy): n float32 values each, x ~ N(0, 3^2) so that every branch of every kink is taken.
+
+    The arrays are shared between cases and read-only.
+    """
+    rng = np.random.default_rng(seed)
+    x = (3.0 * rng.standard_normal(n)).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    x.flags.writeable = dy.flags.writeable = False
+    return x, dy
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked function: activation ``name``, ``direction`` 'fwd' or 'bwd', ``out`` into a
+    preallocated array (forward only)."""
+    name: str
+    direction: str
+    out: bool = False
+
+    @property
+    def label(self):
+        """``relu``, ``relu_backward`` or ``relu(out=)``: the function's name in the tables."""
+        return self.name + ("_backward" if self.direction == "bwd" else "") + ("(out=)" if self.out else "")
+
+    @property
+    def transcendental(self):
+        return self.name == "softmax" or (self.name in ACTIVATIONS and ACTIVATIONS[self.name].transcendental)
+
+    def nbytes(self, n):
+        """Bytes an ideal implementation moves on n float32 values (8n forward, 12n backward)."""
+        return BYTES_PER_ELEMENT[self.direction] * n
+
+    def numpy_expr(self):
+        """The NumPy baseline, an expression of x, dy, y (and w for PReLU)."""
+        if self.name in _NON_TABLE:
+            return _NON_TABLE[self.name]["numpy_backward" if self.direction == "bwd" else "numpy"]
+        act = ACTIVATIONS[self.name]
+        if self.out:
+            return act.numpy_out_baseline
+        return act.numpy_backward_baseline if self.direction == "bwd" else act.numpy_baseline
+
+    def torch_expr(self):
+        """The PyTorch baseline of a table activation (expression of x, dy, y), or '' when it has none."""
+        act = ACTIVATIONS[self.name]
+        if self.out:
+            return act.torch_out_baseline
+        if self.direction == "bwd":
+            return act.torch_backward_baseline
+        return act.torch_baseline or (f"F.{act.torch_name}(x)" if act.torch_name else "")
+
+    def setup(self, n):
+        """{'fastact': fn, 'numpy': fn, 'torch': fn}: zero-argument callables doing the work once on n
+        float32 values ('torch' only when PyTorch imports and has a baseline). Nothing is compiled or
+        timed here."""
+        import fastact as fa
+        x, dy = inputs(n)
+        w = None
+        if self.name == "prelu":  # NCHW-like (10, 10, n/100), one slope per channel
+            shape = (10, 10, n // 100) if n % 100 == 0 else (1, 1, n)
+            x, dy = x[:math.prod(shape)].reshape(shape), dy[:math.prod(shape)].reshape(shape)
+            w = np.linspace(0.05, 0.5, shape[1], dtype=np.float32)
+        elif self.name == "softmax":  # rows of 1000 logits
+            x, dy = (x.reshape(-1, 1000), dy.reshape(-1, 1000)) if n % 1000 == 0 else (x[None], dy[None])
+        y = np.empty_like(x)
+        if self.name == "softmax" and self.direction == "bwd":
+            y = fa.softmax(x)  # softmax_backward takes the forward's output
+        fns = {}
+        if self.direction == "fwd":
+            f = getattr(fa, self.name)
+            if self.out:
+                fns["fastact"] = lambda: f(x, out=y)
+            elif w is not None:
+                fns["fastact"] = lambda: f(x, w)
+            else:
+                fns["fastact"] = lambda: f(x)
+        else:
+            b = getattr(fa, self.name + "_backward")
+            if w is not None:
+                fns["fastact"] = lambda: b(dy, x, w)
+            elif self.name == "softmax":
+                fns["fastact"] = lambda: b(dy, y)
+            else:
+                fns["fastact"] = lambda: b(dy, x)
+        f_np = _numpy_fn(self.numpy_expr())
+        w_np = None if w is None else w[:, None]
+        fns["numpy"] = lambda: f_np(x, dy, y, w_np)
+        torch = load_torch()
+        if torch is not None:
+            fn = self._torch_fn(torch, x, dy, w)
+            if fn is not None:
+                fns["torch"] = fn
+        return fns
+
+    def _torch_fn(self, torch, x, dy, w):
+        t, g = torch.from_numpy(x.copy()), torch.from_numpy(dy.copy())
+        if self.name == "prelu":
+            tw = torch.from_numpy(w)
+            if self.direction == "fwd":
+                return lambda: torch.nn.functional.prelu(t, tw)
+            kb, tw2 = torch.ops.aten._prelu_kernel_backward, tw.reshape(-1, 1)
+
+            def prelu_bwd():
+                dx, dw = kb(g, t, tw2)
+                return dx, dw.sum((0, 2))
+            return prelu_bwd
+        if self.name == "softmax":
+            if self.direction == "fwd":
+                return lambda: torch.softmax(t, -1)
+            ty = torch.softmax(t, -1)
+            return lambda: torch.ops.aten._softmax_backward_data(g, ty, -1, torch.float32)
+        expr = self.torch_expr()
+        if not expr:
+            return None
+        f = _torch_expr(torch, expr)
+        if self.out:
+            o = torch.from_numpy(np.empty_like(x))
+            return lambda: f(t, None, o)
+        if self.direction == "fwd":
+            return lambda: f(t, None, None)
+        ty = _torch_expr(torch, Case(self.name, "fwd").torch_expr())(t, None, None)
+        return lambda: f(t, g, ty)
+
+
+def cases(only=None):
+    """Every benchmarked case, in table order: forward, backward, then forward with ``out=`` for the
+    activations whose table entry has a ``numpy_out_baseline``; then PReLU and softmax.
+
+    Parameters
+    ----------
+    only : list of str or None, optional
+        Activation names or aliases to keep (default: all).
+
+    Returns
+    -------
+    list of Case
+    """
+    names = list(ACTIVATIONS) + list(_NON_TABLE)
+    if only:
+        from ._table import get
+        wanted = {n if n in _NON_TABLE else get(n).name for n in only}
+        names = [n for n in names if n in wanted]
+    out = []
+    for n in names:
+        out.append(Case(n, "fwd"))
+        out.append(Case(n, "bwd"))
+        if n in ACTIVATIONS and ACTIVATIONS[n].numpy_out_baseline:
+            out.append(Case(n, "fwd", out=True))
+    return out
+
+
+def copy_fn(n):
+    """The bandwidth floor: a zero-argument callable doing ``np.copyto(y, x)`` over n float32 values
+    (8n bytes)."""
+    x, _ = inputs(n)
+    y = np.empty_like(x)
+    return lambda: np.copyto(y, x)
+
+
+def warm_up(case_list, sizes):
+    """Compile (or load from the cache) every fastact kernel the run will call; returns seconds taken.
+
+    One size below the parallel threshold and one above are probed: the serial and the parallel loops.
+    """
+    from . import config
+    t0 = time.perf_counter()
+    small = [s for s in sizes if s < config.PARALLEL_MIN_SIZE]
+    large = [s for s in sizes if s >= config.PARALLEL_MIN_SIZE]
+    for n in ([min(small)] if small else []) + ([min(large)] if large else []):
+        for c in case_list:
+            c.setup(n)["fastact"]()
+    return time.perf_counter() - t0
+
+
+def run(sizes=None, repeat=7, only=None, progress=None):
+    """Measure every case at every size.
+
+    Parameters
+    ----------
+    sizes : list of int, optional
+        Numbers of float32 values (default :data:`DEFAULT_SIZES`).
+    repeat : int, optional
+        Samples per median (fewer for calls that would take over a second in all, at least 3).
+    only : list of str, optional
+        Activation names to run (default: all).
+    progress : callable, optional
+        Called with each row as it is measured.
+
+    Returns
+    -------
+    list of dict
+        One row per case and size: times (``t_fastact``, ``t_numpy``, ``t_torch``), GB/s, ratios
+        (``ratio_numpy`` = NumPy time / fastact time; above 1 fastact is faster; ``ratio_torch`` None
+        without PyTorch) and ``pct_copy``, fastact's GB/s as a share of the copy bandwidth measured
+        before and after the size's cases.
+    """
+    sizes = list(sizes or DEFAULT_SIZES)
+    case_list = cases(only)
+    rows = []
+    for n in sizes:
+        copy = copy_fn(n)
+        copy_times = [median_time({"copy": copy}, 2 * repeat, budget=1.0)["copy"]]
+        first_gbps = 8 * n / copy_times[0] / 1e9  # provisional, for progress lines
+        for c in case_list:
+            t = median_time(c.setup(n), repeat, budget=1.0)
+            tf, tn, tt = t["fastact"], t["numpy"], t.get("torch")
+            rows.append({
+                "case": c.label, "name": c.name, "direction": c.direction, "out": c.out, "size": n,
+                "transcendental": c.transcendental, "bytes": c.nbytes(n),
+                "t_fastact": tf, "t_numpy": tn, "t_torch": tt,
+                "gbps_fastact": c.nbytes(n) / tf / 1e9, "gbps_numpy": c.nbytes(n) / tn / 1e9,
+                "gbps_torch": None if tt is None else c.nbytes(n) / tt / 1e9,
+                "ratio_numpy": tn / tf, "ratio_torch": None if tt is None else tt / tf,
+                "gbps_copy": first_gbps, "pct_copy": 100 * c.nbytes(n) / tf / 1e9 / first_gbps,
+            })
+            if progress:
+                progress(rows[-1])
+        copy_times.append(median_time({"copy": copy}, 2 * repeat, budget=1.0)["copy"])
+        copy_gbps = 8 * n / statistics.median(copy_times) / 1e9
+        for r in rows:
+            if r["size"] == n:
+                r["gbps_copy"] = copy_gbps
+                r["pct_copy"] = 100 * r["gbps_fastact"] / copy_gbps
+    return rows
+
+
+def serial_parallel_times(name, sizes, repeat=15, backward=False, seed=0):
+    """Seconds of the compiled serial and parallel loops of one activation, without the Python driver.
+
+    This is the measurement behind ``fastact.config.PARALLEL_MIN_SIZE`` and
+    ``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` (``bench/threshold.py``): where the parallel loop, which pays
+    a thread pool's fork/join, starts to beat the serial one.
+
+    Parameters
+    ----------
+    name : str
+        Activation name (or alias) of the table; the defaults of its parameters are used.
+    sizes : iterable of int
+        Numbers of contiguous float32 values.
+    repeat : int, optional
+        Samples per median; serial and parallel samples are interleaved (:func:`median_time`).
+    backward : bool, optional
+        Time the backward loop ``dx = dy * f'(x)`` instead of the forward ``y = f(x)``.
+    seed : int, optional
+        Seed of the random inputs, x ~ N(0, 3^2).
+
+    Returns
+    -------
+    list of (int, float, float)
+        (n, serial seconds, parallel seconds) per size.
+    """
+    from . import _codegen, _table
+    act = _table.get(name)
+    params = [np.float32(p.to_float(p.default)) for p in act.params]
+    if backward:
+        params += [np.float32(p.to_float(p.default)) for p in act.backward_params]
+    loops = {k: _codegen.get("loop", act.name, backward=backward, parallel=k == "parallel")
+             for k in ("serial", "parallel")}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sizes:
+        x = (3.0 * rng.standard_normal(n)).astype(np.float32)
+        out = np.empty_like(x)
+        args = (rng.standard_normal(n).astype(np.float32), x, out) if backward else (x, out)
+        t = median_time({k: functools.partial(f, *args, *params) for k, f in loops.items()}, repeat)
+        rows.append((n, t["serial"], t["parallel"]))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ start-up
+
+_STARTUP_SNIPPETS = {
+    "import": "import fastact",
+    "relu": "import numpy as np, fastact; fastact.relu(np.ones(1000, np.float32))",
+}
+
+
+def _wall(code, env):
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def startup(repeat=5):
+    """Wall time of fresh processes (Python start-up included), medians of ``repeat``.
+
+    Returns
+    -------
+    dict of str to float
+        ``python``: ``python -c pass``, the interpreter alone; ``import``: ``import fastact``;
+        ``cold``: import fastact and call relu once on 1000 float32 values, with an empty cache
+        directory; ``warm``: the same again with the cache the cold run filled.
+    """
+    env = dict(os.environ)
+    res = {"python": [], "import": [], "cold": [], "warm": []}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="fastact-startup-") as d:
+            env["FASTACT_CACHE_DIR"] = d
+            res["python"].append(_wall("pass", env))
+            res["import"].append(_wall(_STARTUP_SNIPPETS["import"], env))
+            res["cold"].append(_wall(_STARTUP_SNIPPETS["relu"], env))
+            res["warm"].append(_wall(_STARTUP_SNIPPETS["relu"], env))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+# ------------------------------------------------------------------------------------------- output
+
+def format_ratio(v):
+    """``'1.23x'``, or ``'-'`` for None (no peer)."""
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def size_label(n):
+    """``'1e5'`` for powers of ten, else the number."""
+    e = int(round(math.log10(n))) if n > 0 else 0
+    return f"1e{e}" if 10**e == n else str(n)
+
+
+COLUMNS = ("function", "size", "fastact GB/s", "NumPy GB/s", "vs NumPy", "vs torch", "% of copy")
+
+
+def _cells(r):
+    return (r["case"], size_label(r["size"]), f"{r['gbps_fastact']:.2f}", f"{r['gbps_numpy']:.2f}",
+            format_ratio(r["ratio_numpy"]), format_ratio(r["ratio_torch"]), f"{r['pct_copy']:.0f}%")
+
+
+def format_table(rows):
+    """Plain-text table of :func:`run`'s rows, one line per case and size, copy bandwidth per size."""
+    cells = [COLUMNS] + [_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = []
+    for i, c in enumerate(cells):
+        lines.append("  ".join(v.ljust(w) if j == 0 else v.rjust(w)
+                               for j, (v, w) in enumerate(zip(c, widths))))
+        if i == 0:
+            lines.append("-" * len(lines[0]))
+    for n in sorted({r["size"] for r in rows}):
+        g = next(r["gbps_copy"] for r in rows if r["size"] == n)
+        lines.append(f"copy bandwidth (np.copyto, 8n bytes) at {size_label(n)}: {g:.2f} GB/s")
+    return "\n".join(lines)
+
+
+def markdown_table(rows):
+    """The same table in Markdown, as in docs/performance.md (``fastact.plots`` reads it back)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        c = _cells(r)
+        lines.append("| " + " | ".join((f"`{c[0]}`",) + c[1:]) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(path, rows, startup_times=None):
+    """Write the machine description, one Markdown table per size and the start-up times to ``path``:
+    the ``activations.md`` of a ``bench/results/<date>/`` directory."""
+    with open(path, "w") as fh:
+        fh.write("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in machine()))
+        fh.write(f"\ndate: {time.strftime('%Y-%m-%d %H:%M')}\n")
+        for n in sorted({r["size"] for r in rows}):
+            part = [r for r in rows if r["size"] == n]
+            fh.write(f"\n### {size_label(n)} float32 values (copy: {part[0]['gbps_copy']:.2f} GB/s)\n\n")
+            fh.write(markdown_table(part) + "\n")
+        if startup_times:
+            fh.write("\n| start-up | median s |\n|---|---|\n" +
+                     "".join(f"| {k} | {v:.2f} |\n" for k, v in startup_times.items()))
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def add_arguments(p):
+    """The options of ``python -m fastact bench`` on the argparse parser ``p``."""
+    p.add_argument("--size", type=int, action="append",
+                   help="array size, repeatable (default: 1e3, 1e5 and 1e7)")
+    p.add_argument("--repeat", type=int, default=7, help="timed samples per median (default 7)")
+    p.add_argument("--only", nargs="*", metavar="NAME", help="activations to run (default: all)")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="also write the results as Markdown tables (what `fastact plot` reads)")
+    p.add_argument("--startup", action="store_true", help="also measure cold and warm start-up")
+
+
+def main(args):
+    """``python -m fastact bench``: ``args`` holds the options of :func:`add_arguments`; returns 0."""
+    sizes = args.size or list(DEFAULT_SIZES)
+    only = args.only or None
+    for k, v in machine():
+        print(f"{k:20s} {v}")
+    case_list = cases(only)
+    print(f"warm-up (compile or load {len(case_list)} kernels' loops): {warm_up(case_list, sizes):.1f} s")
+    print("ratios are NumPy (PyTorch) time / fastact time: above 1.00x fastact is faster; medians of "
+          "interleaved samples, each the second of two back-to-back calls")
+    if load_torch() is None:
+        print("PyTorch is not installed: no 'vs torch' column")
+    rows = run(sizes, args.repeat, only)
+    print(format_table(rows))
+    print("bytes moved per float32 value: forward 8, backward 12; '% of copy' = fastact GB/s / copy GB/s")
+    su = startup() if args.startup else None
+    if su:
+        print("start-up (s):", ", ".join(f"{k} {v:.2f}" for k, v in su.items()))
+    if args.markdown:
+        write_markdown(args.markdown, rows, su)
+        print(f"wrote {args.markdown}")
+    return 0
