@@ -1,0 +1,74 @@
+"""fastact.benchmark: the baselines read from the activation table compute what fastact computes (a
+benchmark against a wrong baseline is worthless), every table entry has them, and the timer and CLI work.
+Nothing here measures speed."""
+
+import numpy as np
+import pytest
+
+from fastact import _table
+from fastact import benchmark as fb
+from fastact.__main__ import main
+
+N = 1000
+
+
+@pytest.mark.parametrize("name", _table.NAMES)
+def test_every_activation_has_its_benchmark_baselines(name):
+    act = _table.ACTIVATIONS[name]
+    assert act.numpy_baseline and act.numpy_backward_baseline
+    assert act.torch_module and act.torch_backward_baseline
+    assert bool(act.numpy_out_baseline) == bool(act.torch_out_baseline)
+
+
+@pytest.mark.parametrize("case", fb.cases(), ids=lambda c: c.label)
+def test_baselines_agree_with_fastact(case):
+    fns = case.setup(N)
+    want = fns.pop("fastact")()
+    if isinstance(want, tuple):  # prelu_backward: (dx, dweight); dx is compared
+        want = want[0]
+    want = np.asarray(want, dtype=np.float64)
+    for impl, fn in fns.items():
+        got = fn()
+        if isinstance(got, tuple):
+            got = got[0]
+        got = got.numpy() if hasattr(got, "numpy") else got  # PyTorch tensors
+        np.testing.assert_allclose(np.asarray(got, dtype=np.float64).reshape(want.shape), want,
+                                   rtol=2e-3, atol=2e-4, err_msg=f"{case.label} {impl}")
+
+
+def test_out_cases_come_from_the_table():
+    labels = {c.label for c in fb.cases()}
+    for name, act in _table.ACTIVATIONS.items():
+        assert (f"{name}(out=)" in labels) == bool(act.numpy_out_baseline)
+
+
+def test_median_time_interleaves_pairs_and_respects_the_budget():
+    calls = []
+    t = fb.median_time({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=5,
+                       min_sample=0.0)
+    assert set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
+    # warm-up (1), sizing pair (2), then 5 rounds of one untimed + one timed call each
+    assert calls.count("a") == calls.count("b") == 3 + 2 * 5
+    assert calls[-4:] == ["a", "a", "b", "b"]  # the pairs are back to back, the rounds interleaved
+
+
+def test_machine_describes_cpu_blas_and_threading():
+    rows = dict(fb.machine())
+    for key in ("cpu", "BLAS", "threading layer", "numba threads"):
+        assert rows[key]
+
+
+def test_serial_parallel_times_runs_the_compiled_loops():
+    rows = fb.serial_parallel_times("relu", [1024, 4096], repeat=3)
+    assert [r[0] for r in rows] == [1024, 4096] and all(s > 0 and p > 0 for _, s, p in rows)
+
+
+def test_cli_runs_one_activation_at_one_size(tmp_path, capsys):
+    md = tmp_path / "act.md"
+    assert main(["bench", "--only", "hardtanh", "--size", "1000", "--repeat", "3",
+                 "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "hardtanh_backward" in out and "copy bandwidth" in out
+    from fastact import plots
+    ratios = plots._read_ratio_tables(str(md))
+    assert {k[0] for k in ratios} == {"hardtanh", "hardtanh_backward", "hardtanh(out=)"}
