@@ -9,8 +9,13 @@ and benchmarks pick it up from :data:`ACTIVATIONS`.
 Conventions every scalar function keeps (tests check them):
 
 * NaN in gives NaN out, in the forward and in the derivative (so ``dy * f'(x)`` is NaN too);
-* at a kink the derivative is the left derivative, except at an upper cap (``max_value``, the top of
-  hardtanh/relu6/hardsigmoid, a threshold's jump), where it is 0;
+* at a kink the derivative is the one PyTorch 2.13's autograd gives (the left derivative, except 0 at
+  an upper cap -- ``max_value``, both ends of hardtanh/relu6/hardsigmoid -- and hardswish'(3) = 1),
+  unless the caller passes ``subgradient=``; the tests compare every kink with PyTorch;
+* at x = +-inf the result is the mathematical limit (``limits``), e.g. gelu(-inf) = 0, even where the
+  formula gives -inf * 0;
+* accuracy: within ``max_ulp`` ulps of the exact value over the whole range (tests/test_accuracy.py
+  compares with 60-digit mpmath).
 * the derivative returns ``f'(x)``; the kernels multiply by ``dy``.
 """
 
@@ -82,6 +87,20 @@ class Activation:
     torch_backward_baseline: str = ""  # dx(dy, x, y = forward's output): the aten kernel autograd calls
     torch_out_baseline: str = ""  # forward of x into the preallocated tensor y
     domain: tuple = (-6.0, 6.0)   # where tests sample points
+    #: limits(*params) -> ((f(-inf), f(+inf)), (f'(-inf), f'(+inf))): the mathematical limits, which
+    #: the kernels return at +-inf (tests check both against mpmath far beyond the float range)
+    limits: object = None
+    #: interior zeros of f' (where f' changes sign smoothly): relative accuracy is impossible right
+    #: there in any fixed precision, so within 1/8 of them errors count in ulps of 1/2 (docs/accuracy.md)
+    derivative_zeros: tuple = ()
+    #: worst error in ulps against 60-digit mpmath, {dtype name: (forward, backward)}, measured by
+    #: ``bench/accuracy_report.py`` over dense grids (kinks, tails, subnormals) and enforced by the tests
+    #: (a function of the parameters where they matter, e.g. GELU's ``approximate``)
+    max_ulp: object = field(default_factory=lambda: {"float32": (1.0, 1.0), "float64": (2.0, 2.0)})
+
+    def ulp_bounds(self, *params):
+        """``{dtype name: (forward, backward)}``: the worst ulp errors the kernels are held to."""
+        return self.max_ulp(*params) if callable(self.max_ulp) else self.max_ulp
     extra: dict = field(default_factory=dict)
 
     @property
@@ -174,7 +193,9 @@ _add(Activation(
     kinks=lambda a, m, t: (t, m), torch_name="relu", numpy_baseline="np.maximum(x, 0)",
     numpy_backward_baseline="dy * (x > 0)", numpy_out_baseline="np.maximum(x, 0, out=y)",
     torch_module="ReLU", torch_backward_baseline="aten.threshold_backward(dy, x, 0.0)",
-    torch_out_baseline="torch.clamp_min(x, 0.0, out=y)"))
+    torch_out_baseline="torch.clamp_min(x, 0.0, out=y)",
+    limits=lambda a, m, t: ((-math.inf * math.copysign(1.0, a) if a else 0.0, m), (a, 1.0 if m == math.inf else 0.0)),
+    max_ulp={"float32": (2.0, 1.0), "float64": (1.0, 0.0)}))
 
 
 @_scalar
@@ -212,7 +233,9 @@ _add(Activation(
     numpy_out_baseline="np.maximum(x, 0.01 * x, out=y)", torch_module="LeakyReLU",
     torch_backward_baseline="aten.leaky_relu_backward(dy, x, 0.01, False)",
     torch_out_baseline="aten.leaky_relu.out(x, 0.01, out=y)",
-    citation="Maas, Hannun & Ng (2013), Rectifier nonlinearities improve neural network acoustic models"))
+    citation="Maas, Hannun & Ng (2013), Rectifier nonlinearities improve neural network acoustic models",
+    limits=lambda a: ((-math.inf * math.copysign(1.0, a) if a else 0.0, math.inf), (a, 1.0)),
+    max_ulp={"float32": (1.0, 0.5), "float64": (0.5, 0.0)}))
 
 
 @_scalar
@@ -241,7 +264,9 @@ _add(Activation(
     numpy_baseline="np.clip(x, 0, 6)", domain=(-3.0, 9.0),
     numpy_backward_baseline="dy * ((x > 0) & (x < 6))", numpy_out_baseline="np.clip(x, 0, 6, out=y)",
     torch_module="ReLU6", torch_backward_baseline="aten.hardtanh_backward(dy, x, 0.0, 6.0)",
-    torch_out_baseline="aten.hardtanh.out(x, 0.0, 6.0, out=y)"))
+    torch_out_baseline="aten.hardtanh.out(x, 0.0, 6.0, out=y)",
+    limits=lambda: ((0.0, 6.0), (0.0, 0.0)),
+    max_ulp={"float32": (0.0, 0.0), "float64": (0.0, 0.0)}))
 
 
 @_scalar
@@ -272,7 +297,9 @@ _add(Activation(
     domain=(-3.0, 3.0), numpy_backward_baseline="dy * ((x > -1) & (x < 1))",
     numpy_out_baseline="np.clip(x, -1, 1, out=y)", torch_module="Hardtanh",
     torch_backward_baseline="aten.hardtanh_backward(dy, x, -1.0, 1.0)",
-    torch_out_baseline="aten.hardtanh.out(x, -1.0, 1.0, out=y)"))
+    torch_out_baseline="aten.hardtanh.out(x, -1.0, 1.0, out=y)",
+    limits=lambda lo, hi: ((lo, hi), (0.0, 0.0)),
+    max_ulp={"float32": (0.0, 0.0), "float64": (0.0, 0.0)}))
 
 
 @_scalar
@@ -302,7 +329,9 @@ _add(Activation(
     numpy_backward_baseline="dy * (x > 0)", numpy_out_baseline="np.maximum(x, 0, out=y)",
     torch_module="Threshold", torch_baseline="F.threshold(x, 0.0, 0.0)",
     torch_backward_baseline="aten.threshold_backward(dy, x, 0.0)",
-    torch_out_baseline="aten.threshold.out(x, 0.0, 0.0, out=y)"))
+    torch_out_baseline="aten.threshold.out(x, 0.0, 0.0, out=y)",
+    limits=lambda t, v: ((v, math.inf), (0.0, 1.0)),
+    max_ulp={"float32": (0.0, 0.0), "float64": (0.0, 0.0)}))
 
 
 # ----------------------------------------------------------------------------- exponential family
@@ -332,7 +361,8 @@ _add(Activation(
     numpy_baseline="np.where(x > 0, x, np.expm1(x))",
     numpy_backward_baseline="np.where(x > 0, dy, dy * np.exp(x))", torch_module="ELU",
     torch_backward_baseline="aten.elu_backward(dy, 1.0, 1, 1, False, x)",
-    citation="Clevert, Unterthiner & Hochreiter (2016), arXiv:1511.07289"))
+    citation="Clevert, Unterthiner & Hochreiter (2016), arXiv:1511.07289",
+    limits=lambda a: ((-a, math.inf), (0.0, 1.0))))
 
 
 @_scalar
@@ -359,7 +389,8 @@ _add(Activation(
     numpy_baseline="np.where(x > 0, x, np.expm1(x))",
     numpy_backward_baseline="np.where(x > 0, dy, dy * np.exp(x))", torch_module="CELU",
     torch_backward_baseline="aten.elu_backward(dy, 1.0, 1, 1.0, False, x)",
-    citation="Barron (2017), arXiv:1704.07483"))
+    citation="Barron (2017), arXiv:1704.07483",
+    limits=lambda a: ((-a, math.inf), (0.0, 1.0))))
 
 
 @_scalar
@@ -386,25 +417,67 @@ _add(Activation(
     numpy_backward_baseline="dy * np.where(x > 0, 1.0507, 1.0507 * 1.6733 * np.exp(x))",
     torch_module="SELU",
     torch_backward_baseline="aten.elu_backward(dy, 1.6732632423543772, 1.0507009873554805, 1, False, x)",
-    citation="Klambauer et al. (2017), Self-normalizing neural networks, arXiv:1706.02515"))
+    citation="Klambauer et al. (2017), Self-normalizing neural networks, arXiv:1706.02515",
+    limits=lambda: ((-SELU_SCALE * SELU_ALPHA, math.inf), (0.0, SELU_SCALE)),
+    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 3.0)}))
+
+
+@_scalar
+def _erfc_scaled_arg(x):
+    """erfc(-x / sqrt(2)), with the rounding of -x / sqrt(2) corrected to first order in float64.
+
+    In the left tail erfc(z) falls like exp(-z^2), so the argument's rounding error (half an ulp of z)
+    becomes a relative error of ~2 z^2 ulps: 47 float64 ulps at x = -10.7. The exact argument is
+    z + dz with dz from an error-free product, and erfc(z + dz) = erfc(z) - dz * 2/sqrt(pi) e^(-z^2).
+    The fast (float32) variant skips it: there the error is far below a float32 ulp.
+    """
+    z = -x * fm.SQRT_HALF
+    e = fm.erfc(z)
+    if fm.PRECISE:
+        if x < -2.0 and x > -40.0:  # below -40 the result is 0 in float64 anyway
+            dz = -(fm.two_prod_err(x, fm.SQRT_HALF) + x * fm.SQRT_HALF_LO)
+            e = e - dz * fm.TWO_OVER_SQRT_PI * fm.exp(-z * z)
+    return e
+
+
+@_scalar
+def _gauss_kernel(x):
+    """exp(-x^2 / 2), with the rounding of x^2 corrected in float64 (its error, amplified by x^2 / 2,
+    would cost ~50 float64 ulps at |x| = 10)."""
+    h = x * x
+    g = fm.exp(-0.5 * h)
+    if fm.PRECISE:
+        if abs(x) > 2.0 and abs(x) < 40.0:
+            g = g * (1.0 - 0.5 * fm.two_prod_err(x, x))
+    return g
 
 
 @_scalar
 def gelu_f(x, approximate):
     if approximate == 0:
-        return 0.5 * x * fm.erfc(-x * fm.SQRT_HALF)
-    # 0.5 * (1 + tanh(u)) == sigmoid(2u): no cancellation for negative x
+        e = _erfc_scaled_arg(x)
+        # the limit 0 at x = -inf (-inf * 0 would be NaN); e is NaN for NaN x, so NaN passes
+        return 0.5 * x * e if e != 0 else -0.0
+    # 0.5 * (1 + tanh(u)) == sigmoid(2u): no cancellation for negative x. x^3 overflows to -inf
+    # before u does, and sigmoid(-inf) = 0 again gives -inf * 0: the select keeps the limit 0.
     u = fm.SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
-    return x * fm.sigmoid(2.0 * u)
+    s = fm.sigmoid(2.0 * u)
+    return x * s if s != 0 else -0.0
 
 
 @_scalar
 def gelu_d(x, approximate):
     if approximate == 0:
-        return 0.5 * fm.erfc(-x * fm.SQRT_HALF) + x * fm.INV_SQRT_2PI * fm.exp(-0.5 * x * x)
+        # Phi(x) + x phi(x); x * phi(x) is inf * 0 at +-inf, where the limits 1 and 0 are selected
+        d = 0.5 * _erfc_scaled_arg(x) + x * fm.INV_SQRT_2PI * _gauss_kernel(x)
+        return d if abs(x) != math.inf else (1.0 if x > 0 else 0.0)
     u = fm.SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)
     s = fm.sigmoid(2.0 * u)  # 0.5 * (1 + tanh(u))
-    return s + x * (2.0 * s * (1.0 - s)) * fm.SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    # s (1 - s) = sigmoid(2u) sigmoid(-2u): no cancellation where s is close to 1
+    d = s + x * (2.0 * s * fm.sigmoid(-2.0 * u)) * fm.SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    # the limits 0 and 1 at -inf and +inf (and beyond x^3's overflow, where the formula is inf * 0)
+    d = d if abs(x) < 1e100 else (1.0 if x > 0 else 0.0)
+    return d if x == x else x
 
 
 @_ref_errstate
@@ -421,7 +494,8 @@ def _gelu_dref(x, approximate):
         return 0.5 * sp.erfc(-x / np.sqrt(2.0)) + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
     c = np.sqrt(2.0 / np.pi)
     t = np.tanh(c * (x + GELU_TANH_C * x ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    return np.where(np.abs(x) < 1e100, d, np.where(x > 0, 1.0, 0.0))  # inf * 0 beyond x^3's overflow
 
 
 _add(Activation(
@@ -435,7 +509,10 @@ _add(Activation(
     numpy_backward_baseline="dy * (0.5 * scipy.special.erfc(-0.7071067811865476 * x)"
                             " + 0.3989422804014327 * x * np.exp(-0.5 * x * x))",
     torch_module="GELU", torch_backward_baseline="aten.gelu_backward(dy, x)",
-    citation="Hendrycks & Gimpel (2016), Gaussian error linear units, arXiv:1606.08415"))
+    citation="Hendrycks & Gimpel (2016), Gaussian error linear units, arXiv:1606.08415",
+    limits=lambda approximate: ((0.0, math.inf), (0.0, 1.0)), derivative_zeros=(-0.7517915246935645, -0.7524614220710163),
+    max_ulp=lambda approximate: ({"float32": (2.0, 4.0), "float64": (5.0, 10.0)} if approximate == 0
+                                  else {"float32": (1.0, 1.0), "float64": (40.0, 60.0)})))
 
 
 @_scalar
@@ -446,8 +523,14 @@ def silu_f(x):
 
 @_scalar
 def silu_d(x):
-    s = fm.sigmoid(x)
-    return s * (1.0 + x * (1.0 - s)) if s != 0 else s
+    # s = sigmoid(x) and c = 1 - s = sigmoid(-x) from one exp: 1 - s itself cancels for large x
+    # (5 float64 ulps at x = 10)
+    e = fm.exp(-abs(x))
+    r = 1.0 / (1.0 + e)
+    s = r if x >= 0 else e * r
+    c = e * r if x >= 0 else r
+    d = s * (1.0 + x * c) if s != 0 else s
+    return d if x != math.inf else 1.0  # the limit (the formula is inf * 0 there)
 
 
 @_ref_errstate
@@ -468,7 +551,9 @@ _add(Activation(
     numpy_backward_baseline="dy * (s := 1 / (1 + np.exp(-x))) * (1 + x * (1 - s))",
     torch_module="SiLU", torch_backward_baseline="aten.silu_backward(dy, x)",
     citation="Elfwing, Uchibe & Doya (2018), arXiv:1702.03118; Ramachandran et al. (2017), "
-             "arXiv:1710.05941"))
+             "arXiv:1710.05941",
+    limits=lambda: ((0.0, math.inf), (0.0, 1.0)), derivative_zeros=(-1.2784645427610738,),
+    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 10.0)}))
 
 
 @_scalar
@@ -513,7 +598,9 @@ _add(Activation(
                             " + x * (1 - t * t) / (1 + np.exp(-x)))",
     torch_module="Mish", torch_backward_baseline="aten.mish_backward(dy, x)",
     citation="Misra (2019), Mish: a self regularized non-monotonic activation function, "
-             "arXiv:1908.08681"))
+             "arXiv:1908.08681",
+    limits=lambda: ((0.0, math.inf), (0.0, 1.0)), derivative_zeros=(-1.1924312145154952,),
+    max_ulp={"float32": (1.0, 1.0), "float64": (4.0, 8.0)}))
 
 
 @_scalar
@@ -522,16 +609,17 @@ def hardswish_f(x):
         return 0.0
     if x >= 3.0:
         return x
-    return x * (x + 3.0) / 6.0
+    return x * (x + 3.0) / 6.0  # x + 3 is exact near -3 (Sterbenz), so no cancellation there
 
 
 @_scalar
 def hardswish_d(x):
+    # PyTorch 2.13's one-sided choices: 0 at x = -3, 1 at x = 3
     if x <= -3.0:
         return 0.0
-    if x <= 3.0:
-        return x / 3.0 + 0.5
-    if x > 3.0:
+    if x < 3.0:
+        return (2.0 * x + 3.0) / 6.0  # not x / 3 + 0.5, which cancels near its zero at x = -1.5
+    if x >= 3.0:
         return 1.0
     return x
 
@@ -541,12 +629,13 @@ _add(Activation(
     # piecewise: x * clip(x + 3, 0, 6) / 6 is -inf * 0 = NaN at x = -inf and overflows for x > max / 6
     _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3.0, 0.0, np.where(x >= 3.0, x,
                                                                              x * (x + 3.0) / 6.0)))),
-    _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3, 0.0, np.where(x <= 3, x / 3 + 0.5, 1.0)))),
+    _ref_errstate(lambda x: _nan_where(x, np.where(x <= -3, 0.0, np.where(x < 3, (2 * x + 3) / 6, 1.0)))),
     formula="x * relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardswish",
     numpy_baseline="x * np.clip(x + 3, 0, 6) / 6",
     numpy_backward_baseline="dy * np.where(x <= -3, 0, np.where(x <= 3, x / 3 + 0.5, 1))",
     torch_module="Hardswish", torch_backward_baseline="aten.hardswish_backward(dy, x)",
-    citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244"))
+    citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244",
+    limits=lambda: ((0.0, math.inf), (0.0, 1.0))))
 
 
 @_scalar
@@ -555,7 +644,7 @@ def hardsigmoid_f(x):
         return 0.0
     if x >= 3.0:
         return 1.0
-    return x / 6.0 + 0.5
+    return (x + 3.0) / 6.0  # not x / 6 + 0.5, which cancels just above x = -3
 
 
 @_scalar
@@ -569,12 +658,13 @@ def hardsigmoid_d(x):
 
 _add(Activation(
     "hardsigmoid", hardsigmoid_f, hardsigmoid_d,
-    _ref_errstate(lambda x: _nan_where(x, np.clip(x / 6.0 + 0.5, 0.0, 1.0))),
+    _ref_errstate(lambda x: _nan_where(x, np.clip((x + 3.0) / 6.0, 0.0, 1.0))),
     _ref_errstate(lambda x: _nan_where(x, np.where((x > -3) & (x < 3), 1.0 / 6.0, 0.0))),
     formula="relu6(x + 3) / 6", kinks=lambda: (-3.0, 3.0), torch_name="hardsigmoid",
     numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)",
     numpy_backward_baseline="np.where((x > -3) & (x < 3), dy / 6, 0)", torch_module="Hardsigmoid",
-    torch_backward_baseline="aten.hardsigmoid_backward(dy, x)"))
+    torch_backward_baseline="aten.hardsigmoid_backward(dy, x)",
+    limits=lambda: ((0.0, 1.0), (0.0, 0.0))))
 
 
 @_scalar
@@ -584,8 +674,9 @@ def sigmoid_f(x):
 
 @_scalar
 def sigmoid_d(x):
-    s = fm.sigmoid(x)
-    return s * (1.0 - s)
+    # e / (1 + e)^2 with e = exp(-|x|): s * (1 - s) cancels where s is close to 1 (0 from x = 37 on)
+    e = fm.exp(-abs(x))
+    return e / ((1.0 + e) * (1.0 + e))
 
 
 _add(Activation(
@@ -594,7 +685,9 @@ _add(Activation(
     formula="1 / (1 + exp(-x))", transcendental=True, torch_name="sigmoid",
     numpy_baseline="1 / (1 + np.exp(-x))",
     numpy_backward_baseline="dy * (s := 1 / (1 + np.exp(-x))) * (1 - s)", torch_module="Sigmoid",
-    torch_backward_baseline="aten.sigmoid_backward(dy, y)"))
+    torch_backward_baseline="aten.sigmoid_backward(dy, y)",
+    limits=lambda: ((0.0, 1.0), (0.0, 0.0)),
+    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 4.0)}))
 
 
 @_scalar
@@ -604,15 +697,18 @@ def tanh_f(x):
 
 @_scalar
 def tanh_d(x):
-    t = fm.tanh(x)
-    return 1.0 - t * t
+    # sech^2 x = 4e / (1 + e)^2 with e = exp(-2|x|): 1 - tanh^2 cancels for |x| > 1 (0 from 19 on)
+    e = fm.exp(-2.0 * abs(x))
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
 
 _add(Activation(
     "tanh", tanh_f, tanh_d, _ref_errstate(np.tanh), _ref_errstate(lambda x: 1.0 - np.tanh(x) ** 2),
     formula="tanh(x)", transcendental=True, torch_name="tanh", numpy_baseline="np.tanh(x)",
     numpy_backward_baseline="dy * (1 - (t := np.tanh(x)) * t)", torch_module="Tanh",
-    torch_backward_baseline="aten.tanh_backward(dy, y)"))
+    torch_backward_baseline="aten.tanh_backward(dy, y)",
+    limits=lambda: ((-1.0, 1.0), (0.0, 0.0)),
+    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 3.0)}))
 
 
 @_scalar
@@ -623,8 +719,8 @@ def softsign_f(x):
 
 @_scalar
 def softsign_d(x):
-    a = 1.0 + abs(x)
-    return 1.0 / (a * a)
+    r = 1.0 / (1.0 + abs(x))
+    return r * r  # not 1 / a^2: a^2 overflows for |x| > 1e154 where the result is still representable
 
 
 _add(Activation(
@@ -633,7 +729,9 @@ _add(Activation(
     _ref_errstate(lambda x: 1.0 / (1.0 + np.abs(x)) ** 2),
     formula="x / (1 + |x|)", torch_name="softsign", numpy_baseline="x / (1 + np.abs(x))",
     numpy_backward_baseline="dy / (1 + np.abs(x)) ** 2", torch_module="Softsign",
-    torch_backward_baseline="dy / (1 + x.abs()) ** 2"))  # composite in PyTorch too
+    torch_backward_baseline="dy / (1 + x.abs()) ** 2",  # composite in PyTorch too
+    limits=lambda: ((-1.0, 1.0), (0.0, 0.0)),
+    max_ulp={"float32": (1.0, 1.0), "float64": (2.0, 3.0)}))
 
 
 @_scalar
@@ -662,7 +760,8 @@ _add(Activation(
             Param("threshold", 20.0, "above beta * x > threshold the function is linear")),
     kinks=lambda b, t: (t / b,), transcendental=True, torch_name="softplus",
     numpy_baseline="np.log1p(np.exp(x))", numpy_backward_baseline="dy / (1 + np.exp(-x))",
-    torch_module="Softplus", torch_backward_baseline="aten.softplus_backward(dy, x, 1.0, 20.0)"))
+    torch_module="Softplus", torch_backward_baseline="aten.softplus_backward(dy, x, 1.0, 20.0)",
+    limits=lambda b, t: ((0.0, math.inf), (0.0, 1.0))))
 
 #: names of the activations, in table order (tests and benchmarks parametrise over this)
 NAMES = tuple(ACTIVATIONS)
@@ -687,6 +786,11 @@ def fast_variant(fn):
     if fast is None:
         py = fn.py_func
         glb = dict(py.__globals__, fm=fm.FAST)
+        # helpers of this module that the body calls (GELU's _erfc_scaled_arg, ...) get theirs too
+        for name in py.__code__.co_names:
+            g = glb.get(name)
+            if g is not fn and getattr(getattr(g, "py_func", None), "__module__", None) == __name__:
+                glb[name] = fast_variant(g)
         clone = types.FunctionType(py.__code__, glb, py.__name__ + "_fast", py.__defaults__,
                                    py.__closure__)
         clone.__qualname__ = py.__qualname__ + "_fast"

@@ -98,12 +98,24 @@ def finite_kinks(act, kwargs):
 
 # ---------------------------------------------------------------------------------------- references
 
+def _with_limits(act, x, y, kwargs, backward):
+    """``y`` with the table's mathematical limits at x = +-inf (a formula evaluated at inf gives NaN
+    where the limit exists, e.g. GELU's x * Phi(x) at -inf; tests/test_accuracy.py checks the
+    table's limits against mpmath)."""
+    (fl, fh), (dl, dh) = act.limits(*floats_of(act, kwargs))
+    lo, hi = (dl, dh) if backward else (fl, fh)
+    return np.where(x == np.inf, hi, np.where(x == -np.inf, lo, y))
+
+
 def reference(act, x, kwargs):
-    return act.reference(np.asarray(x, dtype=np.float64), *floats_of(act, kwargs))
+    x = np.asarray(x, dtype=np.float64)
+    return _with_limits(act, x, act.reference(x, *floats_of(act, kwargs)), kwargs, False)
 
 
 def reference_backward(act, dy, x, kwargs, backward_kwargs=None):
-    d = act.reference_derivative(np.asarray(x, dtype=np.float64), *floats_of(act, kwargs, backward_kwargs or {}))
+    x = np.asarray(x, dtype=np.float64)
+    d = act.reference_derivative(x, *floats_of(act, kwargs, backward_kwargs or {}))
+    d = _with_limits(act, x, d, kwargs, True)
     with np.errstate(all="ignore"):
         return np.asarray(dy, dtype=np.float64) * d
 
