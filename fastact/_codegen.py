@@ -10,6 +10,11 @@ For an activation ``name`` with scalar forward ``F(x, *p)`` and derivative ``D(x
 The loop bodies are generated as source text because Numba needs a fixed arity per function; each
 generated function gets a unique name so the on-disk cache (see ``_runtime``) keeps them apart.
 Nothing is compiled until first use, and then only for the dtype that is used.
+
+The per-element source (:func:`loop_source`, :func:`element`) and the parameter names
+(:func:`param_names`) are written here once; the C-ABI functions (``fastact.capi``), the GEMM
+epilogues (``fastact._epilogue``) and the CUDA kernels (``fastact.cuda``) generate from them too, each
+choosing its own signature, prologue and index range (``range``, ``prange``, a CUDA grid-stride loop).
 """
 
 import threading
@@ -26,11 +31,66 @@ _built = {}
 _keepalive = []  # DUFuncs whose np.ufunc we hand out (see _build_ufunc)
 
 
-def _params(act, backward):
+def param_names(act, backward=False):
+    """Argument names of an activation's parameters in generated code: ``p0, p1, ...`` for the
+    forward's, then ``b0, ...`` for the backward-only ones (relu's subgradient) when ``backward``.
+    ``act`` None (the identity of an unfused layer) has none."""
+    if act is None:
+        return []
     names = [f"p{i}" for i in range(act.nparams)]
     if backward:
         names += [f"b{i}" for i in range(len(act.backward_params))]
     return names
+
+
+def args(names):
+    """``", a, b"``: names appended to an argument list (empty for none)."""
+    return "".join(f", {n}" for n in names)
+
+
+def element(backward, params, i="[i]", x="x", dy="dy"):
+    """The per-element expression of every kernel: ``F(x[i], *p)`` or ``dy[i] * D(x[i], *p, *b)``.
+
+    ``i`` is the subscript (``""`` for a scalar, as in a ufunc), ``x`` the input's name (an epilogue
+    passes its pre-activation ``v``), ``dy`` the incoming gradient's, ``params`` the parameter names.
+    """
+    if backward:
+        return f"{dy}{i} * D({x}{i}{args(params)})"
+    return f"F({x}{i}{args(params)})"
+
+
+_LOOP_SRC = """\
+def {fname}({arrays}{signature}):
+{prologue}    for i in {index}:
+        {out}[i] = {expr}
+"""
+
+
+def loop_source(fname, act, backward, *, index="range(x.size)", signature=None, prologue=""):
+    """Source of the per-element loop ``y[i] = F(x[i], *p)`` (arguments ``x, y, ...``) or
+    ``dx[i] = dy[i] * D(x[i], *p, *b)`` (arguments ``dy, x, dx, ...``), the one template of every
+    elementwise kernel.
+
+    Parameters
+    ----------
+    fname : str
+        The function's name (unique per kernel: the on-disk cache keys on it).
+    act : Activation
+    backward : bool
+    index : str
+        The loop's iterable: ``range(x.size)``, ``prange(x.size)``, a CUDA grid-stride range, ...
+    signature : str, optional
+        What follows the arrays in the argument list; default the parameter names. A target that
+        passes its parameters otherwise (the C ABI's ``n, params``) defines them in ``prologue``.
+    prologue : str
+        Lines, indented four spaces and ending in a newline, run before the loop.
+    """
+    params = param_names(act, backward)
+    if signature is None:
+        signature = ", ".join(params)
+    return _LOOP_SRC.format(fname=fname, arrays="dy, x, dx" if backward else "x, y",
+                            signature=f", {signature}" if signature else "", prologue=prologue,
+                            index=index, out="dx" if backward else "y", expr=element(backward, params))
 
 
 def _compile_source(fname, src, glb):
@@ -81,7 +141,7 @@ def scalar(act, backward=False):
         with _lock:
             fn = _built.get(key)
             if fn is None:
-                a = "".join(f", {n}" for n in _params(act, backward))
+                a = args(param_names(act, backward))
                 fname = f"{act.name}_{'d' if backward else 'f'}"
                 ns = {}
                 glb = {"np": np, "float32_t": float32, "EXACT": exact,
@@ -95,35 +155,19 @@ def scalar(act, backward=False):
 
 
 def _build_loop(act, backward, parallel):
-    p = _params(act, backward)
-    args = ", ".join(p)
-    loop = "prange" if parallel else "range"
     kind = "bwd" if backward else "fwd"
     fname = f"{act.name}_{kind}_{'par' if parallel else 'ser'}"
-    if backward:
-        src = (f"def {fname}(dy, x, dx{', ' if p else ''}{args}):\n"
-               f"    for i in {loop}(x.size):\n"
-               f"        dx[i] = dy[i] * D(x[i]{', ' if p else ''}{args})\n")
-    else:
-        src = (f"def {fname}(x, y{', ' if p else ''}{args}):\n"
-               f"    for i in {loop}(x.size):\n"
-               f"        y[i] = F(x[i]{', ' if p else ''}{args})\n")
+    src = loop_source(fname, act, backward, index="prange(x.size)" if parallel else "range(x.size)")
     fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True), "prange": prange})
     return njit(fn, parallel=parallel, cache=_cache(), nogil=True, error_model="numpy")
 
 
 def _build_ufunc(act, backward):
-    p = _params(act, backward)
-    args = ", ".join(p)
+    p = param_names(act, backward)
     fname = f"{act.name}_backward" if backward else act.name  # the ufunc's __name__
-    if backward:
-        src = (f"def {fname}(dy, x{', ' if p else ''}{args}):\n"
-               f"    return dy * D(x{', ' if p else ''}{args})\n")
-        nin = 2 + len(p)
-    else:
-        src = (f"def {fname}(x{', ' if p else ''}{args}):\n"
-               f"    return F(x{', ' if p else ''}{args})\n")
-        nin = 1 + len(p)
+    inputs = ("dy, x" if backward else "x") + args(p)
+    src = f"def {fname}({inputs}):\n    return {element(backward, p, i='')}\n"
+    nin = (2 if backward else 1) + len(p)
     fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True)})
     fn.__doc__ = f"{'Derivative times dy of ' if backward else ''}{act.name}: {act.formula}"
     sigs = [float32(*([float32] * nin)), float64(*([float64] * nin))]

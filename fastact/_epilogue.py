@@ -59,7 +59,8 @@ def _row_sum(r):
 
 
 def _src(kind, fname, p):
-    a = "".join(f", {n}" for n in p)
+    a = _codegen.args(p)
+    fv = _codegen.element(False, p, i="", x="v")  # F(v, *p)
     if kind == "conv":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    K, NB, L = g.shape\n"
@@ -74,11 +75,12 @@ def _src(kind, fname, p):
                 f"            zr = z[n, k]\n"
                 f"            for j in range(L):\n"
                 f"                v = gr[j] + bk\n"
-                f"                yr[j] = F(v{a})\n"
+                f"                yr[j] = {fv}\n"
                 f"                zr[j] = v\n"
                 f"        else:\n"
                 f"            for j in range(L):\n"
-                f"                yr[j] = F(gr[j] + bk{a})\n")
+                f"                v = gr[j] + bk\n"
+                f"                yr[j] = {fv}\n")
     if kind == "conv_inplace":
         return (f"def {fname}(y, b, z{a}):\n"
                 f"    NB, K, L = y.shape\n"
@@ -93,10 +95,11 @@ def _src(kind, fname, p):
                 f"            for j in range(L):\n"
                 f"                v = yr[j] + bk\n"
                 f"                zr[j] = v\n"
-                f"                yr[j] = F(v{a})\n"
+                f"                yr[j] = {fv}\n"
                 f"        else:\n"
                 f"            for j in range(L):\n"
-                f"                yr[j] = F(yr[j] + bk{a})\n")
+                f"                v = yr[j] + bk\n"
+                f"                yr[j] = {fv}\n")
     if kind == "linear":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    N, K = g.shape\n"
@@ -104,7 +107,7 @@ def _src(kind, fname, p):
                 f"    for i in prange(N):\n"
                 f"        for k in range(K):\n"
                 f"            v = g[i, k] + b[k]\n"
-                f"            y[i, k] = F(v{a})\n"
+                f"            y[i, k] = {fv}\n"
                 f"            if keep:\n"
                 f"                z[i, k] = v\n")
     # backward prologue
@@ -117,7 +120,7 @@ def _src(kind, fname, p):
             f"        zr = z[i, k]\n"
             f"        dzr = dz[i, k]\n"
             f"        for j in range(L):\n"
-            f"            dzr[j] = dyr[j] * D(zr[j]{a})\n"
+            f"            dzr[j] = {_codegen.element(True, p, i='[j]', x='zr', dy='dyr')}\n"
             f"        db_part[i, k] = _row_sum(dzr)\n")
 
 
@@ -131,10 +134,7 @@ def get(kind, activation):
         with _lock:
             fn = _built.get(key)
             if fn is None:
-                nparams = 0 if act is None else act.nparams
-                p = [f"p{i}" for i in range(nparams)]
-                if kind == "backward" and act is not None:
-                    p += [f"b{i}" for i in range(len(act.backward_params))]
+                p = _codegen.param_names(act, kind == "backward")
                 name = "identity" if act is None else act.name
                 fname = f"{kind}_epilogue_{name}"
                 glb = {"F": _identity_j if act is None else _codegen.scalar(act),

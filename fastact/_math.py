@@ -27,6 +27,7 @@ every later step propagates it. We never compile with ``fastmath``, which would 
 import math
 import sys
 import types as pytypes
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -39,6 +40,13 @@ SQRT2 = 1.4142135623730951
 SQRT_HALF = 0.7071067811865476
 SQRT_2_OVER_PI = 0.7978845608028654
 INV_SQRT_2PI = 0.3989422804014327
+TWO_OVER_SQRT_PI = 1.1283791670955126
+#: 1/sqrt(2) - SQRT_HALF: the rounding error of the constant, for error-free products
+SQRT_HALF_LO = -4.833646656726457e-17
+#: True in the exact set, False in the fast set: the table's functions add corrections that only a
+#: float64 result needs (the rounding of x / sqrt(2) in GELU's tail costs ~50 float64 ulps and nothing
+#: in float32) under ``if fm.PRECISE:``, which Numba folds away in the fast variant.
+PRECISE = True
 
 _ROUND = 6755399441055744.0            # 1.5 * 2**52: x + _ROUND holds round(x) in its low mantissa bits
 _ROUND_BITS = 0x4338000000000000       # its bit pattern
@@ -163,34 +171,93 @@ def ferfc(d):
     return r if d >= 0 else 2.0 - r
 
 
+_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitter for float64
+
+
+@njit(cache=False, error_model="numpy", inline="always")
+def two_prod_err(a, b):
+    """The rounding error of ``a * b``: ``a * b - fl(a * b)`` exactly (Dekker's product, no FMA needed),
+    for |a|, |b| below 1e150. Compiled without contraction, which would break it."""
+    p = a * b
+    t = _SPLIT * a
+    ah = t - (t - a)
+    al = a - ah
+    t = _SPLIT * b
+    bh = t - (t - b)
+    bl = b - bh
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
 # --------------------------------------------------------------------------------------------------
-# The exact set: what the activation table calls. The plain-Python bodies run only outside Numba;
-# inside, the overloads below replace them (libm for float64; a float32 argument goes through the fast
-# set in float64 and is rounded once).
+# The primitives: each declared once, with every implementation a target needs. The table calls the
+# stubs generated below (``fm.exp``, ...); the CPU overloads here and the CUDA registration in
+# ``fastact.cuda._device`` both iterate :data:`PRIMITIVES`, so a new primitive is one entry.
 
 
-def exp(x):
+def _exp(x):
     return math.exp(x)
 
 
-def expm1(x):
+def _expm1(x):
     return math.expm1(x)
 
 
-def log1p(x):
+def _log1p(x):
     return math.log1p(x)
 
 
-def tanh(x):
+def _tanh(x):
     return math.tanh(x)
 
 
-def erfc(x):
+def _erfc(x):
     return math.erfc(x)
 
 
-def sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+def _sigmoid(x):
+    # two forms so that neither exp overflows to inf / inf
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One scalar math function of the table, in every implementation the targets use.
+
+    ``exact`` is the float64 definition on libm (``math.*``): plain Python, so it runs as it is outside
+    compiled code (and on Numba's CUDA simulator) and compiles for the CPU's float64 kernels. ``fast``
+    is the vectorisable float64 polynomial the CPU's float32 kernels evaluate and round once.
+    ``libdevice`` names CUDA's libdevice function (``numba.cuda.libdevice.<name>``, float32: ``<name>f``);
+    None means the device compiles ``exact``, whose ``math.*`` calls CUDA maps to libdevice itself.
+    """
+    name: str
+    exact: object
+    fast: object
+    libdevice: str = None
+
+
+PRIMITIVES = (
+    Primitive("exp", _exp, fexp, "exp"),
+    Primitive("expm1", _expm1, fexpm1, "expm1"),
+    Primitive("log1p", _log1p, flog1p, "log1p"),
+    Primitive("tanh", _tanh, ftanh, "tanh"),
+    Primitive("erfc", _erfc, ferfc, "erfc"),
+    Primitive("sigmoid", _sigmoid, fsigmoid),
+)
+
+
+def _stub(prim):
+    """The function the table calls, ``fm.<name>``: ``prim.exact`` in plain Python; in compiled code
+    the overloads registered for it (below for the CPU, ``fastact.cuda`` for the GPU) replace it."""
+    exact = prim.exact
+
+    def stub(x):
+        return exact(x)
+    stub.__name__ = stub.__qualname__ = prim.name
+    stub.__doc__ = f"{prim.name}(x): libm in float64; float32 through ``f{prim.name}`` (see module docstring)."
+    return stub
 
 
 def _f32_via(fast):
@@ -199,60 +266,33 @@ def _f32_via(fast):
     return impl
 
 
-@overload(exp)
-def _ol_exp(x):
-    if x == types.float32:
-        return _f32_via(fexp)
-    return lambda x: math.exp(x)
+def _cpu_typer(prim):
+    exact = _scalar(prim.exact)  # a separate compiled function: the stub itself would resolve to this overload
+
+    def typer(x):
+        if x == types.float32:
+            return _f32_via(prim.fast)
+        return lambda x: exact(x)
+    return typer
 
 
-@overload(expm1)
-def _ol_expm1(x):
-    if x == types.float32:
-        return _f32_via(fexpm1)
-    return lambda x: math.expm1(x)
+for _p in PRIMITIVES:
+    globals()[_p.name] = _stub(_p)
+    overload(globals()[_p.name])(_cpu_typer(_p))
+del _p
 
 
-@overload(log1p)
-def _ol_log1p(x):
-    if x == types.float32:
-        return _f32_via(flog1p)
-    return lambda x: math.log1p(x)
-
-
-@overload(tanh)
-def _ol_tanh(x):
-    if x == types.float32:
-        return _f32_via(ftanh)
-    return lambda x: math.tanh(x)
-
-
-@overload(erfc)
-def _ol_erfc(x):
-    if x == types.float32:
-        return _f32_via(ferfc)
-    return lambda x: math.erfc(x)
-
-
-@overload(sigmoid)
-def _ol_sigmoid(x):
-    if x == types.float32:
-        return _f32_via(fsigmoid)
-
-    def impl(x):
-        # Two forms so that neither exp overflows to inf/inf.
-        if x >= 0:
-            return 1.0 / (1.0 + math.exp(-x))
-        e = math.exp(x)
-        return e / (1.0 + e)
-    return impl
+def stub(name):
+    """The ``fm.<name>`` stub of a primitive (the object the overloads are registered on)."""
+    return globals()[name]
 
 
 #: The fast set under the exact set's names, as a module: ``fastact._table.fast_variant`` recompiles a
 #: table function with ``fm`` bound to this, which turns every ``fm.exp`` in it into ``fexp``.
 FAST = pytypes.ModuleType(__name__ + ".FAST")
 FAST.__dict__.update(
-    exp=fexp, expm1=fexpm1, log1p=flog1p, tanh=ftanh, erfc=ferfc, sigmoid=fsigmoid,
+    {p.name: p.fast for p in PRIMITIVES},
     LOG2E=LOG2E, LN2=LN2, SQRT2=SQRT2, SQRT_HALF=SQRT_HALF, SQRT_2_OVER_PI=SQRT_2_OVER_PI,
-    INV_SQRT_2PI=INV_SQRT_2PI)
+    INV_SQRT_2PI=INV_SQRT_2PI, TWO_OVER_SQRT_PI=TWO_OVER_SQRT_PI, SQRT_HALF_LO=SQRT_HALF_LO,
+    PRECISE=False, two_prod_err=two_prod_err)
 sys.modules[FAST.__name__] = FAST

@@ -1,4 +1,5 @@
-"""Small helpers that several layers share: dtype rules, argument pairs, the row maximum.
+"""Small helpers that several layers share: dtype rules, argument pairs, the row maximum, the
+pooling window's argmax.
 
 They live here, below every layer module, so that no layer imports another layer's privates.
 """
@@ -51,3 +52,26 @@ def row_max(row):
         if m != m:
             break
     return m
+
+
+@_runtime.jit()
+def argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw):
+    """(h, w) of the first maximum (or first NaN) of one max-pooling window of x (N, C, H, W);
+    (-1, -1) if the window is all padding. The one definition of which element a window picks (ties:
+    the first in row-major order): the CPU pooling kernels and, compiled for the device, fastact.cuda's."""
+    H, W = x.shape[2], x.shape[3]
+    bh, bw = -1, -1
+    best = -np.inf
+    for i in range(kh):
+        h = p * sh - ph + i
+        if h < 0 or h >= H:
+            continue
+        for j in range(kw):
+            w = q * sw - pw + j
+            if w < 0 or w >= W:
+                continue
+            v = x[n, c, h, w]
+            if bh < 0 or v > best or (v != v and best == best):
+                best = v
+                bh, bw = h, w
+    return bh, bw

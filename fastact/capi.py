@@ -96,28 +96,22 @@ def _defaults(act, backward):
 
 
 def _source(act, fname, backward):
+    """The C kernel: the common per-element loop over ``range(n)``, its parameters read in a prologue
+    from ``params`` (or the defaults when it is NULL)."""
     n = act.nparams
+    names = _codegen.param_names(act)
     lines = []
-    if backward:
-        lines.append(f"def {fname}(dy, x, dx, n, params):")
-    else:
-        lines.append(f"def {fname}(x, y, n, params):")
-    names = [f"p{i}" for i in range(n)]
     if n:
         lines.append("    if _is_null(params):")
         lines += [f"        {v} = T(DEF{i})" for i, v in enumerate(names)]
         lines.append("    else:")
         lines += [f"        {v} = T(_load_param(params, {i}))" for i, v in enumerate(names)]
     # backward-only parameters (relu's subgradient) keep their defaults: params holds the forward's
-    bnames = [f"b{i}" for i in range(len(act.backward_params))] if backward else []
+    bnames = _codegen.param_names(act, backward)[n:]
     lines += [f"    {v} = T(DEF{n + i})" for i, v in enumerate(bnames)]
-    args = "".join(f", {v}" for v in names + bnames)
-    lines.append("    for i in range(n):")
-    if backward:
-        lines.append(f"        dx[i] = dy[i] * D(x[i]{args})")
-    else:
-        lines.append(f"        y[i] = F(x[i]{args})")
-    return "\n".join(lines) + "\n"
+    prologue = "".join(line + "\n" for line in lines)
+    return _codegen.loop_source(fname, act, backward, index="range(n)", signature="n, params",
+                                prologue=prologue)
 
 
 def _build(act, dtype, backward):
@@ -182,11 +176,11 @@ def scalar(name):
             fn = _built.get(key)
             if fn is None:
                 fname = f"fastact_{act.name}_scalar"
-                args = "".join(f", DEF{i}" for i in range(act.nparams))
+                defaults = [f"DEF{i}" for i in range(act.nparams)]
                 glb = {"F": _codegen.scalar(act)}
                 for i, v in enumerate(_defaults(act, False)):
                     glb[f"DEF{i}"] = v
-                src = f"def {fname}(x):\n    return F(x{args})\n"
+                src = f"def {fname}(x):\n    return {_codegen.element(False, defaults, i='')}\n"
                 py = _codegen._compile_source(fname, src, glb)
                 fn = _built[key] = cfunc(types.float64(types.float64),
                                          cache=_runtime.caching_enabled(), error_model="numpy")(py)

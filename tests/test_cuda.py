@@ -4,9 +4,10 @@ Without a GPU these run on Numba's CUDA simulator, in their own process (``.ci/r
 
     NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/test_cuda.py
 
-Block and tile sizes are made small (32 threads per block, at most 3 blocks, 4x4 GEMM tiles) so that every
+Block and tile sizes are made small (set on the package: the kernels read them at each launch) (32 threads per block, at most 3 blocks, 4x4 GEMM tiles) so that every
 kernel runs over several blocks and its grid-stride loop goes round more than once. The same tests run
-unchanged on a real GPU. In the ordinary test run (no GPU, no simulator) they skip.
+unchanged on a real GPU. In the ordinary test run (no GPU, no simulator) they skip, except the check
+that the package imports and explains itself without one.
 """
 
 import os
@@ -17,11 +18,12 @@ import pytest
 import fastact
 from fastact import cuda as fcuda
 from fastact._table import ACTIVATIONS, NAMES
+from fastact.cuda._device import transposed
 
 from conftest import assert_close, default_kwargs
 
-pytestmark = pytest.mark.skipif(not fcuda.is_available(),
-                                reason="no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set")
+needs_device = pytest.mark.skipif(not fcuda.is_available(),
+                                  reason="no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set")
 
 fcuda.THREADS_PER_BLOCK = 32
 fcuda.MAX_BLOCKS = 3
@@ -29,6 +31,11 @@ fcuda.TILE = 4
 
 DTYPES = [np.float32, np.float64]
 IDS = ["f32", "f64"]
+
+
+def _numba_cuda():
+    from numba import cuda
+    return cuda
 
 
 def dev(a):
@@ -39,6 +46,7 @@ def host(d):
     return d.copy_to_host()
 
 
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_activation_forward_and_backward_match_cpu(name, dtype):
@@ -57,6 +65,7 @@ def test_activation_forward_and_backward_match_cpu(name, dtype):
                  err_msg=f"{name} backward")
 
 
+@needs_device
 def test_activation_parameters_and_aliases():
     x = np.linspace(-3, 3, 101).astype(np.float32)
     np.testing.assert_allclose(host(fcuda.relu(dev(x), negative_slope=0.1, max_value=2.0)),
@@ -68,14 +77,15 @@ def test_activation_parameters_and_aliases():
         fcuda.relu(dev(x), slope=1.0)
 
 
+@needs_device
 def test_bad_inputs_raise_clear_errors():
     x = np.ones((4, 5), np.float32)
     with pytest.raises(TypeError, match="device array"):
         fcuda.relu(x)
     with pytest.raises(ValueError, match="C-contiguous"):
-        fcuda.relu(dev(x).T)
+        fcuda.relu(dev(x)[:, ::2])  # a strided view (a real device's .T copies into a new array)
     with pytest.raises(TypeError, match="float32 or float64"):
-        fcuda.relu(fcuda._cuda().to_device(np.ones(3, np.int32)))
+        fcuda.relu(_numba_cuda().to_device(np.ones(3, np.int32)))
     with pytest.raises(ValueError, match="shape"):
         fcuda.relu_backward(dev(np.ones(3, np.float32)), dev(x))
     with pytest.raises(ValueError, match="channels|shape"):
@@ -84,6 +94,7 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") == "1",
                     reason="the simulator's arrays have no __cuda_array_interface__")
+@needs_device
 def test_cuda_array_interface_objects_are_accepted():
     class Wrapped:  # what CuPy or PyTorch hand over: only the interface
         def __init__(self, d):
@@ -94,6 +105,7 @@ def test_cuda_array_interface_objects_are_accepted():
     np.testing.assert_array_equal(host(fcuda.relu(Wrapped(dev(x)))), fastact.relu(x))
 
 
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_tiled_gemm_matches_numpy(dtype):
     rng = np.random.default_rng(2)
@@ -101,13 +113,16 @@ def test_tiled_gemm_matches_numpy(dtype):
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         assert_close(host(fcuda.matmul(dev(a), dev(b))), a.astype(float) @ b, dtype)
-        # transposed views (the conv backward uses them)
-        assert_close(host(fcuda.matmul(dev(a.T.copy()).T, dev(b.T.copy()).T)), a.astype(float) @ b, dtype)
+        # transposed views, as the layer backwards pass them (strides swapped, no copy)
+        at, bt = transposed(dev(a.T.copy())), transposed(dev(b.T.copy()))
+        assert not at.is_c_contiguous() or 1 in at.shape  # a single row or column is both
+        assert_close(host(fcuda.matmul(at, bt)), a.astype(float) @ b, dtype)
 
 
 CONV_CASES = [(3, 1, 1), (3, 2, 1), (1, 1, 0), (5, 2, 2), (3, 1, 0)]
 
 
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("kernel,stride,padding", CONV_CASES)
 def test_conv2d_forward_and_backward_match_cpu(kernel, stride, padding, dtype):
@@ -115,7 +130,8 @@ def test_conv2d_forward_and_backward_match_cpu(kernel, stride, padding, dtype):
     x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
     w = (0.3 * rng.standard_normal((4, 3, kernel, kernel))).astype(dtype)
     b = rng.standard_normal(4).astype(dtype)
-    y, z = fcuda.conv2d(dev(x), dev(w), dev(b), stride, padding, activation="gelu", return_z=True)
+    y, z = fcuda.conv2d(dev(x), dev(w), dev(b), stride, padding, activation="gelu",
+                        return_preactivation=True)
     assert_close(host(y), fastact.conv2d(x, w, b, stride, padding, activation="gelu"), dtype)
     assert_close(host(z), fastact.conv2d(x, w, b, stride, padding), dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -124,13 +140,15 @@ def test_conv2d_forward_and_backward_match_cpu(kernel, stride, padding, dtype):
     for got, want in ((dx, rx), (dw, rw), (db, rb)):
         assert_close(host(got), want, dtype, "backward")
     # with the activation's backward fused in front
-    dx, dw, db = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), stride, padding, z=z, activation="gelu")
+    dx, dw, db = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), stride, padding, preactivation=z,
+                                       activation="gelu")
     dz = fastact.gelu_backward(dy, host(z))
     rx, rw, rb = fastact.conv2d_backward(dz, x, w, stride, padding)
     for got, want in ((dx, rx), (dw, rw), (db, rb)):
         assert_close(host(got), want, dtype, "backward")
 
 
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0)])
 def test_max_pool2d_matches_cpu(kernel, stride, padding, dtype):
@@ -144,17 +162,65 @@ def test_max_pool2d_matches_cpu(kernel, stride, padding, dtype):
                  fastact.max_pool2d_backward(dy, x, kernel, stride, padding), dtype, "backward")
 
 
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_linear_matches_cpu(dtype):
+def test_linear_forward_and_backward_match_cpu(dtype):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6, 10)).astype(dtype)
-    w = rng.standard_normal((7, 10)).astype(dtype)
-    b = rng.standard_normal(7).astype(dtype)
-    assert_close(host(fcuda.linear(dev(x), dev(w), dev(b), activation="relu")),
-                 fastact.linear(x, w, b, activation="relu"), dtype)
+    w = rng.standard_normal((40, 10)).astype(dtype)   # 40 columns: the per-column kernel grid-strides
+    b = rng.standard_normal(40).astype(dtype)
+    y, z = fcuda.linear(dev(x), dev(w), dev(b), activation="gelu", return_preactivation=True)
+    assert_close(host(y), fastact.linear(x, w, b, activation="gelu"), dtype)
+    assert_close(host(z), fastact.linear(x, w, b), dtype)
     assert_close(host(fcuda.linear(dev(x), dev(w))), fastact.linear(x, w), dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    for got, want in zip(fcuda.linear_backward(dev(dy), dev(x), dev(w)),
+                         fastact.linear_backward(dy, x, w)):
+        assert_close(host(got), want, dtype, "backward")
+    # the activation's backward fused with the bias sum
+    got = fcuda.linear_backward(dev(dy), dev(x), dev(w), preactivation=z, activation="gelu")
+    want = fastact.linear_backward(fastact.gelu_backward(dy, host(z)), x, w)
+    for g, r in zip(got, want):
+        assert_close(host(g), r, dtype, "backward")
+    dx, dw, db = fcuda.linear_backward(dev(dy), dev(x), dev(w), preactivation=z, activation="gelu",
+                                       need_dx=False)
+    assert dx is None
+    assert_close(host(dw), want[1], dtype, "backward")
 
 
+@needs_device
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_fused_backward_takes_backward_params_and_no_activation_gives_z_is_y(layer):
+    # pre-activations exactly at relu's kink: the subgradient decides the derivative there
+    rng = np.random.default_rng(8)
+    dt = np.float64
+    if layer == "conv":
+        x = rng.integers(-2, 3, (2, 2, 5, 5)).astype(dt)
+        w = rng.integers(-1, 2, (3, 2, 3, 3)).astype(dt)
+        fwd, bwd = fcuda.conv2d, fcuda.conv2d_backward
+        cpu_bwd = fastact.conv2d_backward
+    else:
+        x = rng.integers(-2, 3, (5, 6)).astype(dt)
+        w = rng.integers(-1, 2, (4, 6)).astype(dt)
+        fwd, bwd = fcuda.linear, fcuda.linear_backward
+        cpu_bwd = fastact.linear_backward
+    y, z = fwd(dev(x), dev(w), return_preactivation=True)
+    assert z is y
+    zh = host(z)
+    assert (zh == 0).any()
+    dy = rng.standard_normal(zh.shape)
+    params = {"negative_slope": 0.1, "subgradient": 0.5}
+    got = bwd(dev(dy), dev(x), dev(w), preactivation=z, activation="relu", activation_params=params)
+    want = cpu_bwd(fastact.relu_backward(dy, zh, **params), x, w)
+    for g, r in zip(got, want):
+        assert_close(host(g), r, dt, "backward")
+    dx, dw, db = bwd(dev(dy), dev(x), dev(w), need_dx=False)
+    assert dx is None
+    for g, r in zip((dw, db), cpu_bwd(dy, x, w)[1:]):
+        assert_close(host(g), r, dt, "backward")
+
+
+@needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_vgg_forward_loss_and_every_gradient_on_device_match_cpu(dtype):
     from fastact import models, nn
@@ -182,13 +248,34 @@ def test_vgg_forward_loss_and_every_gradient_on_device_match_cpu(dtype):
         fcuda.cross_entropy(d_logits, np.array([0, 3]))
 
 
+@needs_device
 def test_shape_checks_of_the_conv_backward_and_matmul():
     rng = np.random.default_rng(7)
     x = dev(rng.standard_normal((1, 1, 3, 3)).astype(np.float32))
     w = dev(rng.standard_normal((1, 1, 2, 2)).astype(np.float32))
     dy = dev(np.ones((1, 1, 2, 2), np.float32))
-    with pytest.raises(ValueError, match="z"):
-        fcuda.conv2d_backward(dy, x, w, z=dev(np.ones((1, 1, 1, 2), np.float32)), activation="relu")
+    with pytest.raises(ValueError, match="preactivation"):
+        fcuda.conv2d_backward(dy, x, w, preactivation=dev(np.ones((1, 1, 1, 2), np.float32)),
+                              activation="relu")
+    with pytest.raises(ValueError, match="preactivation"):
+        fcuda.conv2d_backward(dy, x, w, activation="relu")
+    with pytest.raises(ValueError, match="preactivation"):
+        fcuda.linear_backward(dev(np.ones((2, 3), np.float32)), dev(np.ones((2, 4), np.float32)),
+                              dev(np.ones((3, 4), np.float32)), activation="relu")
+    with pytest.raises(ValueError, match="dy has shape"):
+        fcuda.linear_backward(dev(np.ones((2, 2), np.float32)), dev(np.ones((2, 4), np.float32)),
+                              dev(np.ones((3, 4), np.float32)))
+    with pytest.raises(TypeError, match="dtype"):
+        fcuda.conv2d(x, dev(np.ones((1, 1, 2, 2), np.float64)))
     a = dev(np.ones((4, 4), np.float32))
     with pytest.raises(ValueError, match="out"):
         fcuda.matmul(a, a, out=dev(np.ones((2, 2), np.float32)))
+
+
+def test_package_imports_and_explains_itself_without_a_device():
+    # runs in every test process: without a GPU (or numba-cuda) the functions say why they cannot run
+    assert {"conv2d", "linear_backward", "DeviceNet", "relu", "gelu_backward"} <= set(fcuda.__all__)
+    if fcuda.is_available():
+        return
+    with pytest.raises(RuntimeError, match="NUMBA_ENABLE_CUDASIM|numba-cuda"):
+        fcuda.relu(np.ones(3, np.float32))

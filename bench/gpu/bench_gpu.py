@@ -8,8 +8,10 @@ On a machine with an NVIDIA GPU (and the ``cuda`` extra) it measures, with CUDA 
 * the floor: a device-to-device copy of n float32 values (8n bytes moved) -> GB/s;
 * each activation's forward (8n bytes) and backward (12n bytes) -> GB/s and share of the copy rate,
   beside PyTorch's CUDA kernel and CuPy's elementwise formulation when those are installed;
-* the tiled GEMM (2 M N K FLOPs) and conv2d + bias + ReLU on the layer shapes of PERF.md -> GFLOP/s,
-  beside ``torch.nn.functional.conv2d`` and ``cupy.matmul`` when installed.
+* the tiled GEMM (2 M N K FLOPs) and conv2d + bias + ReLU on two small-CNN layer shapes -> GFLOP/s,
+  beside ``torch.nn.functional.conv2d`` and ``cupy.matmul`` when installed;
+* the fused layer backward (activation backward + bias sum, then the GEMMs) of the same convolutions,
+  from the pre-activation the forward returns (``return_preactivation=True``).
 
 Under ``NUMBA_ENABLE_CUDASIM=1`` it runs (tiny sizes, meaningless times) only to check that it works.
 """
@@ -87,8 +89,11 @@ def run(size, repeat):
             if tx is not None and act.torch_name and not backward:
                 F = peers["torch"].nn.functional
                 tf = getattr(F, act.torch_name, None) or getattr(peers["torch"], act.torch_name)
-                tms = time_ms(lambda: tf(tx), repeat)
-                peer = f"torch {tms / ms:.2f}x"
+                try:
+                    tms = time_ms(lambda: tf(tx), repeat)
+                    peer = f"torch {tms / ms:.2f}x"
+                except TypeError:  # torch has no defaults for its parameters (threshold)
+                    pass
             rows.append((f"{name}{'_backward' if backward else ''}", f"{nbytes // size}n",
                          f"{gbs:.1f} GB/s", f"{100 * gbs / copy_gbs:.0f}%", peer))
     # GEMM and conv
@@ -117,6 +122,12 @@ def run(size, repeat):
             peer = f"torch {tms / ms:.2f}x"
         rows.append((f"conv3x3+bias+relu N{N} {C}->{K} @{H}", "2NKCRSPQ",
                      f"{flops / ms / 1e6:.0f} GFLOP/s", "-", peer))
+        _, zc = fcuda.conv2d(xc, wc, bc, 1, 1, activation="relu", return_preactivation=True)
+        dyc = cuda.to_device(rng.standard_normal(zc.shape).astype(np.float32))
+        ms = time_ms(lambda: fcuda.conv2d_backward(dyc, xc, wc, 1, 1, preactivation=zc,
+                                                   activation="relu"), repeat)
+        rows.append((f"conv3x3+bias+relu backward N{N} {C}->{K} @{H}", "4NKCRSPQ",
+                     f"{2 * flops / ms / 1e6:.0f} GFLOP/s", "-", "-"))
     return rows, (cuda.get_current_device().name if not sim else "CUDA simulator")
 
 
