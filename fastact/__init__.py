@@ -33,9 +33,17 @@ __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAY
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]
 
 
+#: submodules imported on first attribute access (``fastact.ufuncs``, ``fastact.capi``, ...): most
+#: programs never need them, and some cost a second to import (capi builds cfuncs, cuda numba-cuda)
+_LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "jit", "plots", "train", "ufuncs")
+
+
 def __getattr__(name):
-    # fastact.capi (numba.cfunc kernels) is imported on first use: most users never need it
-    if name == "capi":
+    if name in _LAZY_SUBMODULES:
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -69,9 +69,17 @@ def _find_libtbb():
 
 
 def _setup_threading():
-    """Choose the threading layer; return the name requested (the layer starts at first use)."""
+    """Choose the threading layer; return the name requested (the layer starts at first use).
+
+    Numba has one threading layer per process, shared with the user's own parallel code, so a layer
+    the user already chose wins: ``NUMBA_THREADING_LAYER`` in the environment, or
+    ``numba.config.THREADING_LAYER`` set before ``import fastact``. Otherwise fastact asks for
+    ``config.THREADING_LAYER`` (TBB), which then also serves the user's ``@njit(parallel=True)`` code.
+    """
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return os.environ["NUMBA_THREADING_LAYER"]  # the user's explicit choice wins
+    if numba.config.THREADING_LAYER not in ("default", None, ""):
+        return numba.config.THREADING_LAYER  # set by the user's code before importing fastact
     want = config.THREADING_LAYER
     if want == "tbb":
         lib = _find_libtbb()

@@ -40,6 +40,18 @@ def pair(v, name):
     return out[0], out[1]
 
 
+def check_out(out, shape):
+    """TypeError/ValueError unless ``out`` is a writeable float ndarray of ``shape`` (before any write)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.dtype.kind != "f":
+        raise TypeError(f"out must be a floating-point array, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, but the result has shape {shape}")
+
+
 @_runtime.jit()
 def row_max(row):
     """Maximum of a 1-D row, NaN if the row holds NaN (max(v, m) would drop it): the shift of every

@@ -1,9 +1,14 @@
 """Tunables, each with the reason for its value.
 
-Everything here is read at call time, so a user (or a benchmark) may change it after import::
+The size thresholds and workspace bounds are read at call time, so a user (or a benchmark) may
+change them after import::
 
     import fastact
     fastact.config.PARALLEL_MIN_SIZE = 1 << 20
+
+``THREADING_LAYER``, ``CACHE_DIR`` and ``DISABLE_CACHE`` are read once, when fastact is imported
+(Numba starts its threading layer once per process, and kernels are bound to their cache when they
+are built): set their environment variables before ``import fastact``.
 """
 
 import os
@@ -25,10 +30,8 @@ PARALLEL_MIN_SIZE_TRANSCENDENTAL = 1 << 14
 #: dozen columns lose BLAS efficiency (measured in docs/performance.md).
 CONV_GEMM_INTO_OUTPUT_MIN_PQ = 256
 
-#: Row-wise kernels (softmax) go parallel over rows when rows * row_length reaches this.
-PARALLEL_MIN_SIZE_ROWS = 1 << 15
-
-#: Threading layer requested from Numba unless the user set NUMBA_THREADING_LAYER. TBB is the only layer
+#: Threading layer requested from Numba unless the user chose one (NUMBA_THREADING_LAYER, or
+#: numba.config.THREADING_LAYER set before importing fastact). TBB is the only layer
 #: that is fast for parallel loops here, safe when several Python threads call in at once (workqueue
 #: aborts the process) and safe after fork() (OpenMP hangs the child). See docs/design.md.
 THREADING_LAYER = os.environ.get("FASTACT_THREADING_LAYER", "tbb")

@@ -19,19 +19,9 @@ from . import _codegen, _runtime, config
 from ._table import ACTIVATIONS, leaky_relu_d, leaky_relu_f
 from ._util import compute_dtype as _compute_dtype
 from ._util import _FLOATS
+from ._util import check_out as _check_out
 
 __all__ = []  # filled by _publish()
-
-def _check_out(out, shape):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.dtype.kind != "f":
-        raise TypeError(f"out must be a floating-point array, got dtype {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}, but the result has shape {shape}")
-
 
 def _same_buffer(a, b):
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _runtime
 from . import _math as fm
+from ._util import check_out as _check_out
 from ._util import compute_dtype as _compute_dtype
 from ._util import row_max as _row_max
 
@@ -66,19 +67,6 @@ def _softmax_backward_rows(dy2, y2, dx2, log):
                 s += dy2[r, j] * y2[r, j]
             for j in range(L):
                 dx2[r, j] = y2[r, j] * (dy2[r, j] - s)
-
-
-def _check_out(out, shape):
-    """``out=`` as the elementwise activations take it: a writeable float array of the result's shape
-    (the result is cast into it with NumPy's same-kind casting)."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-    if out.dtype.kind != "f":
-        raise TypeError(f"out must be a floating-point array, got dtype {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}, but the result has shape {shape}")
 
 
 def _rows(a, axis, dt):

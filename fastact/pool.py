@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _runtime
 from ._util import compute_dtype as _compute_dtype
+from ._util import argmax_window as _argmax_window
 from ._util import pair as _pair
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "pool_output_shape"]
@@ -33,27 +34,6 @@ def pool_output_shape(x_shape, kernel_size=2, stride=None, padding=0):
         raise ValueError(f"max_pool2d: window {kh}x{kw} is larger than the padded input "
                          f"{H + 2 * ph}x{W + 2 * pw} (x shape {tuple(x_shape)})")
     return N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-
-
-@_runtime.jit()
-def _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw):
-    """(h, w) of the first maximum (or first NaN) of one window; (-1, -1) if the window is all padding."""
-    H, W = x.shape[2], x.shape[3]
-    bh, bw = -1, -1
-    best = -np.inf
-    for i in range(kh):
-        h = p * sh - ph + i
-        if h < 0 or h >= H:
-            continue
-        for j in range(kw):
-            w = q * sw - pw + j
-            if w < 0 or w >= W:
-                continue
-            v = x[n, c, h, w]
-            if bh < 0 or v > best or (v != v and best == best):
-                best = v
-                bh, bw = h, w
-    return bh, bw
 
 
 @_runtime.jit(parallel=True)

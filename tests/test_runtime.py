@@ -154,3 +154,23 @@ def test_cache_dir_name_contains_version_in_process():
     if path is None:
         pytest.skip("caching disabled")
     assert fastact.__version__ in os.path.basename(path)
+
+
+def test_submodules_are_attributes():
+    import fastact
+    for name in fastact._LAZY_SUBMODULES:
+        assert getattr(fastact, name).__name__ == f"fastact.{name}"
+        assert name in dir(fastact)
+    assert isinstance(fastact.ufuncs.relu, np.ufunc)
+    with pytest.raises(AttributeError):
+        fastact.no_such_thing
+
+
+def test_a_threading_layer_the_user_chose_before_import_is_kept():
+    code = ("import numba, numpy as np; numba.config.THREADING_LAYER = 'workqueue'; import fastact; "
+            "fastact.relu(np.ones(1 << 18)); print(numba.threading_layer())")
+    env = dict(os.environ)
+    env.pop("NUMBA_THREADING_LAYER", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "workqueue"
