@@ -40,6 +40,11 @@ def setting(name):
 # --------------------------------------------------------------------------- availability, set-up
 
 def _import_cuda():
+    # numba-cuda 0.30.4 (the newest release) registers an overload for np.row_stack, which NumPy 2.5
+    # removed, and fails at import with an AttributeError; it is vstack's old name, so give it back
+    # (seen on the H100 test machine with NumPy 2.5.2).
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
     try:
         from numba import cuda
     except ImportError as e:  # pragma: no cover - depends on the install
