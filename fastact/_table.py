@@ -98,10 +98,11 @@ class Activation:
     #: (a function of the parameters where they matter, e.g. GELU's ``approximate``)
     max_ulp: object = field(default_factory=lambda: {"float32": (1.0, 1.0), "float64": (2.0, 2.0)})
 
+    extra: dict = field(default_factory=dict)
+
     def ulp_bounds(self, *params):
         """``{dtype name: (forward, backward)}``: the worst ulp errors the kernels are held to."""
         return self.max_ulp(*params) if callable(self.max_ulp) else self.max_ulp
-    extra: dict = field(default_factory=dict)
 
     @property
     def param_names(self):
