@@ -12,30 +12,36 @@ from . import config
 from ._table import ACTIVATIONS as _TABLE
 from .elementwise import *  # noqa: F401,F403
 from .elementwise import __all__ as _elementwise_all
+from .batchnorm import batch_norm2d, batch_norm2d_backward
 from .conv import conv2d, conv2d_backward
 from .gradcheck import GradcheckError, gradcheck, gradcheck_module
 from .linear import linear, linear_backward
 from .loss import (cross_entropy, cross_entropy_backward, log_softmax, log_softmax_backward, softmax,
                    softmax_backward)
-from .pool import max_pool2d, max_pool2d_backward
+from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward,
+                   max_pool2d, max_pool2d_backward)
 from . import models, nn, optim  # noqa: E402  (after the kernels they are built on)
 
 #: names of the table's elementwise activations (tests and benchmarks parametrise over these)
 ACTIVATIONS = tuple(_TABLE)
 
 #: the layer functions (tests and benchmarks parametrise over these)
-LAYERS = ("conv2d", "max_pool2d", "linear", "cross_entropy")
+LAYERS = ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm2d", "linear",
+          "cross_entropy")
 
 __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS",
            "GradcheckError", "gradcheck", "gradcheck_module", *_elementwise_all,
            "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
            "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+           "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+           "batch_norm2d", "batch_norm2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]
 
 
 #: submodules imported on first attribute access (``fastact.ufuncs``, ``fastact.capi``, ...): most
 #: programs never need them, and some cost a second to import (capi builds cfuncs, cuda numba-cuda)
-_LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "jit", "plots", "train", "ufuncs")
+_LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "jit", "plots", "system", "table",
+                    "train", "ufuncs")
 
 
 def __getattr__(name):

@@ -7,19 +7,55 @@ the last forward in ``self._saved`` (an explicit tuple, dropped in eval mode whe
 :class:`Sequential` runs a ``Conv2d``/``Linear`` followed by an activation module as one fused kernel
 (GEMM + bias + activation in one epilogue, and activation backward + bias gradient in one pass); its
 ``state_dict`` keys are those of the same ``torch.nn.Sequential`` ("0.weight", "0.bias", "3.weight"...).
+A :class:`BatchNorm2d` followed by a default :class:`ReLU` runs as one fused pass too.
+
+Modules hold parameters (:class:`Parameter`: trained, in ``parameters()``) and buffers (plain arrays
+registered with :meth:`Module.register_buffer`: state that is saved but not trained, such as
+BatchNorm's running statistics). ``state_dict()`` lists, as PyTorch does, a module's parameters, then
+its buffers, then each child's entries under ``<child name>.`` in assignment order.
+
+Writing your own module: subclass :class:`Module`, call ``super().__init__()``, assign children and
+parameters as attributes (their names become the state_dict keys), and write ``forward`` and
+``backward`` (``backward(dy)`` accumulates the parameters' ``grad`` and returns the input's gradient).
+``train()``, ``eval()``, ``zero_grad()``, ``astype()`` and ``load_state_dict()`` then cover the children:
+
+>>> import numpy as np
+>>> from fastact import nn
+>>> class Block(nn.Module):
+...     def __init__(self, channels):
+...         super().__init__()
+...         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False, seed=0)
+...         self.bn = nn.BatchNorm2d(channels)
+...     def forward(self, x):
+...         return self.bn(self.conv(x), activation="relu", residual=x)
+...     def backward(self, dy):
+...         # y = relu(bn(conv(x))) + x: the skip's gradient is dy itself
+...         return self.conv.backward(self.bn.backward(dy)) + dy
+>>> net = nn.Sequential(Block(4), Block(4))
+>>> list(net.state_dict())[:5]
+['0.conv.weight', '0.bn.weight', '0.bn.bias', '0.bn.running_mean', '0.bn.running_var']
+>>> x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+>>> net(x).shape, net.backward(np.ones_like(x)).shape
+((2, 4, 5, 5), (2, 4, 5, 5))
+>>> int(net[1].bn.num_batches_tracked)
+1
 """
 
 import numpy as np
 
 from . import _table
 from . import elementwise as ew
+from . import init
+from .batchnorm import batch_norm2d, batch_norm2d_backward
 from .conv import conv2d, conv2d_backward
 from .linear import linear, linear_backward
 from .loss import cross_entropy, cross_entropy_backward
-from .pool import max_pool2d, max_pool2d_backward
+from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward,
+                   max_pool2d, max_pool2d_backward)
 
-__all__ = ["Parameter", "Module", "Sequential", "Conv2d", "Linear", "MaxPool2d", "Flatten",
-           "Activation", "PReLU", "CrossEntropyLoss", "ACTIVATION_MODULES"]
+__all__ = ["Parameter", "Module", "Sequential", "Residual", "Conv2d", "Linear", "BatchNorm2d",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Flatten", "Activation", "PReLU",
+           "CrossEntropyLoss", "ACTIVATION_MODULES", "init"]
 
 
 class Parameter:
@@ -34,20 +70,78 @@ class Parameter:
 
 
 class Module:
-    """Base class: registers child modules and parameters in assignment order, like torch.nn.Module."""
+    """Base class: registers child modules, parameters and buffers in assignment order, like
+    torch.nn.Module (see the module docstring for writing one)."""
 
     def __init__(self):
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_buffers", {})
         self.training = True
         self._saved = None
 
     def __setattr__(self, name, value):
+        if "_params" not in self.__dict__:
+            raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called "
+                                 f"(call super().__init__() first in {type(self).__name__}.__init__)")
+        params, modules, buffers = self._params, self._modules, self._buffers
         if isinstance(value, Parameter):
-            self._params[name] = value
+            modules.pop(name, None)
+            buffers.pop(name, None)
+            params[name] = value
         elif isinstance(value, Module):
-            self._modules[name] = value
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} as parameter {name!r} "
+                                f"(a fastact.nn.Parameter or None expected)")
+            del params[name]
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} as child module {name!r} "
+                                f"(a fastact.nn.Module or None expected)")
+            del modules[name]
+        elif name in buffers:
+            if value is None:
+                del buffers[name]
+            else:
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"cannot assign a {type(value).__name__} as buffer {name!r} "
+                                    f"(a NumPy array or None expected)")
+                buffers[name] = value
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for d in (self._params, self._modules, self._buffers):
+            d.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name, array):
+        """Register ``array`` (an ndarray, kept as is: no copy) as buffer ``name``: saved in
+        ``state_dict`` and converted by ``astype`` (floating-point buffers only), not trained.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastact import nn
+        >>> m = nn.Module()
+        >>> m.register_buffer("count", np.zeros((), np.int64))
+        >>> m.state_dict()
+        {'count': array(0)}
+        """
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"register_buffer: buffer name must be a non-empty string without '.', "
+                             f"got {name!r}")
+        if name in self._params or name in self._modules:
+            raise KeyError(f"register_buffer: attribute {name!r} already exists as a "
+                           f"{'parameter' if name in self._params else 'child module'}")
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"register_buffer: {name!r} must be a NumPy array or None, got "
+                            f"{type(array).__name__}")
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
 
     def __call__(self, x, *args, **kwargs):
         return self.forward(x, *args, **kwargs)
@@ -58,6 +152,12 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError
 
+    def named_children(self):
+        yield from self._modules.items()
+
+    def children(self):
+        return list(self._modules.values())
+
     def named_parameters(self, prefix=""):
         for name, p in self._params.items():
             yield prefix + name, p
@@ -67,32 +167,65 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self, prefix=""):
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(prefix + name + ".")
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
     def modules(self):
         yield self
         for m in self._modules.values():
             yield from m.modules()
 
+    def _state_items(self, prefix=""):
+        """(key, owner dict, name) in PyTorch's state_dict order: own parameters, own buffers, then
+        each child recursively."""
+        for name, p in self._params.items():
+            yield prefix + name, self._params, name
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, self._buffers, name
+        for name, m in self._modules.items():
+            yield from m._state_items(prefix + name + ".")
+
     def state_dict(self):
-        """``{name: array}`` (copies), with PyTorch's key names."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """``{name: array}`` (copies), with PyTorch's key names and order (parameters, then buffers,
+        then children)."""
+        out = {}
+        for key, owner, name in self._state_items():
+            v = owner[name]
+            out[key] = (v.data if isinstance(v, Parameter) else v).copy()
+        return out
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters; shapes must match, dtypes are converted to the module's."""
-        own = dict(self.named_parameters())
+        """Copy arrays into the parameters and buffers; shapes must match, dtypes are converted to
+        the module's (``num_batches_tracked`` stays int64). Nothing is written unless every check
+        passes. ``strict=False`` ignores missing and unexpected keys."""
+        own = {key: (owner, name) for key, owner, name in self._state_items()}
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for k, p in own.items():
+        targets = []
+        for k, (owner, name) in own.items():
             if k not in state:
                 continue
+            dst = owner[name]
+            dst = dst.data if isinstance(dst, Parameter) else dst
             v = np.asarray(state[k])
-            if v.shape != p.data.shape:
+            if v.shape != dst.shape:
                 raise ValueError(f"load_state_dict: {k} has shape {v.shape} in the state dict but "
-                                 f"{p.data.shape} in the module")
-        for k, p in own.items():
-            if k in state:
-                p.data[...] = np.asarray(state[k])
+                                 f"{dst.shape} in the module")
+            if v.dtype.kind not in "biuf":
+                raise TypeError(f"load_state_dict: {k} has dtype {v.dtype}, not a number type")
+            targets.append((dst, v))
+        for dst, v in targets:
+            dst[...] = v
         return self
 
     def zero_grad(self):
@@ -101,7 +234,7 @@ class Module:
 
     def train(self, mode=True):
         for m in self.modules():
-            m.training = mode
+            m.training = bool(mode)
             if not mode:
                 m._saved = None
         return self
@@ -110,11 +243,15 @@ class Module:
         return self.train(False)
 
     def astype(self, dtype):
-        """Convert every parameter (and its gradient) to ``dtype``; returns the module."""
+        """Convert every parameter (and its gradient) and every floating-point buffer to ``dtype``
+        (integer buffers such as ``num_batches_tracked`` keep theirs); returns the module."""
         for m in self.modules():
             for p in m._params.values():
                 p.data = np.ascontiguousarray(p.data, dtype=dtype)
                 p.grad = np.zeros_like(p.data)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f":
+                    setattr(m, name, np.ascontiguousarray(b, dtype=dtype))
             m._saved = None
         return self
 
@@ -244,6 +381,229 @@ class MaxPool2d(Module):
         return max_pool2d_backward(dy, x, self.kernel_size, self.stride, self.padding)
 
 
+class AvgPool2d(Module):
+    """Average over windows, as ``torch.nn.AvgPool2d`` (count_include_pad=True, floor mode)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def forward(self, x):
+        y = avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if self.training:
+            self._saved = (np.shape(x),)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        (shape,) = _need_saved(self)
+        return avg_pool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average over ``output_size`` bins, as ``torch.nn.AdaptiveAvgPool2d``; ``1`` is the global
+    average pool. Bin i of H spans ``[floor(i*H/out), ceil((i+1)*H/out))``."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def forward(self, x):
+        y = adaptive_avg_pool2d(x, self.output_size)
+        if self.training:
+            self._saved = (np.shape(x),)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        (shape,) = _need_saved(self)
+        return adaptive_avg_pool2d_backward(dy, shape)
+
+
+class Dropout(Module):
+    """Zeroes each element with probability ``p`` in training and scales the others by ``1/(1-p)``
+    (inverted dropout, as ``torch.nn.Dropout``); the identity in eval. The mask comes from
+    ``np.random.default_rng(seed)``, one generator per module, and the backward uses the same mask."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not self.training or self.p == 0.0:
+            if self.training:
+                self._saved = (None,)
+            return x.copy()
+        dt = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+        if self.p == 1.0:
+            mask = np.zeros(x.shape, dtype=dt)
+        else:
+            keep = self.rng.random(x.shape, dtype=np.float32 if dt == np.float32 else np.float64)
+            mask = (keep >= self.p).astype(dt)  # P(keep) = 1 - p
+            mask *= dt.type(1.0 / (1.0 - self.p))
+        self._saved = (mask,)
+        return x * mask  # NaN stays NaN where it is dropped, as in PyTorch
+
+    def backward(self, dy, need_dx=True):
+        (mask,) = _need_saved(self)
+        dy = np.asarray(dy)
+        return dy.copy() if mask is None else dy * mask
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``.
+
+    Parameters ``weight`` (ones) and ``bias`` (zeros) when ``affine``; buffers ``running_mean``
+    (zeros), ``running_var`` (ones) and ``num_batches_tracked`` (int64 0-d) when
+    ``track_running_stats``. In training the batch statistics normalise and the running ones move by
+    ``momentum`` (with the unbiased variance), or by the cumulative average ``1/num_batches_tracked``
+    when ``momentum`` is None; in eval the running statistics normalise (the batch ones without
+    ``track_running_stats``).
+
+    ``forward(x, activation=None, residual=None)``: ``activation='relu'`` and a ``residual`` array
+    fuse ``relu(bn(x)) + residual`` in the same pass (:func:`fastact.batch_norm2d`); ``backward(dy)``
+    returns dx, and the residual's gradient is ``dy`` itself. The forward keeps its input for the
+    backward in eval mode too (a backward with frozen statistics, ``dx = dy * weight / sigma``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import nn
+    >>> bn = nn.BatchNorm2d(2)
+    >>> y = bn(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2))
+    >>> y.mean(axis=(0, 2, 3)).round(6) + 0.0, bn.running_mean, bn.num_batches_tracked
+    (array([0., 0.], dtype=float32), array([0.55, 0.95], dtype=float32), array(1))
+    >>> list(bn.state_dict())
+    ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked']
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 dtype=np.float32):
+        super().__init__()
+        if isinstance(num_features, (bool, np.bool_)) or not isinstance(num_features, (int, np.integer)) \
+                or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        C = self.num_features
+        if self.affine:
+            self.weight = Parameter(np.ones(C, dtype=dtype))
+            self.bias = Parameter(np.zeros(C, dtype=dtype))
+        else:
+            self.weight = None
+            self.bias = None
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dtype=dtype))
+            self.register_buffer("running_var", np.ones(C, dtype=dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")
+
+    def reset_running_stats(self):
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self):
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data[...] = 1
+            self.bias.data[...] = 0
+
+    def forward(self, x, activation=None, residual=None):
+        x = np.asarray(x)
+        if x.ndim != 4:
+            raise ValueError(f"expected 4D input (got {x.ndim}D input)")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d: x has {x.shape[1]} channels (shape {x.shape}), but the "
+                             f"module has num_features={self.num_features}")
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+                raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                                 f"size {x.shape}")
+            self.num_batches_tracked += 1
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked)
+        use_batch = self.training or not self.track_running_stats
+        track = self.track_running_stats and (self.training or not use_batch)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y, saved = batch_norm2d(x, self.running_mean if track else None,
+                                self.running_var if track else None, w, b, use_batch, momentum,
+                                self.eps, activation=activation, residual=residual, return_saved=True)
+        self._saved = (x, saved)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        x, saved = _need_saved(self)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        dx, dw, db = batch_norm2d_backward(dy, x, w, b, saved, need_dx=need_dx)[:3]
+        if self.affine:
+            _accumulate(self.weight, dw)
+            _accumulate(self.bias, db)
+        return dx
+
+
+class Residual(Module):
+    """``block(x) + x``; backward ``dy + block.backward(dy)``.
+
+    The block is the child ``block``, so its state_dict keys are ``block.<key>`` (``block.0.weight``
+    for a Sequential block): the name a hand-written ``self.block = block`` gives, which keeps the
+    keys unambiguous when a Residual sits beside other children, and loads into a PyTorch module
+    written that way. (PyTorch has no Residual module to copy keys from.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import nn
+    >>> r = nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, seed=0), nn.ReLU()))
+    >>> list(r.state_dict())
+    ['block.0.weight', 'block.0.bias']
+    >>> r(np.zeros((1, 2, 4, 4), np.float32)).shape
+    (1, 2, 4, 4)
+    """
+
+    def __init__(self, block):
+        super().__init__()
+        if not isinstance(block, Module):
+            raise TypeError(f"Residual: block must be a Module, got {type(block).__name__}")
+        self.block = block
+
+    def forward(self, x):
+        x = np.asarray(x)
+        y = self.block(x)
+        if np.shape(y) != x.shape:
+            raise ValueError(f"Residual: the block maps shape {x.shape} to {np.shape(y)}; the skip "
+                             f"needs them equal")
+        return y + x
+
+    def backward(self, dy, need_dx=True):
+        dy = np.asarray(dy)
+        return self.block.backward(dy) + dy
+
+
 class Flatten(Module):
     """(N, ...) -> (N, prod(...)), as torch.nn.Flatten()."""
 
@@ -333,6 +693,12 @@ class PReLU(Module):
 ACTIVATION_MODULES["prelu"] = PReLU
 
 
+def _is_plain_relu(m):
+    """True for a ReLU module with the default parameters (max(x, 0)), which BatchNorm2d fuses."""
+    return type(m) is ACTIVATION_MODULES["relu"] and \
+        m.params == {p.name: p.default for p in _table.get("relu").params}
+
+
 class Sequential(Module):
     """Modules in order, keyed "0", "1", ...; a Conv2d/Linear followed by an activation runs fused.
 
@@ -369,6 +735,9 @@ class Sequential(Module):
                     and isinstance(nxt, Activation):
                 plan.append((i, i + 1))
                 i += 2
+            elif isinstance(m, BatchNorm2d) and _is_plain_relu(nxt):
+                plan.append((i, i + 1))
+                i += 2
             else:
                 plan.append((i, None))
                 i += 1
@@ -380,6 +749,9 @@ class Sequential(Module):
             if j is None:
                 x = mods[i](x)
                 out_index = i
+            elif isinstance(mods[i], BatchNorm2d):
+                x = mods[i].forward(x, activation="relu")
+                out_index = j
             else:
                 act = mods[j]
                 x = mods[i].forward(x, activation=act.name, activation_params=act.params)
