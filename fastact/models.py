@@ -1,10 +1,29 @@
-"""Model builders. ``vgg(cfg)`` builds a VGG-style ``nn.Sequential`` whose indices match torch's."""
+"""Model builders whose ``state_dict`` keys are those of the PyTorch originals, so weights move both ways.
+
+* ``vgg(cfg)``: a small VGG-style ``nn.Sequential`` (the ``python -m fastact train`` default);
+* ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19`` (``batch_norm=True`` for the ``_bn`` variants): torchvision's
+  VGG module tree (``features``, ``avgpool``, ``classifier``) and initialisation;
+* ``net_depth``, ``net_res``, ``net_res_deep``: the reference networks of *Deep Learning with PyTorch*
+  (Stevens, Antiga, Viehmann, 2020, chapter 8) for 3x32x32 CIFAR-10 images and 2 classes (airplane,
+  bird): a deeper plain CNN, the same with one skip connection, and a 10-block ResNet with BatchNorm.
+
+The reference networks are ``nn.Module`` subclasses written the PyTorch way (children assigned as
+attributes, ``forward``), plus the explicit ``backward``; they run the work as fused kernels: every
+conv + bias + ReLU is one :func:`fastact.conv2d` with its activation epilogue, a ResBlock's BatchNorm +
+ReLU + skip add is one pass forward and one backward (:mod:`fastact.batchnorm`), and in eval mode the
+BatchNorm is folded into the convolution (``w * gamma / sqrt(var + eps)``, bias
+``beta - mean * gamma / sqrt(var + eps)``), so a block is one conv with a fused ReLU and the add.
+"""
 
 import numpy as np
 
 from . import _table, nn
+from .conv import conv2d
+from .pool import max_pool2d, max_pool2d_backward
 
-__all__ = ["vgg", "vgg_output_size"]
+__all__ = ["vgg", "vgg_output_size", "VGG", "VGG_CFGS", "vgg11", "vgg13", "vgg16", "vgg19",
+           "NetDepth", "NetRes", "ResBlock", "NetResDeep", "net_depth", "net_res", "net_res_deep",
+           "REFERENCE_NETS"]
 
 
 def vgg_output_size(cfg, input_size):
@@ -75,3 +94,421 @@ def _kaiming(layer, rng):
     layer.weight.grad = np.zeros_like(layer.weight.data)
     if layer.bias is not None:
         layer.bias.data[...] = 0
+
+
+# ------------------------------------------------------------------------ the reference networks
+
+#: input of the reference networks: CIFAR-10 images
+REFERENCE_INPUT = (3, 32, 32)
+
+
+def _check_input(name, x, dtype):
+    """``x`` as a contiguous array of ``dtype``; ValueError naming the shapes unless it is (N, 3, 32, 32)."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1:] != REFERENCE_INPUT:
+        raise ValueError(f"{name}: expected input of shape (N, {', '.join(map(str, REFERENCE_INPUT))}) "
+                         f"(CIFAR-10 images), got {x.shape}")
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def _check_width(name, n_chans1, even=False):
+    if int(n_chans1) != n_chans1 or n_chans1 < (2 if even else 1):
+        raise ValueError(f"{name}: n_chans1 must be a positive integer{' >= 2' if even else ''}, "
+                         f"got {n_chans1!r}")
+    if even and n_chans1 % 2:
+        # PyTorch's view(-1, 4 * 4 * n_chans1 // 2) only matches conv3's n_chans1 // 2 channels then
+        raise ValueError(f"{name}: n_chans1 must be even (conv2 and conv3 have n_chans1 // 2 channels "
+                         f"and fc1 reads 4 * 4 * n_chans1 // 2 features), got {n_chans1}")
+    return int(n_chans1)
+
+
+def _check_classes(name, num_classes):
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def _pool(x, training, saved):
+    """2x2 max-pool; in training mode the input is appended to ``saved`` for the backward."""
+    if training:
+        saved.append(x)
+    return max_pool2d(x, 2)
+
+
+def _flatten(x):
+    return x.reshape(x.shape[0], -1)
+
+
+class NetDepth(nn.Module):
+    """Three conv3x3 + ReLU + 2x2 max-pool stages, then two fully connected layers.
+
+    PyTorch's ``NetDepth`` (*Deep Learning with PyTorch*, chapter 8) with the same attribute names,
+    hence the same ``state_dict`` keys::
+
+        conv1 = Conv2d(3, n_chans1, 3, padding=1)             # 32x32 -> pool -> 16x16
+        conv2 = Conv2d(n_chans1, n_chans1 // 2, 3, padding=1)  # 16x16 -> pool -> 8x8
+        conv3 = Conv2d(n_chans1 // 2, n_chans1 // 2, 3, padding=1)  # 8x8 -> pool -> 4x4
+        fc1 = Linear(4 * 4 * n_chans1 // 2, 32); fc2 = Linear(32, num_classes)
+
+    Each conv + bias + ReLU runs as one fused kernel, and so does ``fc1`` + ReLU. Layers are
+    initialised as PyTorch's defaults (uniform, bound ``1 / sqrt(fan_in)``) from one generator seeded
+    with ``seed``. ``num_classes`` defaults to the original's 2 outputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import models
+    >>> net = models.net_depth(n_chans1=8)
+    >>> list(net.state_dict())[:3], net.fc1.in_features
+    (['conv1.weight', 'conv1.bias', 'conv2.weight'], 64)
+    >>> net(np.zeros((5, 3, 32, 32), np.float32)).shape
+    (5, 2)
+    """
+
+    #: NetRes adds conv3's input to its output before the third pool
+    skip = False
+
+    def __init__(self, n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        self.n_chans1 = n = _check_width(name, n_chans1, even=True)
+        num_classes = _check_classes(name, num_classes)
+        rng = np.random.default_rng(seed)
+        c, side = REFERENCE_INPUT[0], REFERENCE_INPUT[1] // 2 ** 3  # three 2x2 pools
+        self.conv1 = nn.Conv2d(c, n, 3, padding=1, dtype=dtype, seed=rng)
+        self.conv2 = nn.Conv2d(n, n // 2, 3, padding=1, dtype=dtype, seed=rng)
+        self.conv3 = nn.Conv2d(n // 2, n // 2, 3, padding=1, dtype=dtype, seed=rng)
+        self.fc1 = nn.Linear(side * side * (n // 2), 32, dtype=dtype, seed=rng)
+        self.fc2 = nn.Linear(32, num_classes, dtype=dtype, seed=rng)
+
+    def extra_repr(self):
+        return f"n_chans1={self.n_chans1}"
+
+    def forward(self, x):
+        """Logits (N, num_classes) of images x (N, 3, 32, 32)."""
+        x = _check_input(type(self).__name__, x, self.conv1.weight.data.dtype)
+        pools = []  # the pools' inputs, for the backward
+        out = _pool(self.conv1.forward(x, activation="relu"), self.training, pools)
+        out = _pool(self.conv2.forward(out, activation="relu"), self.training, pools)
+        h = self.conv3.forward(out, activation="relu")
+        if self.skip:
+            h += out  # relu(conv3(out)) + out; h is conv3's fresh output, so in place is safe
+        out = _pool(h, self.training, pools)
+        out = self.fc1.forward(_flatten(out), activation="relu")
+        self._saved = tuple(pools) if self.training else None
+        return self.fc2(out)
+
+    def backward(self, dy, need_input_grad=True):
+        """Gradient of the images; parameter gradients accumulate into ``.grad``."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward in training mode")
+        p1, p2, p3 = self._saved
+        d = self.fc1.backward(self.fc2.backward(dy))
+        N, C, H, W = p3.shape
+        d = max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p3, 2)
+        d_in = self.conv3.backward(d)
+        if self.skip:
+            d_in += d
+        d = max_pool2d_backward(self.conv2.backward(max_pool2d_backward(d_in, p2, 2)), p1, 2)
+        return self.conv1.backward(d, need_dx=need_input_grad)
+
+
+class NetRes(NetDepth):
+    """:class:`NetDepth` with a skip connection around the third conv: ``pool(relu(conv3(x)) + x)``.
+
+    The same layers and keys as NetDepth (PyTorch's ``NetRes``); the add happens in place on conv3's
+    fused conv + ReLU output, and the backward adds the pooled gradient to conv3's input gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import models
+    >>> models.net_res(n_chans1=8)(np.ones((1, 3, 32, 32), np.float32)).shape
+    (1, 2)
+    """
+
+    skip = True
+
+
+class ResBlock(nn.Module):
+    """``relu(batch_norm(conv(x))) + x``: a 3x3 conv without bias, BatchNorm, ReLU and the skip.
+
+    PyTorch's ``ResBlock`` of the reference: the conv is Kaiming-normal (fan-in, ReLU gain), the
+    BatchNorm starts at weight 0.5 and bias 0, so each block starts close to the identity.
+
+    Training runs the conv as one GEMM kernel and BatchNorm + ReLU + skip add as one fused pass
+    (:meth:`fastact.nn.BatchNorm2d.forward` with ``activation='relu', residual=x``), whose backward
+    is one reduction pass and one pass writing the conv's output gradient. In eval mode the BatchNorm
+    is folded into the conv (:meth:`fold`), so the block is one conv with a fused ReLU, then the add:
+    the same result up to rounding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import models
+    >>> block = models.ResBlock(4)
+    >>> list(block.state_dict())
+    ['conv.weight', 'batch_norm.weight', 'batch_norm.bias', 'batch_norm.running_mean', 'batch_norm.running_var', 'batch_norm.num_batches_tracked']
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    >>> y_train = block(x)
+    >>> bool(np.allclose(block.eval()(x), block.batch_norm(block.conv(x), "relu", x), atol=1e-6))
+    True
+    """
+
+    def __init__(self, n_chans, seed=0, dtype=np.float32):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.conv = nn.Conv2d(n_chans, n_chans, 3, padding=1, bias=False, dtype=dtype, seed=rng)
+        self.batch_norm = nn.BatchNorm2d(num_features=n_chans, dtype=dtype)
+        nn.init.kaiming_normal_(self.conv.weight, nonlinearity="relu", rng=rng)
+        nn.init.constant_(self.batch_norm.weight, 0.5)
+        nn.init.zeros_(self.batch_norm.bias)
+
+    def fold(self):
+        """(weight, bias) of the one conv equal to conv + BatchNorm with the running statistics.
+
+        ``s = gamma / sqrt(running_var + eps)``; ``weight = conv.weight * s`` per output channel,
+        ``bias = beta - running_mean * s``, computed in float64 and rounded once to the conv's dtype.
+        """
+        bn = self.batch_norm
+        w = self.conv.weight.data
+        s = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+        shift = -bn.running_mean.astype(np.float64) * s
+        if bn.affine:
+            s = s * bn.weight.data
+            shift = shift * bn.weight.data + bn.bias.data
+        weight = (w * s[:, None, None, None]).astype(w.dtype)
+        return weight, shift.astype(w.dtype)
+
+    def forward(self, x):
+        x = np.ascontiguousarray(x, dtype=self.conv.weight.data.dtype)
+        if not self.training and self.batch_norm.track_running_stats:
+            w, b = self.fold()
+            y = conv2d(x, w, b, padding=self.conv.padding, activation="relu")
+            y += x
+            return y
+        return self.batch_norm.forward(self.conv.forward(x), activation="relu", residual=x)
+
+    def backward(self, dy, need_dx=True):
+        # y = relu(bn(conv(x))) + x: the skip's gradient is dy itself
+        dx = self.conv.backward(self.batch_norm.backward(dy))
+        dx += dy
+        return dx
+
+
+class NetResDeep(nn.Module):
+    """conv3x3 + ReLU + pool, ``n_blocks`` :class:`ResBlock` s at 16x16, pool, two fully connected layers.
+
+    PyTorch's ``NetResDeep`` of the reference, with the same keys (``conv1.weight``,
+    ``resblocks.3.conv.weight``, ``resblocks.3.batch_norm.running_var``, ``fc2.bias``)::
+
+        conv1 = Conv2d(3, n_chans1, 3, padding=1)                  # 32x32 -> pool -> 16x16
+        resblocks = Sequential(*[ResBlock(n_chans1) for _ in range(n_blocks)])  # 16x16 -> pool -> 8x8
+        fc1 = Linear(8 * 8 * n_chans1, 32); fc2 = Linear(32, num_classes)
+
+    The blocks are independent modules. (The book writes ``nn.Sequential(*(n_blocks *
+    [ResBlock(n_chans=n_chans1)]))``, which repeats *one* ResBlock object: all blocks then share one
+    conv and one BatchNorm, and the state dict holds ``n_blocks`` keys per tensor that alias one
+    array. Its text describes ten distinct blocks, which is what we build.)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import models
+    >>> net = models.net_res_deep(n_chans1=4, n_blocks=2)
+    >>> [k for k in net.state_dict() if k.startswith("resblocks.1")][:2]
+    ['resblocks.1.conv.weight', 'resblocks.1.batch_norm.weight']
+    >>> net(np.zeros((3, 3, 32, 32), np.float32)).shape
+    (3, 2)
+    """
+
+    def __init__(self, n_chans1=32, n_blocks=10, num_classes=2, seed=0, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        self.n_chans1 = n = _check_width(name, n_chans1)
+        if int(n_blocks) != n_blocks or n_blocks < 0:
+            raise ValueError(f"{name}: n_blocks must be an integer >= 0, got {n_blocks!r}")
+        num_classes = _check_classes(name, num_classes)
+        rng = np.random.default_rng(seed)
+        c, side = REFERENCE_INPUT[0], REFERENCE_INPUT[1] // 2 ** 2  # two 2x2 pools
+        self.conv1 = nn.Conv2d(c, n, 3, padding=1, dtype=dtype, seed=rng)
+        self.resblocks = nn.Sequential(*[ResBlock(n, seed=rng, dtype=dtype) for _ in range(int(n_blocks))])
+        self.fc1 = nn.Linear(side * side * n, 32, dtype=dtype, seed=rng)
+        self.fc2 = nn.Linear(32, num_classes, dtype=dtype, seed=rng)
+
+    def extra_repr(self):
+        return f"n_chans1={self.n_chans1}"
+
+    def forward(self, x):
+        """Logits (N, num_classes) of images x (N, 3, 32, 32)."""
+        x = _check_input(type(self).__name__, x, self.conv1.weight.data.dtype)
+        pools = []
+        out = _pool(self.conv1.forward(x, activation="relu"), self.training, pools)
+        out = _pool(self.resblocks(out), self.training, pools)
+        out = self.fc1.forward(_flatten(out), activation="relu")
+        self._saved = tuple(pools) if self.training else None
+        return self.fc2(out)
+
+    def backward(self, dy, need_input_grad=True):
+        """Gradient of the images; parameter gradients accumulate into ``.grad``."""
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward in training mode")
+        p1, p2 = self._saved
+        d = self.fc1.backward(self.fc2.backward(dy))
+        N, C, H, W = p2.shape
+        d = max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p2, 2)
+        d = max_pool2d_backward(self.resblocks.backward(d), p1, 2)
+        return self.conv1.backward(d, need_dx=need_input_grad)
+
+
+def net_depth(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+    """:class:`NetDepth` (three conv stages, two FC layers) for 3x32x32 images.
+
+    Examples
+    --------
+    >>> from fastact import models
+    >>> sum(p.data.size for p in models.net_depth().parameters())
+    16130
+    """
+    return NetDepth(n_chans1, num_classes=num_classes, seed=seed, dtype=dtype)
+
+
+def net_res(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+    """:class:`NetRes` (NetDepth with a skip around the third conv) for 3x32x32 images.
+
+    Examples
+    --------
+    >>> from fastact import models
+    >>> models.net_res().state_dict().keys() == models.net_depth().state_dict().keys()
+    True
+    """
+    return NetRes(n_chans1, num_classes=num_classes, seed=seed, dtype=dtype)
+
+
+def net_res_deep(n_chans1=32, n_blocks=10, num_classes=2, seed=0, dtype=np.float32):
+    """:class:`NetResDeep` (``n_blocks`` independent residual blocks) for 3x32x32 images.
+
+    Examples
+    --------
+    >>> from fastact import models
+    >>> net = models.net_res_deep()
+    >>> len(net.resblocks), len(net.state_dict())
+    (10, 66)
+    """
+    return NetResDeep(n_chans1, n_blocks, num_classes=num_classes, seed=seed, dtype=dtype)
+
+
+#: name -> builder of the reference networks (``python -m fastact train --model NAME``)
+REFERENCE_NETS = {"net_depth": net_depth, "net_res": net_res, "net_res_deep": net_res_deep}
+
+
+# ---------------------------------------------------------------------------- torchvision's VGG
+
+#: torchvision's configurations: an int is a 3x3 conv (padding 1) to that many channels (+ BatchNorm
+#: with ``batch_norm``) + ReLU, 'M' a 2x2 max-pool (Simonyan and Zisserman, arXiv:1409.1556, table 1)
+VGG_CFGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512,
+              512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """torchvision's ``VGG``: ``features`` (convs, BatchNorms, ReLUs, pools), ``avgpool``
+    (``AdaptiveAvgPool2d((7, 7))``), flatten, ``classifier`` (Linear 4096, ReLU, Dropout, Linear 4096,
+    ReLU, Dropout, Linear ``num_classes``).
+
+    The module indices, hence the ``state_dict`` keys (``features.0.weight``, ``features.1.running_mean``
+    with ``batch_norm``, ``classifier.6.bias``), are torchvision's, and so is the initialisation:
+    convs Kaiming-normal (fan-out, ReLU gain) with zero bias, BatchNorm weight 1 and bias 0, Linear
+    N(0, 0.01) with zero bias, drawn from one generator seeded with ``seed`` (the Dropouts draw their
+    masks from it too). ``nn.Sequential`` runs every conv + ReLU, BatchNorm + ReLU and Linear + ReLU
+    pair as one fused kernel.
+
+    Input (N, 3, H, W) with H, W >= 32 (five 2x2 pools); 224x224 gives the 7x7 map the classifier was
+    designed for, and other sizes are averaged (or repeated) to 7x7 by ``avgpool``, as in torchvision.
+    """
+
+    def __init__(self, cfg, num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        layers, c = [], REFERENCE_INPUT[0]
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                continue
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"VGG: cfg entries must be positive ints or 'M', got {v!r}")
+            conv = nn.Conv2d(c, int(v), 3, padding=1, dtype=dtype, seed=rng)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu", rng=rng)
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.BatchNorm2d(int(v), dtype=dtype), nn.ReLU()] if batch_norm else [conv, nn.ReLU()]
+            c = int(v)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        num_classes = _check_classes("VGG", num_classes)
+        fcs = [nn.Linear(c * 7 * 7, 4096, dtype=dtype, seed=rng), nn.Linear(4096, 4096, dtype=dtype, seed=rng),
+               nn.Linear(4096, num_classes, dtype=dtype, seed=rng)]
+        for fc in fcs:
+            w = fc.weight.data
+            w[...] = rng.standard_normal(w.shape, dtype=np.float32 if w.dtype == np.float32 else np.float64)
+            w *= w.dtype.type(0.01)
+            nn.init.zeros_(fc.bias)
+        self.classifier = nn.Sequential(fcs[0], nn.ReLU(), nn.Dropout(dropout, seed=rng),
+                                        fcs[1], nn.ReLU(), nn.Dropout(dropout, seed=rng), fcs[2])
+
+    def forward(self, x):
+        """Logits (N, num_classes) of images x (N, 3, H, W)."""
+        out = self.avgpool(self.features(x))
+        self._saved = (out.shape,) if self.training else None
+        return self.classifier(out.reshape(out.shape[0], -1))
+
+    def backward(self, dy, need_input_grad=True):
+        """Gradient of the images; parameter gradients accumulate into ``.grad``."""
+        if self._saved is None:
+            raise RuntimeError("VGG.backward called without a forward in training mode")
+        (shape,) = self._saved
+        d = self.avgpool.backward(self.classifier.backward(dy).reshape(shape))
+        return self.features.backward(d, need_input_grad=need_input_grad)
+
+
+def _vgg(name, num_classes, batch_norm, dropout, seed, dtype):
+    return VGG(VGG_CFGS[name], num_classes=num_classes, batch_norm=batch_norm, dropout=dropout, seed=seed,
+               dtype=dtype)
+
+
+def vgg11(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+    """torchvision's VGG 11 (configuration "A"; ``batch_norm=True``: vgg11_bn), 132.9M parameters.
+
+    Examples
+    --------
+    >>> from fastact import models
+    >>> [k for k in models.vgg11(num_classes=10).state_dict()][:4]
+    ['features.0.weight', 'features.0.bias', 'features.3.weight', 'features.3.bias']
+    """
+    return _vgg("vgg11", num_classes, batch_norm, dropout, seed, dtype)
+
+
+def vgg13(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+    """torchvision's VGG 13 (configuration "B"; ``batch_norm=True``: vgg13_bn), 133.0M parameters."""
+    return _vgg("vgg13", num_classes, batch_norm, dropout, seed, dtype)
+
+
+def vgg16(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+    """torchvision's VGG 16 (configuration "D"; ``batch_norm=True``: vgg16_bn), 138.4M parameters.
+
+    Examples
+    --------
+    >>> from fastact import models
+    >>> net = models.vgg16(batch_norm=True)
+    >>> list(net.state_dict())[:3], type(net.avgpool).__name__, net.classifier[6].out_features
+    (['features.0.weight', 'features.0.bias', 'features.1.weight'], 'AdaptiveAvgPool2d', 1000)
+    """
+    return _vgg("vgg16", num_classes, batch_norm, dropout, seed, dtype)
+
+
+def vgg19(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+    """torchvision's VGG 19 (configuration "E"; ``batch_norm=True``: vgg19_bn), 143.7M parameters."""
+    return _vgg("vgg19", num_classes, batch_norm, dropout, seed, dtype)
