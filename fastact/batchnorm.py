@@ -10,18 +10,20 @@ per-channel arrays (C,). PyTorch's semantics (``torch.nn.functional.batch_norm``
 * eval: the running statistics normalise.
 
 Fusion, for the residual block ``y = relu(bn(x)) + skip`` (BatchNorm -> ReLU -> add): the forward is
-a statistics pass (training only) and one elementwise pass that writes y; the backward is one
+two statistics passes (training only: the mean, then the variance) and one elementwise pass that
+writes y; the backward is one
 reduction pass (``sum dz`` and ``sum dz * x_hat`` per channel, ``dz = dy * relu'(bn(x))``
 recomputed from x, so nothing but x is kept) and one elementwise pass that writes dx. The skip's
 gradient is dy itself.
 
-Statistics are accumulated in float64 whatever the input dtype, per (n, c) row (a sum, then the sum
-of squared deviations from the row mean, both while the row is in L1: no cancellation of
-``E[x^2] - E[x]^2``), and the rows of a channel are combined exactly
-(``M2 = sum M2_row + L * sum (mean_row - mean)^2``). The row loops run in parallel over the N*C rows,
-so even a layer with few channels uses every core. The elementwise passes compute
-``x * scale + shift`` with per-channel ``scale = weight / sigma``, ``shift = bias - mean * scale`` in
-the input dtype (PyTorch's CPU kernel does the same), so float32 stays float32 and vectorises.
+Each direction is one kernel, parallel over channels, that runs a channel's passes back to back
+while its N*L values are in L2. Statistics are accumulated in float64 whatever the input dtype, in
+two passes (the sum gives the mean, then the sum of squared deviations from it: no cancellation of
+``E[x^2] - E[x]^2``), into L float64 lanes per channel (``acc[j] += x[n, c, j]`` over n vectorises;
+one scalar accumulator would be a serial dependency chain that LLVM may not reorder without
+fast-math). The elementwise passes compute ``x * scale + shift`` with per-channel
+``scale = weight / sigma`` and ``shift = bias - mean * scale`` rounded to the input dtype (PyTorch's
+CPU kernel does the same), so float32 stays float32 and vectorises.
 """
 
 from collections import namedtuple
@@ -43,196 +45,157 @@ _ACTIVATIONS = (None, "relu")
 
 
 # ------------------------------------------------------------------------------------------ kernels
+# One kernel per direction, parallel over channels; a channel's passes follow each other while its
+# N*L values are still in L2. Float64 reductions over a channel accumulate into a row of L lanes
+# (acc[j] += v over n: an elementwise loop that vectorises, where a scalar accumulator is a serial
+# dependency chain LLVM may not reorder without fast-math), then add up the L lanes.
+
 
 @_runtime.jit()
-def _sum8(r, shift):
-    """sum(r - shift) and sum((r - shift)^2) of a 1-D row in float64, eight independent accumulators
-    each (one float accumulator is a serial dependency chain that LLVM may not reorder without
-    fast-math; eight let the SLP vectoriser pack them)."""
-    n = r.size
-    n8 = n - n % 8
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = 0.0
-    for j in range(0, n8, 8):
-        v0 = np.float64(r[j]) - shift
-        v1 = np.float64(r[j + 1]) - shift
-        v2 = np.float64(r[j + 2]) - shift
-        v3 = np.float64(r[j + 3]) - shift
-        v4 = np.float64(r[j + 4]) - shift
-        v5 = np.float64(r[j + 5]) - shift
-        v6 = np.float64(r[j + 6]) - shift
-        v7 = np.float64(r[j + 7]) - shift
-        a0 += v0
-        a1 += v1
-        a2 += v2
-        a3 += v3
-        a4 += v4
-        a5 += v5
-        a6 += v6
-        a7 += v7
-        b0 += v0 * v0
-        b1 += v1 * v1
-        b2 += v2 * v2
-        b3 += v3 * v3
-        b4 += v4 * v4
-        b5 += v5 * v5
-        b6 += v6 * v6
-        b7 += v7 * v7
-    for j in range(n8, n):
-        v = np.float64(r[j]) - shift
-        a0 += v
-        b0 += v * v
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), \
-        ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+def _lane_total(a):
+    """Sum of a 1-D float64 array of lanes."""
+    s = 0.0
+    for j in range(a.size):
+        s += a[j]
+    return s
+
+
+@_runtime.jit()
+def _affine(w, b, mean, invstd, c, coef):
+    """coef[c] = (scale, shift) = (w * invstd, b - mean * scale) rounded to coef's dtype: the same
+    machine code in the forward and the backward, so the backward's ReLU mask is the forward's."""
+    sc = w[c] * invstd[c]
+    coef[c, 0] = sc
+    coef[c, 1] = b[c] - mean[c] * sc
 
 
 @_runtime.jit(parallel=True)
-def _stats(x, row_mean, row_m2, mean, var):
-    # x (N, C, L) -> row_mean, row_m2 (N, C) workspaces; mean, var (C,) float64 (biased variance).
-    # Per row: the mean (first pass), then the squared deviations from it (second pass, the row still
-    # in L1); the shifted sum of the second pass corrects the first pass's rounding of the mean.
+def _forward(x, w, b, eps, training, relu, skip, acc, mean, var, invstd, coef, y):
+    # x, y (N, C, L); w, b (C,) float64 (ones / zeros without the affine transform); skip (N, C, L)
+    # or empty; acc (C, 2, L) float64 workspace; mean, var (C,) float64: outputs in training (the
+    # biased batch variance), inputs in eval; invstd (C,) float64 out; coef (C, 2) in x's dtype out.
+    # Training: pass 1 sums x -> mean; pass 2 sums d = x - mean and d^2 (exact variance; the sum of d
+    # corrects the rounding of the mean). Then y = act(x * scale + shift) + skip in one pass.
     N, C, L = x.shape
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        r = x[n, c]
-        s, _ = _sum8(r, 0.0)
-        m = s / L
-        d, q = _sum8(r, m)
-        m2 = q - d * d / L
-        row_mean[n, c] = m + d / L
-        row_m2[n, c] = m2 if m2 > 0.0 else 0.0 * m2
-    for c in range(C):
-        s = 0.0
-        for n in range(N):
-            s += row_mean[n, c]
-        m = s / N
-        q = 0.0
-        for n in range(N):
-            e = row_mean[n, c] - m
-            q += row_m2[n, c] + L * e * e
-        mean[c] = m
-        var[c] = q / (N * L)
-
-
-@_runtime.jit(parallel=True)
-def _forward(x, scale, shift, skip, relu, y):
-    # x, y (N, C, L); scale, shift (C,) in x's dtype; skip (N, C, L) or empty.
-    # y = x * scale[c] + shift[c], then relu (NaN kept), then + skip
-    N, C, L = x.shape
+    M = N * L
     add = skip.size != 0
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        a = scale[c]
-        b = shift[c]
-        xr = x[n, c]
-        yr = y[n, c]
-        if relu and add:
-            sr = skip[n, c]
-            for j in range(L):
-                v = xr[j] * a + b
-                yr[j] = (v if (v > 0) | (v != v) else 0.0) + sr[j]
-        elif relu:
-            for j in range(L):
-                v = xr[j] * a + b
-                yr[j] = v if (v > 0) | (v != v) else 0.0
-        elif add:
-            sr = skip[n, c]
-            for j in range(L):
-                yr[j] = (xr[j] * a + b) + sr[j]
-        else:
-            for j in range(L):
-                yr[j] = xr[j] * a + b
-
-
-@_runtime.jit()
-def _dz_sums(dyr, xr, a, b, relu, m):
-    """sum(dz) and sum(dz * (x - m)) over one row in float64, dz = dy * relu'(x * a + b) (or dy)."""
-    s0 = s1 = s2 = s3 = 0.0
-    t0 = t1 = t2 = t3 = 0.0
-    L = xr.size
-    L4 = L - L % 4
-    for j in range(0, L4, 4):
-        g0, g1, g2, g3 = dyr[j], dyr[j + 1], dyr[j + 2], dyr[j + 3]
-        x0, x1, x2, x3 = xr[j], xr[j + 1], xr[j + 2], xr[j + 3]
-        if relu:
-            v0, v1, v2, v3 = x0 * a + b, x1 * a + b, x2 * a + b, x3 * a + b
-            g0 = g0 if (v0 > 0) | (v0 != v0) else 0.0 * g0
-            g1 = g1 if (v1 > 0) | (v1 != v1) else 0.0 * g1
-            g2 = g2 if (v2 > 0) | (v2 != v2) else 0.0 * g2
-            g3 = g3 if (v3 > 0) | (v3 != v3) else 0.0 * g3
-        d0, d1, d2, d3 = np.float64(g0), np.float64(g1), np.float64(g2), np.float64(g3)
-        s0 += d0
-        s1 += d1
-        s2 += d2
-        s3 += d3
-        t0 += d0 * (np.float64(x0) - m)
-        t1 += d1 * (np.float64(x1) - m)
-        t2 += d2 * (np.float64(x2) - m)
-        t3 += d3 * (np.float64(x3) - m)
-    for j in range(L4, L):
-        g0 = dyr[j]
-        x0 = xr[j]
-        if relu:
-            v0 = x0 * a + b
-            g0 = g0 if (v0 > 0) | (v0 != v0) else 0.0 * g0
-        d0 = np.float64(g0)
-        s0 += d0
-        t0 += d0 * (np.float64(x0) - m)
-    return (s0 + s1) + (s2 + s3), (t0 + t1) + (t2 + t3)
-
-
-@_runtime.jit(parallel=True)
-def _backward_sums(dy, x, mean, scale, shift, relu, row_s, row_t, sdz, sdzx):
-    # dy, x (N, C, L); mean (C,) float64; scale, shift (C,) in x's dtype (the forward's, so the ReLU
-    # mask is the forward's exactly). -> sdz = sum dz, sdzx = sum dz * (x - mean) (C,) float64,
-    # through the (N, C) row workspaces row_s, row_t
-    N, C, L = x.shape
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        s, t = _dz_sums(dy[n, c], x[n, c], scale[c], shift[c], relu, mean[c])
-        row_s[n, c] = s
-        row_t[n, c] = t
-    for c in range(C):
-        s = 0.0
-        t = 0.0
+    for c in _runtime.prange(C):
+        if training:
+            a = acc[c, 0]
+            q = acc[c, 1]
+            a[:] = 0.0
+            for n in range(N):
+                xr = x[n, c]
+                for j in range(L):
+                    a[j] += np.float64(xr[j])
+            m = _lane_total(a) / M
+            a[:] = 0.0
+            q[:] = 0.0
+            for n in range(N):
+                xr = x[n, c]
+                for j in range(L):
+                    d = np.float64(xr[j]) - m
+                    a[j] += d
+                    q[j] += d * d
+            ds = _lane_total(a)
+            v = (_lane_total(q) - ds * ds / M) / M
+            mean[c] = m + ds / M
+            var[c] = v if v > 0.0 else 0.0 * v  # rounding never makes it negative; NaN stays
+        invstd[c] = 1.0 / np.sqrt(var[c] + eps)
+        _affine(w, b, mean, invstd, c, coef)
+        sc = coef[c, 0]
+        sh = coef[c, 1]
         for n in range(N):
-            s += row_s[n, c]
-            t += row_t[n, c]
-        sdz[c] = s
-        sdzx[c] = t
+            xr = x[n, c]
+            yr = y[n, c]
+            if relu and add:
+                sr = skip[n, c]
+                for j in range(L):
+                    t = xr[j] * sc + sh
+                    yr[j] = (t if (t > 0) | (t != t) else 0.0) + sr[j]
+            elif relu:
+                for j in range(L):
+                    t = xr[j] * sc + sh
+                    yr[j] = t if (t > 0) | (t != t) else 0.0
+            elif add:
+                sr = skip[n, c]
+                for j in range(L):
+                    yr[j] = (xr[j] * sc + sh) + sr[j]
+            else:
+                for j in range(L):
+                    yr[j] = xr[j] * sc + sh
 
 
 @_runtime.jit(parallel=True)
-def _backward_dx(dy, x, scale, shift, relu, mean, k, gmean, g, dx):
-    # dx = (dz - gmean[c] - (x - mean[c]) * k[c]) * g[c], dz = dy * relu'(x * scale + shift) (or dy);
-    # per-channel values in x's dtype. Training: k = sum(dz x_hat) * invstd / M, gmean = sum(dz) / M,
-    # g = weight * invstd; eval: k = gmean = 0 (dx = dz * weight * invstd).
+def _backward(dy, x, w, b, mean, invstd, training, relu, need_dx, acc, coef, sdz, sdzx, dx):
+    # dy, x, dx (N, C, L); w, b, mean, invstd (C,) float64; acc (C, 2, L) float64 workspace;
+    # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64 out.
+    # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean).
+    # Pass 2: dx = (dz - gmean - (x - mean) * k) * g with g = w * invstd and, in training,
+    # gmean = sdz / M, k = sdzx * invstd^2 / M (eval: both 0), in x's dtype.
     N, C, L = x.shape
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        a = scale[c]
-        b = shift[c]
+    M = N * L
+    for c in _runtime.prange(C):
+        _affine(w, b, mean, invstd, c, coef)
+        sc = coef[c, 0]
+        sh = coef[c, 1]
         m = mean[c]
-        kc = k[c]
-        gm = gmean[c]
-        gc = g[c]
-        xr = x[n, c]
-        dyr = dy[n, c]
-        dxr = dx[n, c]
-        if relu:
-            for j in range(L):
-                xv = xr[j]
-                v = xv * a + b
-                d = dyr[j]
-                d = d if (v > 0) | (v != v) else 0.0 * d
-                dxr[j] = (d - gm - (xv - m) * kc) * gc
+        a = acc[c, 0]
+        t = acc[c, 1]
+        a[:] = 0.0
+        t[:] = 0.0
+        for n in range(N):
+            xr = x[n, c]
+            dyr = dy[n, c]
+            if relu:
+                for j in range(L):
+                    xv = xr[j]
+                    u = xv * sc + sh
+                    d = dyr[j]
+                    d64 = np.float64(d if (u > 0) | (u != u) else 0.0 * d)
+                    a[j] += d64
+                    t[j] += d64 * (np.float64(xv) - m)
+            else:
+                for j in range(L):
+                    d64 = np.float64(dyr[j])
+                    a[j] += d64
+                    t[j] += d64 * (np.float64(xr[j]) - m)
+        s0 = _lane_total(a)
+        s1 = _lane_total(t)
+        sdz[c] = s0
+        sdzx[c] = s1
+        if not need_dx:
+            continue
+        coef[c, 2] = m
+        if training:
+            coef[c, 3] = s0 / M
+            kc = s1 * invstd[c] * invstd[c] / M
         else:
-            for j in range(L):
-                dxr[j] = (dyr[j] - gm - (xr[j] - m) * kc) * gc
+            coef[c, 3] = 0.0
+            kc = 0.0
+        coef[c, 0] = kc
+        coef[c, 1] = w[c] * invstd[c]
+        kd = coef[c, 0]
+        gc = coef[c, 1]
+        md = coef[c, 2]
+        gm = coef[c, 3]
+        for n in range(N):
+            xr = x[n, c]
+            dyr = dy[n, c]
+            dxr = dx[n, c]
+            if relu:
+                for j in range(L):
+                    xv = xr[j]
+                    u = xv * sc + sh
+                    d = dyr[j]
+                    d = d if (u > 0) | (u != u) else 0.0 * d
+                    dxr[j] = (d - gm - (xv - md) * kd) * gc
+            elif training:
+                for j in range(L):
+                    dxr[j] = (dyr[j] - gm - (xr[j] - md) * kd) * gc
+            else:
+                for j in range(L):
+                    dxr[j] = dyr[j] * gc
 
 
 # --------------------------------------------------------------------------------------- functions
@@ -258,14 +221,6 @@ def _as3(a, dt):
     """(N, C, H, W) -> C-contiguous (N, C, H*W) in dtype dt (a view when it already is)."""
     N, C, H, W = a.shape
     return np.ascontiguousarray(a, dtype=dt).reshape(N, C, H * W)
-
-
-def _scale_shift(mean, invstd, weight, bias, dt):
-    scale = invstd if weight is None else invstd * weight.astype(np.float64)
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias.astype(np.float64)
-    return scale.astype(dt), shift.astype(dt)
 
 
 def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
@@ -342,31 +297,34 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
         if M <= 1:
             raise ValueError(f"{fn}: Expected more than 1 value per channel when training, got input "
                              f"size {x.shape}")
-        x3 = _as3(x, dt)
-        mean = np.empty(C)
-        var = np.empty(C)
-        _stats(x3, np.empty((N, C)), np.empty((N, C)), mean, var)
         for r in (running_mean, running_var):
             if r is not None and not (isinstance(r, np.ndarray) and r.flags.writeable):
                 raise ValueError(f"{fn}: running statistics must be writeable ndarrays")
+        mean = np.empty(C)
+        var = np.empty(C)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{fn}: eval mode (training=False) needs running_mean and running_var")
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+    x3 = _as3(x, dt)
+    skip = _as3(residual, dt) if residual is not None else np.empty((0, 0, 0), dt)
+    invstd = np.empty(C)
+    y = np.empty((N, C, H * W), dtype=dt)
+    w64 = np.ones(C) if weight is None else weight.astype(np.float64)
+    b64 = np.zeros(C) if bias is None else bias.astype(np.float64)
+    if y.size:
+        _forward(x3, w64, b64, float(eps), bool(training), activation == "relu", skip,
+                 np.empty((C, 2, H * W)), mean, var, invstd, np.empty((C, 2), dt), y)
+    else:
+        invstd[:] = 1.0 / np.sqrt(var + eps)
+    if training:
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
         if running_var is not None:
             running_var *= 1 - momentum
             running_var += momentum * var * (M / (M - 1))
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError(f"{fn}: eval mode (training=False) needs running_mean and running_var")
-        x3 = _as3(x, dt) if x.size else np.zeros((N, C, H * W), dt)
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
-    invstd = 1.0 / np.sqrt(var + eps)
-    scale, shift = _scale_shift(mean, invstd, weight, bias, dt)
-    y = np.empty((N, C, H * W), dtype=dt)
-    skip = _as3(residual, dt) if residual is not None else np.empty((0, 0, 0), dt)
-    if y.size:
-        _forward(x3, scale, shift, skip, activation == "relu", y)
     y = y.reshape(N, C, H, W)
     if return_saved:
         return y, BatchNormSaved(mean, invstd, bool(training), activation, residual is not None)
@@ -430,29 +388,18 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True):
     weight = _check_channel_array(weight, "weight", C, fn)
     bias = _check_channel_array(bias, "bias", C, fn)
     dt = _compute_dtype(x.dtype, dy.dtype, *[a.dtype for a in (weight, bias) if a is not None])
-    M = N * H * W
     x3, dy3 = _as3(x, dt), _as3(dy, dt)
-    relu = saved.activation == "relu"
-    scale, shift = _scale_shift(saved.mean, saved.invstd, weight, bias, dt)
+    w64 = np.ones(C) if weight is None else weight.astype(np.float64)
+    b64 = np.zeros(C) if bias is None else bias.astype(np.float64)
     sdz = np.zeros(C)
     sdzx = np.zeros(C)
+    dx = np.empty((N, C, H * W), dtype=dt) if need_dx else np.empty((0, 0, 0), dt)
     if x.size:
-        _backward_sums(dy3, x3, saved.mean, scale, shift, relu, np.empty((N, C)), np.empty((N, C)),
-                       sdz, sdzx)
+        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training,
+                  saved.activation == "relu", bool(need_dx), np.empty((C, 2, H * W)),
+                  np.empty((C, 4), dt), sdz, sdzx, dx)
     dxhat = sdzx * saved.invstd  # sum dz * x_hat
-    dx = None
-    if need_dx:
-        g = saved.invstd if weight is None else saved.invstd * weight.astype(np.float64)
-        if saved.training:
-            k = dxhat * saved.invstd / M
-            gmean = sdz / M
-        else:
-            k = gmean = np.zeros(C)
-        dx = np.empty((N, C, H * W), dtype=dt)
-        if x.size:
-            _backward_dx(dy3, x3, scale, shift, relu, saved.mean.astype(dt), k.astype(dt),
-                         gmean.astype(dt), g.astype(dt), dx)
-        dx = dx.reshape(N, C, H, W)
+    dx = dx.reshape(N, C, H, W) if need_dx else None
     dweight = None if weight is None else dxhat.astype(dt)
     dbias = None if bias is None else sdz.astype(dt)
     if saved.residual:
