@@ -6,42 +6,10 @@ import sys
 
 
 def _info(args):
-    import os
-    import platform
-
-    import numba
-    import numpy as np
-
-    import fastact
-    from fastact import _runtime
-
-    rows = [
-        ("fastact", fastact.__version__),
-        ("python", platform.python_version()),
-        ("numpy", np.__version__),
-        ("numba", numba.__version__),
-        ("llvmlite", __import__("llvmlite").__version__),
-        ("threading layer", _runtime.threading_layer()),
-        ("threads", str(numba.get_num_threads())),
-        ("cpu count", str(os.cpu_count())),
-        ("parallel threshold", f"{fastact.config.PARALLEL_MIN_SIZE} elements (transcendental: "
-                               f"{fastact.config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})"),
-        ("JIT cache", _runtime.cache_path() or "disabled (no writable location)"),
-        ("CUDA", _cuda_status()),
-    ]
-    for k, v in rows:
+    from fastact import system
+    for k, v in system.info().items():
         print(f"{k:20s} {v}")
     return 0
-
-
-def _cuda_status():
-    try:
-        from numba import cuda
-        if cuda.is_available():
-            return f"available ({cuda.get_current_device().name.decode()})"
-        return "not available (no GPU or driver)"
-    except Exception as exc:  # numba-cuda missing or broken: say so, never fail `info`
-        return f"not available ({type(exc).__name__})"
 
 
 def _bench(args):
@@ -72,7 +40,8 @@ def _train(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a VGG-style CNN (default: the bundled digits set)")
+    t = sub.add_parser("train", help="train a CNN: VGG-style (default, on the bundled digits set) or a "
+                                     "reference ResNet of fastact.models on CIFAR-10")
     from fastact.train import add_arguments
     add_arguments(t)
     t.set_defaults(fn=_train)

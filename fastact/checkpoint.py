@@ -1,7 +1,9 @@
 """Training checkpoints: one ``.npz`` (a zip of ``.npy`` arrays), written atomically, read without pickle.
 
 Layout: ``format_version`` (int64), ``header`` (the JSON of the run's config, epoch and history as
-uint8 bytes), ``model/<state_dict key>`` and ``optim/<key>`` arrays.
+uint8 bytes), ``model/<state_dict key>`` and ``optim/<key>`` arrays. The model's entries are its whole
+``state_dict()``, buffers included (BatchNorm's running statistics, and ``num_batches_tracked``, which
+keeps its int64 dtype), so a resumed run continues exactly.
 
 Writing goes to a temporary file in the same directory, is fsync'ed and then renamed over the target,
 so a crash at any point leaves either the old checkpoint or the new one, never a torn file.

@@ -6,7 +6,12 @@
   ``data_dir`` (the directory itself or its ``cifar-10-batches-py`` subdirectory).
 
 Every loader returns ``(x_train, y_train, x_test, y_test)``: float32 NCHW images standardised with the
-training set's mean and standard deviation, int64 labels.
+training set's mean and standard deviation, int64 labels. :func:`select_classes` keeps a subset of the
+classes (``python -m fastact train --classes airplane,bird``), relabelled 0..k-1 in the order given.
+
+CIFAR-10's official python format is a pickle per batch; it is read with an unpickler that refuses
+every class (only the plain dicts, lists and bytes of a batch load), so a crafted file cannot run code.
+fastact's own files (checkpoints) never use pickle.
 """
 
 import gzip
@@ -16,7 +21,13 @@ import pickle
 
 import numpy as np
 
-__all__ = ["load", "load_digits", "load_mnist", "load_cifar10", "read_idx", "batches", "DATASETS"]
+__all__ = ["load", "load_digits", "load_mnist", "load_cifar10", "read_idx", "batches", "DATASETS",
+           "CLASSES", "class_indices", "select_classes"]
+
+#: class names per data set, in label order (CIFAR-10's from its ``batches.meta``)
+CLASSES = {"digits": tuple("0123456789"), "mnist": tuple("0123456789"),
+           "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                       "truck")}
 
 
 class DataError(Exception):
@@ -130,6 +141,47 @@ def load(name, data_dir=None, seed=0):
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
     return DATASETS[name](data_dir, seed)
+
+
+def class_indices(dataset, names):
+    """The labels of the class ``names`` (a list, or one comma-separated string) in ``dataset``.
+
+    Raises DataError naming the valid names for an unknown or repeated name, or fewer than two.
+
+    Examples
+    --------
+    >>> from fastact import data
+    >>> data.class_indices("cifar10", "airplane,bird")
+    [0, 2]
+    """
+    valid = CLASSES[dataset]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise DataError(f"unknown {dataset} class(es) {unknown}; the classes are {', '.join(valid)}")
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise DataError(f"--classes needs two or more distinct {dataset} classes, got {names}")
+    return [valid.index(n) for n in names]
+
+
+def select_classes(x, y, labels):
+    """The images of the classes ``labels`` only, relabelled 0..k-1 in the order of ``labels``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import data
+    >>> x, y = np.arange(5), np.array([2, 0, 1, 2, 0])
+    >>> data.select_classes(x, y, [2, 0])
+    (array([0, 1, 3, 4]), array([0, 1, 0, 1]))
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    lut = np.full(max(int(labels.max()), int(y.max(initial=0))) + 1, -1, dtype=np.int64)
+    lut[labels] = np.arange(len(labels))
+    keep = lut[y] >= 0
+    return x[keep], lut[y[keep]]
 
 
 def batches(x, y, batch_size, *, shuffle=True, seed=0, epoch=0):

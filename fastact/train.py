@@ -1,9 +1,18 @@
-"""``python -m fastact train``: train a VGG-style network with fastact alone.
+"""``python -m fastact train``: train a network with fastact alone.
 
-Per epoch it shows a progress bar (loss, accuracy, images/s), then the test accuracy and the dead-unit
-report: for every activation layer, the fraction of its units (channel x position) that were never
-positive for any training image during the epoch -- the "dying ReLU" users of the ReLU family watch for.
-At the end it prints the final test accuracy and writes the training curves as a PNG.
+``--model vgg`` (the default) is a small VGG-style ``nn.Sequential`` shaped per data set (``PRESETS``);
+``--model net_depth|net_res|net_res_deep`` are the reference networks of :mod:`fastact.models` for
+3x32x32 images, so they need ``--dataset cifar10`` (the default for them). They are the PyTorch classes,
+built with one output per class: by default the two classes they were written for (``--classes
+airplane,bird``), or any two or more CIFAR-10 classes, all ten included. Their training defaults are in
+``MODEL_PRESETS``.
+
+Per epoch it shows a progress bar (loss, accuracy, images/s), then the test accuracy and, for the VGG
+model, the dead-unit report: for every activation layer, the fraction of its units (channel x position)
+that were never positive for any training image during the epoch -- the "dying ReLU" users of the ReLU
+family watch for. At the end it prints the final test accuracy and writes the training curves as a PNG.
+Checkpoints hold the whole ``state_dict()`` (BatchNorm running statistics and ``num_batches_tracked``
+included), so ``--resume`` continues any model exactly.
 """
 
 import json
@@ -25,13 +34,35 @@ PRESETS = {
                     input_size=32, epochs=10, batch_size=64, lr=1e-3, optimizer="adam"),
 }
 
+#: the reference networks of fastact.models: builder, the data set they take, training defaults
+#: (SGD with the default momentum 0.9; the book trains them with plain SGD at lr 1e-2 and 3e-3)
+MODEL_PRESETS = {
+    "net_depth": dict(build=models.net_depth, dataset="cifar10", classes="airplane,bird", epochs=10,
+                      batch_size=64, lr=1e-2, optimizer="sgd"),
+    "net_res": dict(build=models.net_res, dataset="cifar10", classes="airplane,bird", epochs=10,
+                    batch_size=64, lr=1e-2, optimizer="sgd"),
+    "net_res_deep": dict(build=models.net_res_deep, dataset="cifar10", classes="airplane,bird",
+                         epochs=10, batch_size=64, lr=3e-3, optimizer="sgd"),
+}
+MODELS = ("vgg",) + tuple(MODEL_PRESETS)
+
 #: the fields of a run that a resumed run must share with its checkpoint
-_RESUME_KEYS = ("dataset", "cfg", "hidden", "in_channels", "input_size", "activation", "optimizer", "lr",
-                "batch_size", "seed", "dtype", "num_classes")
+_RESUME_KEYS = ("dataset", "model", "cfg", "hidden", "in_channels", "input_size", "activation", "classes",
+                "n_chans1", "n_blocks", "optimizer", "lr", "batch_size", "seed", "dtype", "num_classes")
+#: their values in checkpoints written before the field existed (every such run was a VGG on all classes)
+_LEGACY = {"model": "vgg", "classes": None, "n_chans1": None, "n_blocks": None}
 
 
 def add_arguments(p):
-    p.add_argument("--dataset", choices=sorted(data.DATASETS), default="digits")
+    p.add_argument("--model", choices=MODELS, default="vgg",
+                   help="vgg (default; shaped per data set) or a reference network of fastact.models "
+                        "(3x32x32 input: needs cifar10, the default for them)")
+    p.add_argument("--dataset", choices=sorted(data.DATASETS),
+                   help="default: digits for vgg, cifar10 for the reference networks")
+    p.add_argument("--classes", help="comma-separated class names to train on, relabelled 0..k-1 in "
+                   "this order (default: all; airplane,bird for the reference networks)")
+    p.add_argument("--n-chans1", type=int, default=32, help="net_*: channels of conv1 (default 32)")
+    p.add_argument("--n-blocks", type=int, default=10, help="net_res_deep: residual blocks (default 10)")
     p.add_argument("--data-dir", help="directory holding the MNIST IDX files or the CIFAR-10 batches")
     p.add_argument("--epochs", type=int, help="default: per data set (digits 12)")
     p.add_argument("--batch-size", type=int)
@@ -44,16 +75,37 @@ def add_arguments(p):
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     p.add_argument("--plot", metavar="PATH", help="training-curve PNG (default: beside the checkpoint, "
-                   "else runs/train-<dataset>.png)")
+                   "else runs/train-<dataset>[-<model>].png)")
     p.add_argument("--limit", type=int, help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _config(args):
-    preset = PRESETS[args.dataset]
-    cfg = dict(dataset=args.dataset, cfg=preset["cfg"], hidden=preset["hidden"],
+    model = getattr(args, "model", "vgg")
+    ref = MODEL_PRESETS.get(model)
+    dataset = args.dataset or (ref["dataset"] if ref else "digits")
+    preset = dict(PRESETS[dataset])
+    classes = getattr(args, "classes", None)
+    if ref:
+        if dataset != ref["dataset"]:
+            raise ValueError(f"--model {model} takes 3x32x32 images: it needs --dataset {ref['dataset']}, "
+                             f"not {dataset}")
+        if args.activation != "relu":
+            raise ValueError(f"--model {model} is a fixed architecture with ReLU; --activation "
+                             f"{args.activation} applies to --model vgg only")
+        preset.update({k: ref[k] for k in ("epochs", "batch_size", "lr", "optimizer")})
+        preset.update(cfg=None, hidden=None)
+        classes = classes or ref["classes"]
+    if classes is not None:
+        labels = data.class_indices(dataset, classes)  # DataError naming the valid names
+        classes = [data.CLASSES[dataset][i] for i in labels]
+    n_chans1 = getattr(args, "n_chans1", 32) if ref else None
+    n_blocks = getattr(args, "n_blocks", 10) if model == "net_res_deep" else None
+    cfg = dict(dataset=dataset, model=model, cfg=preset["cfg"], hidden=preset["hidden"],
                in_channels=preset["in_channels"], input_size=preset["input_size"],
-               activation=args.activation, seed=args.seed, dtype=args.dtype, num_classes=10,
+               activation=args.activation, classes=classes, n_chans1=n_chans1, n_blocks=n_blocks,
+               seed=args.seed, dtype=args.dtype,
+               num_classes=len(data.CLASSES[dataset]) if classes is None else len(classes),
                epochs=args.epochs or preset["epochs"], batch_size=args.batch_size or preset["batch_size"],
                lr=args.lr or preset["lr"], optimizer=args.optimizer or preset["optimizer"],
                momentum=args.momentum)
@@ -64,9 +116,18 @@ def _config(args):
 
 
 def build(cfg):
-    model = models.vgg(cfg["cfg"], in_channels=cfg["in_channels"], num_classes=cfg["num_classes"],
-                       input_size=cfg["input_size"], hidden=tuple(cfg["hidden"]),
-                       activation=cfg["activation"], seed=cfg["seed"], dtype=np.dtype(cfg["dtype"]))
+    """(model, optimizer) of a run's config (the dict that checkpoints store)."""
+    name = cfg.get("model", "vgg")
+    dtype = np.dtype(cfg["dtype"])
+    if name == "vgg":
+        model = models.vgg(cfg["cfg"], in_channels=cfg["in_channels"], num_classes=cfg["num_classes"],
+                           input_size=cfg["input_size"], hidden=tuple(cfg["hidden"]),
+                           activation=cfg["activation"], seed=cfg["seed"], dtype=dtype)
+    else:
+        kw = dict(n_chans1=cfg["n_chans1"], num_classes=cfg["num_classes"], seed=cfg["seed"], dtype=dtype)
+        if cfg.get("n_blocks") is not None:
+            kw["n_blocks"] = cfg["n_blocks"]
+        model = MODEL_PRESETS[name]["build"](**kw)
     if cfg["optimizer"] == "adam":
         opt = optim.Adam(model.parameters(), lr=cfg["lr"])
     else:
@@ -85,7 +146,9 @@ def evaluate(model, x, y, batch_size=256):
 def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None):
     """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer)."""
     model.train()
-    model.activity = {}
+    sequential = isinstance(model, nn.Sequential)  # the dead-unit report reads Sequential's activity
+    if sequential:
+        model.activity = {}
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     for xb, yb in data.batches(x, y, cfg["batch_size"], seed=cfg["seed"], epoch=epoch):
@@ -102,8 +165,10 @@ def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None):
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
                                  img_s=f"{rate:.0f}", refresh=False)
             progress.update(1)
-    dead = {str(k): float(1.0 - np.mean(v)) for k, v in sorted(model.activity.items())}
-    model.activity = None
+    dead = {}
+    if sequential:
+        dead = {str(k): float(1.0 - np.mean(v)) for k, v in sorted(model.activity.items())}
+        model.activity = None
     return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0), dead
 
 
@@ -112,18 +177,18 @@ def plot_history(history, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    layers = sorted({k for h in history for k in h["dead"]}, key=int)
+    fig, axes = plt.subplots(1, 3 if layers else 2, figsize=(13 if layers else 9, 3.6))
     axes[0].plot(ep, [h["loss"] for h in history], "o-")
     axes[0].set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
     axes[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train")
     axes[1].plot(ep, [h["test_acc"] for h in history], "s-", label="test")
     axes[1].set(title="accuracy", xlabel="epoch")
     axes[1].legend()
-    layers = sorted({k for h in history for k in h["dead"]}, key=int)
     for k in layers:
         axes[2].plot(ep, [h["dead"].get(k, np.nan) for h in history], "o-", label=f"layer {k}")
-    axes[2].set(title="dead units (never fired in the epoch)", xlabel="epoch", ylim=(-0.02, 1.02))
     if layers:
+        axes[2].set(title="dead units (never fired in the epoch)", xlabel="epoch", ylim=(-0.02, 1.02))
         axes[2].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -147,11 +212,12 @@ def _run(args):
     if args.resume:
         header, _ = checkpoint.read_header(args.resume)   # validates before any large read
         saved = header.get("config", {})
-        diff = [k for k in _RESUME_KEYS if saved.get(k) != cfg.get(k)]
+        saved = {k: saved.get(k, _LEGACY.get(k)) for k in _RESUME_KEYS}
+        diff = [k for k in _RESUME_KEYS if saved[k] != cfg.get(k)]
         if diff:
             raise checkpoint.CheckpointError(
                 f"{args.resume} was written by a different run: " +
-                ", ".join(f"{k} {saved.get(k)!r} (now {cfg.get(k)!r})" for k in diff))
+                ", ".join(f"{k} {saved[k]!r} (now {cfg.get(k)!r})" for k in diff))
         resume_state = header
     model, opt = build(cfg)
     if resume_state is not None:
@@ -162,16 +228,29 @@ def _run(args):
         history = header["history"]
         start = header["epoch"] + 1
     xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
+    if cfg["classes"] is not None:
+        labels = data.class_indices(cfg["dataset"], cfg["classes"])
+        xtr, ytr = data.select_classes(xtr, ytr, labels)
+        xte, yte = data.select_classes(xte, yte, labels)
     if args.limit:
         xtr, ytr = xtr[:args.limit], ytr[:args.limit]
-    print(f"fastact train: {cfg['dataset']} ({len(ytr)} train, {len(yte)} test images), "
-          f"vgg{cfg['cfg']} + fc{cfg['hidden']}, {cfg['activation']}, {cfg['optimizer']} lr={cfg['lr']}, "
-          f"batch {cfg['batch_size']}, {cfg['dtype']}")
+    if len(ytr) == 0:
+        raise data.DataError(f"no training images of the classes {cfg['classes']} in {cfg['dataset']}")
+    if cfg["model"] == "vgg":
+        arch = f"vgg{cfg['cfg']} + fc{cfg['hidden']}, {cfg['activation']}"
+    else:
+        arch = f"{cfg['model']}(n_chans1={cfg['n_chans1']}" + \
+            (f", n_blocks={cfg['n_blocks']})" if cfg["n_blocks"] is not None else ")")
+    print(f"fastact train: {cfg['dataset']} ({len(ytr)} train, {len(yte)} test images"
+          f"{'' if cfg['classes'] is None else ', classes ' + ','.join(cfg['classes'])}), {arch}, "
+          f"{cfg['optimizer']} lr={cfg['lr']}, batch {cfg['batch_size']}, {cfg['dtype']}")
     loss_fn = nn.CrossEntropyLoss()
     plot_path = args.plot or (os.path.splitext(args.checkpoint)[0] + ".png" if args.checkpoint
-                              else os.path.join("runs", f"train-{cfg['dataset']}.png"))
+                              else os.path.join("runs", f"train-{cfg['dataset']}"
+                                               f"{'' if cfg['model'] == 'vgg' else '-' + cfg['model']}.png"))
     nbatches = -(-len(ytr) // cfg["batch_size"])
-    act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))]
+    act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))] \
+        if isinstance(model, nn.Sequential) else []
     for epoch in range(start, cfg["epochs"] + 1):
         progress = None
         if not args.quiet:
@@ -188,12 +267,13 @@ def _run(args):
         dead_txt = ", ".join(f"layer {k} ({type(model[int(k)]).__name__}): {v:.1%}"
                              for k, v in dead.items() if int(k) in act_layers)
         print(f"epoch {epoch}: loss {loss:.4f}, train acc {acc:.2%}, test acc {test_acc:.2%}, "
-              f"{rate:.0f} images/s; dead units: {dead_txt}")
+              f"{rate:.0f} images/s" + (f"; dead units: {dead_txt}" if act_layers else ""))
         if args.checkpoint:
             checkpoint.save(args.checkpoint, dict(config=cfg, epoch=epoch, history=history),
                             model.state_dict(), opt.state_dict())
     if history:
-        plot_history(history, plot_path, f"fastact: {cfg['dataset']}, {cfg['activation']}")
+        title = f"fastact: {cfg['dataset']}, " + (cfg["activation"] if cfg["model"] == "vgg" else cfg["model"])
+        plot_history(history, plot_path, title)
         print(f"training curves: {plot_path}")
         print(f"final test accuracy: {history[-1]['test_acc']:.2%}")
     return 0

@@ -336,3 +336,111 @@ def test_vgg11_forward_224():
         with torch.no_grad():
             t = tnet.classifier(torch.flatten(tnet.avgpool(tnet.features(torch.from_numpy(x))), 1))
         _close(y, t.numpy(), np.float32, "vgg11 logits")
+
+
+# ------------------------------------------------------------------------------- train CLI
+
+def _write_cifar(root, per_class=2, seed=0):
+    """A tiny CIFAR-10 directory in the official format: five training batches, one test batch,
+    each holding ``per_class`` images of every class (random pixels, class-dependent brightness)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = [c for c in range(10) for _ in range(per_class)]
+        pixels = rng.integers(0, 128, (len(labels), 3 * 32 * 32)) + 12 * np.array(labels)[:, None]
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": pixels.astype(np.uint8).tobytes(), b"labels": labels}, fh)
+    return str(root)
+
+
+def _cli(*args):
+    return cli(["train", "--quiet", *args])
+
+
+def test_classes_subset(tmp_path):
+    d = _write_cifar(tmp_path / "cifar")
+    xtr, ytr, xte, yte = data.load("cifar10", d)
+    labels = data.class_indices("cifar10", "bird,airplane")
+    assert labels == [2, 0]
+    x, y = data.select_classes(xtr, ytr, labels)
+    assert len(y) == 20 and set(y.tolist()) == {0, 1}
+    np.testing.assert_array_equal(x[y == 0], xtr[ytr == 2])  # relabelled in the order given
+    with pytest.raises(data.DataError, match="airplane, automobile"):
+        data.class_indices("cifar10", "airplane,plane")
+    with pytest.raises(data.DataError, match="two or more"):
+        data.class_indices("cifar10", "bird,bird")
+
+
+@pytest.mark.parametrize("model, extra", [("net_res_deep", ["--n-chans1", "4", "--n-blocks", "2"]),
+                                          ("net_depth", ["--n-chans1", "4"]),
+                                          ("net_res", ["--n-chans1", "4", "--dtype", "float64"])])
+def test_cli_reference_nets_checkpoint_and_resume(tmp_path, monkeypatch, capsys, model, extra):
+    """Three epochs in one run equal two epochs, then a resumed third (BatchNorm buffers included)."""
+    monkeypatch.chdir(tmp_path)
+    d = _write_cifar(tmp_path / "cifar")
+    common = ["--model", model, "--data-dir", d, "--batch-size", "4", *extra]
+    assert _cli(*common, "--epochs", "3", "--checkpoint", "full.npz") == 0
+    out = capsys.readouterr().out
+    assert "classes airplane,bird" in out and f"{model}(n_chans1=4" in out and "final test accuracy" in out
+    assert (tmp_path / "full.png").exists()
+    assert _cli(*common, "--epochs", "2", "--checkpoint", "part.npz") == 0
+    assert _cli(*common, "--epochs", "3", "--resume", "part.npz", "--checkpoint", "part.npz") == 0
+    h_full, m_full, o_full = checkpoint.load("full.npz")
+    h_res, m_res, o_res = checkpoint.load("part.npz")
+    assert h_full["config"]["model"] == model and h_full["config"]["num_classes"] == 2
+    assert [e["loss"] for e in h_full["history"]] == [e["loss"] for e in h_res["history"]]
+    assert list(m_full) == list(models.REFERENCE_NETS[model](n_chans1=4, **(
+        {"n_blocks": 2} if model == "net_res_deep" else {})).state_dict())
+    for k in m_full:
+        assert m_full[k].dtype == m_res[k].dtype
+        np.testing.assert_array_equal(m_full[k], m_res[k], err_msg=k)
+    for k in o_full:
+        np.testing.assert_array_equal(o_full[k], o_res[k], err_msg=k)
+    if model == "net_res_deep":
+        nbt = m_full["resblocks.1.batch_norm.num_batches_tracked"]
+        assert nbt.dtype == np.int64 and int(nbt) == 3 * 5  # 20 images / batch 4, three epochs
+        assert not np.all(m_full["resblocks.0.batch_norm.running_var"] == 1)
+
+
+def test_cli_reference_net_errors(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    d = _write_cifar(tmp_path / "cifar")
+    assert _cli("--model", "net_res", "--dataset", "digits") == 2
+    assert "needs --dataset cifar10" in capsys.readouterr().err
+    assert _cli("--model", "net_res", "--data-dir", d, "--classes", "airplane,plane") == 2
+    assert "unknown cifar10 class" in capsys.readouterr().err
+    assert _cli("--model", "net_depth", "--data-dir", d, "--activation", "gelu") == 2
+    assert "ReLU" in capsys.readouterr().err
+    # a checkpoint of another model is refused by name
+    assert _cli("--model", "net_depth", "--n-chans1", "4", "--data-dir", d, "--epochs", "1",
+                "--batch-size", "8", "--checkpoint", "a.npz") == 0
+    capsys.readouterr()
+    assert _cli("--model", "net_res", "--n-chans1", "4", "--data-dir", d, "--epochs", "2",
+                "--batch-size", "8", "--resume", "a.npz") == 2
+    assert "model 'net_depth' (now 'net_res')" in capsys.readouterr().err
+
+
+def test_cli_all_ten_classes_and_vgg_on_cifar(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    d = _write_cifar(tmp_path / "cifar")
+    assert _cli("--model", "net_res_deep", "--n-chans1", "4", "--n-blocks", "1", "--data-dir", d,
+                "--classes", ",".join(data.CLASSES["cifar10"]), "--epochs", "1", "--batch-size", "25",
+                "--checkpoint", "ten.npz") == 0
+    assert checkpoint.load("ten.npz")[1]["fc2.weight"].shape == (10, 32)
+    assert _cli("--dataset", "cifar10", "--data-dir", d, "--classes", "cat,dog", "--epochs", "1",
+                "--batch-size", "10") == 0
+    out = capsys.readouterr().out
+    assert "vgg[" in out and "classes cat,dog" in out and "dead units" in out
+
+
+def test_checkpoint_int64_buffer_round_trip(tmp_path):
+    net = models.net_res_deep(4, 2)
+    net(_batch(4)[0])
+    p = str(tmp_path / "ck.npz")
+    checkpoint.save(p, {"epoch": 1}, net.state_dict(), {})
+    _, state, _ = checkpoint.load(p, expect_model={k: v.shape for k, v in net.state_dict().items()})
+    other = models.net_res_deep(4, 2, seed=5).load_state_dict(state)
+    for k, v in net.state_dict().items():
+        assert other.state_dict()[k].dtype == v.dtype
+        np.testing.assert_array_equal(other.state_dict()[k], v)
+    assert int(other.resblocks[0].batch_norm.num_batches_tracked) == 1
