@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import fastact as fa  # noqa: E402
-from fastact._table import ACTIVATIONS  # noqa: E402
+from fastact.table import ACTIVATIONS  # noqa: E402
 
 import mpref  # noqa: E402
 from conftest import PARAM_SETS, default_kwargs  # noqa: E402

@@ -23,7 +23,6 @@ shapes and the baselines from here.
 """
 
 import argparse
-import importlib
 import sys
 import tracemalloc
 
@@ -32,7 +31,6 @@ import numpy as np
 import fastact as fa
 from fastact import benchmark
 
-fconv = importlib.import_module("fastact.conv")  # the module (fastact.conv2d is the function)
 
 # name -> (N, C, H, W, K); every layer is a 3x3 conv with padding 1, stride 1
 SHAPES = {
@@ -138,13 +136,13 @@ def conv_memory(shape, dtype):
     x, w, b, _ = make_inputs(shape, dtype)
     N, C, H, W, K = shape
     P, Q = H, W
-    nb = fconv._tile(N, C * R * S, P * Q, np.dtype(dtype).itemsize)
+    nb = fa.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
     col_bytes = C * R * S * nb * P * Q * np.dtype(dtype).itemsize
     y_bytes = N * K * P * Q * np.dtype(dtype).itemsize
     res = []
     for cold in (True, False):
         if cold:
-            fconv._ws.__dict__.pop("bufs", None)  # this thread's workspace: dropped, as in a new process
+            fa.release_workspaces()  # this thread's workspace: dropped, as in a new process
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
@@ -160,19 +158,15 @@ def conv_memory(shape, dtype):
 
 def stage_times(shape, dtype, repeat=7):
     """Median seconds of the forward's three stages (summed over tiles) and of the whole conv2d."""
-    from fastact import _epilogue
-    blas = getattr(fconv, "_blas", None)
-    matmul = blas.matmul if blas is not None else np.matmul
+    matmul = np.matmul
     x, w, b, _ = make_inputs(shape, dtype)
-    N, C, H, W, K = shape
+    N, C, H, W = x.shape
+    K = w.shape[0]
     P, Q = H, W
     CRS, PQ = C * R * S, P * Q
-    nb = fconv._tile(N, CRS, PQ, x.dtype.itemsize)
+    nb = fa.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
     w2 = w.reshape(K, CRS)
     y = np.empty((N, K, P, Q), dtype)
-    no_z = np.empty((0, 0, 0), dtype)
-    epi = _epilogue.get("conv", "relu")
-    pv = [x.dtype.type(v) for v in _epilogue.param_values("relu", None)]
     tiles = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]
     # one column buffer per tile size, reused across tiles as conv2d reuses its workspace; one GEMM
     # output per tile, so that the epilogue stage (timed on its own) reads every tile's own result
@@ -181,7 +175,7 @@ def stage_times(shape, dtype, repeat=7):
 
     def im2col():
         for n0, m in tiles:
-            fconv._im2col(x, n0, m, R, S, 1, 1, PAD, PAD, P, Q, cols[m])
+            fa.im2col(x[n0:n0 + m], (R, S), 1, PAD, out=cols[m])
 
     def gemm():  # times the GEMMs on whatever the column buffers hold: the cost does not depend on it
         for i, (_, m) in enumerate(tiles):
@@ -189,13 +183,13 @@ def stage_times(shape, dtype, repeat=7):
 
     def epilogue():
         for i, (n0, m) in enumerate(tiles):
-            epi(gs[i].reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), no_z, *pv)
+            fa.gemm_epilogue(gs[i].reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), activation="relu")
 
     t = interleaved({"im2col": im2col, "GEMM": gemm, "epilogue": epilogue,
                      "conv2d (all)": lambda: fastact_fwd(x, w, b)}, repeat)
     # the three stages, run in order tile by tile, really compute the conv
     for i, (n0, m) in enumerate(tiles):
-        fconv._im2col(x, n0, m, R, S, 1, 1, PAD, PAD, P, Q, cols[m])
+        fa.im2col(x[n0:n0 + m], (R, S), 1, PAD, out=cols[m])
         matmul(w2, cols[m], out=gs[i])
     epilogue()
     np.testing.assert_allclose(y, fastact_fwd(x, w, b), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,8 @@ from ._table import ACTIVATIONS as _TABLE
 from .elementwise import *  # noqa: F401,F403
 from .elementwise import __all__ as _elementwise_all
 from .batchnorm import batch_norm2d, batch_norm2d_backward
-from .conv import conv2d, conv2d_backward
+from .conv import (conv2d, conv2d_backward, conv_output_shape, gemm_epilogue, im2col, images_per_tile,
+                   release_workspaces)
 from .gradcheck import GradcheckError, gradcheck, gradcheck_module
 from .linear import linear, linear_backward
 from .loss import (cross_entropy, cross_entropy_backward, log_softmax, log_softmax_backward, softmax,
@@ -32,7 +33,8 @@ LAYERS = ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_no
 __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS",
            "GradcheckError", "gradcheck", "gradcheck_module", *_elementwise_all,
            "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-           "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+           "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "gemm_epilogue", "images_per_tile",
+           "release_workspaces", "max_pool2d", "max_pool2d_backward",
            "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
            "batch_norm2d", "batch_norm2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]

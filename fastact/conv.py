@@ -32,11 +32,17 @@ from . import _blas, _epilogue, _runtime, config
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
 
-__all__ = ["conv2d", "conv2d_backward", "conv_output_shape"]
+__all__ = ["conv2d", "conv2d_backward", "conv_output_shape", "images_per_tile", "im2col", "gemm_epilogue",
+           "release_workspaces"]
 
 
 def conv_output_shape(x_shape, w_shape, stride=1, padding=0):
-    """(N, K, P, Q) of conv2d for these shapes; ValueError naming the shapes when they don't fit."""
+    """(N, K, P, Q) of conv2d for these shapes; ValueError naming the shapes when they don't fit.
+
+    >>> import fastact as fa
+    >>> fa.conv_output_shape((8, 3, 32, 32), (16, 3, 3, 3), stride=2, padding=1)
+    (8, 16, 16, 16)
+    """
     if len(x_shape) != 4:
         raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
@@ -195,6 +201,100 @@ def _workspace(name, shape, dtype):
 def _tile(N, CRS, PQ, itemsize):
     per_image = max(CRS * PQ * itemsize, 1)
     return int(max(1, min(N, config.CONV_WORKSPACE_BYTES // per_image)))
+
+
+# ------------------------------------------------------------------------------- building blocks
+# The stages of conv2d, public for people who compose their own convolution (or time the stages, as
+# bench/conv_report.py does).
+
+def images_per_tile(x_shape, weight_shape, stride=1, padding=0, dtype=np.float32):
+    """How many images conv2d processes per tile: as many as keep the column buffer (C*R*S, nb*P*Q)
+    under ``config.CONV_WORKSPACE_BYTES`` (at least 1, at most N).
+
+    >>> import fastact as fa
+    >>> fa.images_per_tile((64, 16, 32, 32), (16, 16, 3, 3), padding=1)  # 144 x 1024 floats per image
+    14
+    """
+    N, _, P, Q = conv_output_shape(x_shape, weight_shape, stride, padding)
+    _, C, R, S = weight_shape
+    return _tile(N, C * R * S, P * Q, np.dtype(dtype).itemsize)
+
+
+def im2col(x, kernel_size, stride=1, padding=0, *, out=None):
+    """The patch matrix of a convolution: ``col[(c, r, s), (n, p, q)] = xpad[n, c, p*sh + r, q*sw + s]``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+        float32 or float64, C-contiguous (a slice ``x[n0:n0 + m]`` of a batch is).
+    kernel_size, stride, padding : int or (int, int)
+    out : ndarray, shape (C*R*S, N*P*Q), optional
+        Written in place (the same dtype as ``x``, C-contiguous).
+
+    Returns
+    -------
+    col : ndarray, shape (C*R*S, N*P*Q)
+        ``weight.reshape(K, -1) @ col`` is the convolution, images side by side along the columns.
+
+    Examples
+    --------
+    >>> import numpy as np, fastact as fa
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fa.im2col(x, 2)
+    array([[0., 1., 3., 4.],
+           [1., 2., 4., 5.],
+           [3., 4., 6., 7.],
+           [4., 5., 7., 8.]])
+    """
+    x = np.asarray(x)
+    R, S = _pair(kernel_size, "kernel_size")
+    N, C = x.shape[:2] if x.ndim == 4 else (None, None)
+    _, _, P, Q = conv_output_shape(x.shape, (1, C if C is not None else 1, R, S), stride, padding)
+    if x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+        raise TypeError(f"im2col: x must be a C-contiguous float32/float64 array, got {x.dtype} "
+                        f"{'contiguous' if x.flags.c_contiguous else 'non-contiguous'}")
+    shape = (C * R * S, N * P * Q)
+    if out is None:
+        out = np.empty(shape, dtype=x.dtype)
+    elif out.shape != shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"im2col: out must be a C-contiguous {x.dtype} array of shape {shape}, got "
+                         f"{out.dtype} {out.shape}")
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    if out.size:
+        _im2col(x, 0, N, R, S, sh, sw, ph, pw, P, Q, out)
+    return out
+
+
+def gemm_epilogue(g, bias, out, *, activation=None, activation_params=None):
+    """The forward's last stage: ``out[n, k, :] = act(g[k, n, :] + bias[k])`` in one pass.
+
+    ``g`` is the GEMM result ``weight.reshape(K, -1) @ im2col(x)`` viewed (K, N, P*Q), ``bias`` (K,)
+    and ``out`` (N, K, P*Q), all of one float dtype, C-contiguous.
+
+    >>> import numpy as np, fastact as fa
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3); w = np.ones((2, 1, 2, 2))
+    >>> g = (w.reshape(2, -1) @ fa.im2col(x, 2)).reshape(2, 1, 4)
+    >>> y = np.empty((1, 2, 4)); fa.gemm_epilogue(g, np.array([0.0, -20.0]), y, activation="relu")
+    >>> np.array_equal(y.reshape(1, 2, 2, 2), fa.conv2d(x, w, np.array([0.0, -20.0]), activation="relu"))
+    True
+    """
+    K, N, PQ = g.shape
+    if bias.shape != (K,) or out.shape != (N, K, PQ) or not (g.dtype == bias.dtype == out.dtype):
+        raise ValueError(f"gemm_epilogue: expected g (K, N, PQ), bias (K,), out (N, K, PQ) of one dtype; "
+                         f"got {g.dtype} {g.shape}, {bias.dtype} {bias.shape}, {out.dtype} {out.shape}")
+    pv = [g.dtype.type(v) for v in _epilogue.param_values(activation, activation_params)]
+    _epilogue.get("conv", activation)(g, bias, out, np.empty((0, 0, 0), dtype=g.dtype), *pv)
+
+
+def release_workspaces():
+    """Free this thread's column and GEMM buffers (conv2d allocates them again on its next call).
+
+    >>> import numpy as np, fastact as fa
+    >>> _ = fa.conv2d(np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3)))
+    >>> fa.release_workspaces()  # e.g. before measuring a cold call's memory
+    """
+    _ws.__dict__.pop("bufs", None)
 
 
 # ------------------------------------------------------------------------------------------ forward

@@ -1,6 +1,6 @@
 """Shared helpers for the fastact tests: tolerances, parameter sets, awkward arrays, references.
 
-Everything here is derived from the activation table (``fastact._table.ACTIVATIONS``): a new table
+Everything here is derived from the activation table (``fastact.table.ACTIVATIONS``): a new table
 entry is picked up by every test without touching this file, except that it may add non-default
 parameter sets to :data:`PARAM_SETS`.
 """
@@ -8,7 +8,7 @@ parameter sets to :data:`PARAM_SETS`.
 import numpy as np
 import pytest
 
-from fastact._table import ACTIVATIONS
+from fastact.table import ACTIVATIONS
 
 NAMES = tuple(ACTIVATIONS)
 DTYPES = (np.float32, np.float64)

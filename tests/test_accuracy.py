@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastact
-from fastact._table import ACTIVATIONS
+from fastact.table import ACTIVATIONS
 
 import mpref
 from conftest import floats_of, param_cases, public

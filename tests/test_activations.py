@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastact
-from fastact import _codegen, config, ufuncs
-from fastact._table import ACTIVATIONS, BY_NAME
+from fastact import config, table, ufuncs
+from fastact.table import ACTIVATIONS, BY_NAME
 
 from conftest import (DTYPES, NAMES, assert_close, awkward_arrays, default_kwargs,
                       finite_kinks, floats_of, param_cases, public, reference, reference_backward,
@@ -577,26 +577,27 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     dy = rng.standard_normal(n).astype(dtype)
     if name == "relu":
         kw = dict(kw, negative_slope=0.01)  # the defaults take the step kernel (tested below)
-    y_par = f(x, **kw)
-    dx_par = fb(dy, x, **kw)
-    # the parallel loops were used ...
-    assert ("loop", name, False, True) in _codegen._built
-    assert ("loop", name, True, True) in _codegen._built or name == "threshold"
-    monkeypatch.setattr(config, "PARALLEL_MIN_SIZE", n + 1)
+    y_pub = f(x, **kw)  # above the threshold: the parallel loop
+    dx_pub = fb(dy, x, **kw)
+    p = [dtype.type(v) for v in floats_of(act, kw)]
+    b = [dtype.type(v) for v in floats_of(act, kw, {})][len(p):]
+    y_par, y_ser, dx_par, dx_ser = (np.empty_like(x) for _ in range(4))
+    table.loop(name, parallel=True)(x, y_par, *p)
+    table.loop(name, parallel=False)(x, y_ser, *p)
+    table.loop(name, backward=True, parallel=True)(dy, x, dx_par, *p, *b)
+    table.loop(name, backward=True, parallel=False)(dy, x, dx_ser, *p, *b)
+    for a, c in ((y_pub, y_par), (y_par, y_ser), (dx_pub, dx_par), (dx_par, dx_ser)):
+        np.testing.assert_array_equal(a, c)
+    monkeypatch.setattr(config, "PARALLEL_MIN_SIZE", n + 1)  # the public functions' serial path
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE_TRANSCENDENTAL", n + 1)
-    calls = []
-    real_get = _codegen.get
-    monkeypatch.setattr(_codegen, "get", lambda *a, **k: calls.append(a) or real_get(*a, **k))
     np.testing.assert_array_equal(f(x, **kw), y_par)
     np.testing.assert_array_equal(fb(dy, x, **kw), dx_par)
-    assert calls and all(not c[3] for c in calls if c[0] == "loop"), calls  # ... and now the serial ones
     assert_close(y_par, reference(act, x, kw), dtype)
     assert_close(dx_par, reference_backward(act, dy, x, kw), dtype, "backward")
 
 
 @pytest.mark.parametrize("n", [1000, config.PARALLEL_MIN_SIZE + 77], ids=["serial", "parallel"])
 def test_step_kernel_equals_the_general_relu_and_threshold_kernels(n, dtype):
-    from fastact import elementwise
     rng = np.random.default_rng(12)
     x = rng.standard_normal(n).astype(dtype)
     x[:8] = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 3.0]
@@ -604,14 +605,12 @@ def test_step_kernel_equals_the_general_relu_and_threshold_kernels(n, dtype):
     dy[7] = np.nan
     fast = fastact.relu_backward(dy, x)
     general = np.empty_like(x)
-    _codegen.get("loop", "relu", True, False)(dy, x, general, *elementwise._typed_params(
-        np.dtype(dtype), [0.0, np.inf, 0.0, np.nan]))
+    table.loop("relu", backward=True)(dy, x, general, *(dtype.type(v) for v in [0.0, np.inf, 0.0, np.nan]))
     np.testing.assert_array_equal(fast, general)
     assert fast[2] == dy[2] and fast[3] == 0 and np.isnan(fast[4]) and np.isnan(fast[7])
     for t, v in [(0.0, 0.0), (0.5, -2.0), (-1.0, 3.0)]:
         general = np.empty_like(x)
-        _codegen.get("loop", "threshold", True, False)(dy, x, general, *elementwise._typed_params(
-            np.dtype(dtype), [t, v]))
+        table.loop("threshold", backward=True)(dy, x, general, dtype.type(t), dtype.type(v))
         np.testing.assert_array_equal(fastact.threshold_backward(dy, x, threshold=t, value=v), general)
 
 

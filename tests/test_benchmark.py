@@ -5,7 +5,7 @@ Nothing here measures speed."""
 import numpy as np
 import pytest
 
-from fastact import _table
+from fastact import table as _table
 from fastact import benchmark as fb
 from fastact.__main__ import main
 

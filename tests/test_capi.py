@@ -11,7 +11,7 @@ import pytest
 
 import fastact
 from fastact import capi
-from fastact._table import ACTIVATIONS, NAMES
+from fastact.table import ACTIVATIONS, NAMES
 
 from conftest import default_kwargs
 

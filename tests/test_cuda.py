@@ -17,7 +17,7 @@ import pytest
 
 import fastact
 from fastact import cuda as fcuda
-from fastact._table import ACTIVATIONS, NAMES
+from fastact.table import ACTIVATIONS, NAMES
 from fastact.cuda._device import transposed
 
 from conftest import assert_close, default_kwargs

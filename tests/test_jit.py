@@ -11,7 +11,7 @@ from numba import njit, prange
 
 import fastact
 from fastact import jit as fj
-from fastact._table import ACTIVATIONS
+from fastact.table import ACTIVATIONS
 
 from conftest import param_cases, public, sample_points
 

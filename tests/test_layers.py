@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastact as fa
-from fastact._table import ACTIVATIONS
+from fastact.table import ACTIVATIONS
 from fastact.conv import conv_output_shape
 
 
@@ -1023,3 +1023,47 @@ def test_linear_and_cross_entropy_match_torch():
     assert fa.cross_entropy(logits, target) == pytest.approx(loss.item(), rel=1e-12, abs=1e-12)
     loss.backward()
     assert_ref(fa.cross_entropy_backward(logits, target), tl.grad.numpy(), np.float64)
+
+
+# ----------------------------------------------------------------------- conv building blocks
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0)), (1, 1, 0)])
+def test_im2col_and_gemm_epilogue_compose_conv2d(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(40)
+    x = rng.standard_normal((3, 2, 7, 6)).astype(dtype)
+    R, S = (kernel, kernel) if isinstance(kernel, int) else kernel
+    w = rng.standard_normal((4, 2, R, S)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    N, K, P, Q = fa.conv_output_shape(x.shape, w.shape, stride, padding)
+    col = fa.im2col(x, kernel, stride, padding)
+    assert col.shape == (2 * R * S, N * P * Q) and col.dtype == dtype
+    # against the definition, written with explicit padding and loops
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ref = np.empty_like(col)
+    for c in range(2):
+        for r in range(R):
+            for s in range(S):
+                ref[(c * R + r) * S + s] = xp[:, c, r:r + sh * P:sh, s:s + sw * Q:sw].reshape(-1)
+    np.testing.assert_array_equal(col, ref)
+    g = (w.reshape(K, -1) @ col).reshape(K, N, P * Q)
+    y = np.empty((N, K, P * Q), dtype)
+    fa.gemm_epilogue(g, b, y, activation="leaky_relu", activation_params={"negative_slope": 0.2})
+    want = fa.conv2d(x, w, b, stride, padding, activation="leaky_relu", activation_params={"negative_slope": 0.2})
+    np.testing.assert_allclose(y.reshape(N, K, P, Q), want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-5 if dtype == np.float32 else 1e-12)
+    assert 1 <= fa.images_per_tile(x.shape, w.shape, stride, padding, dtype) <= N
+
+
+def test_building_blocks_reject_bad_input():
+    x = np.ones((2, 3, 5, 5))
+    with pytest.raises(TypeError, match="contiguous"):
+        fa.im2col(x[:, :, ::2], 3)
+    with pytest.raises(ValueError, match="out must be"):
+        fa.im2col(x, 3, out=np.empty((5, 5)))
+    with pytest.raises(ValueError, match="kernel"):
+        fa.im2col(x, 7)
+    with pytest.raises(ValueError, match="gemm_epilogue"):
+        fa.gemm_epilogue(np.ones((2, 3, 4)), np.ones(3), np.empty((3, 2, 4)))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastact
-from fastact import _runtime, config
+from fastact import config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +48,7 @@ def test_threading_layer_is_tbb_after_a_parallel_call():
     if os.environ.get("NUMBA_THREADING_LAYER"):
         pytest.skip("the user chose a threading layer")
     assert numba.threading_layer() == "tbb"
-    assert _runtime.threading_layer() == "tbb"
+    assert fastact.system.threading_layer() == "tbb"
 
 
 def test_threading_layer_in_a_fresh_process():
@@ -122,11 +122,10 @@ def test_read_only_cache_dir_falls_back(tmp_path):
     ro = _unwritable_dir(tmp_path)
     r = _run_python("""
         import numpy as np, fastact
-        from fastact import _runtime
         x = np.linspace(-3, 3, 7)
         y = fastact.elu(x, alpha=0.5)
         assert np.allclose(y, np.where(x > 0, x, 0.5 * np.expm1(x)), rtol=1e-12, atol=1e-12)
-        print("CACHE", _runtime.cache_path())
+        print("CACHE", fastact.system.cache_dir())
     """, env={"FASTACT_CACHE_DIR": ro, "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     path = r.stdout.split("CACHE", 1)[1].strip()
@@ -138,9 +137,8 @@ def test_cache_dir_is_used_and_named_by_version(tmp_path):
     d = tmp_path / "cache"
     r = _run_python("""
         import numpy as np, fastact
-        from fastact import _runtime
         fastact.hardswish(np.linspace(-4, 4, 9))
-        print("CACHE", _runtime.cache_path())
+        print("CACHE", fastact.system.cache_dir())
     """, env={"FASTACT_CACHE_DIR": str(d)})
     assert r.returncode == 0, r.stderr
     path = r.stdout.split("CACHE", 1)[1].strip()
@@ -150,7 +148,7 @@ def test_cache_dir_is_used_and_named_by_version(tmp_path):
 
 
 def test_cache_dir_name_contains_version_in_process():
-    path = _runtime.cache_path()
+    path = fastact.system.cache_dir()
     if path is None:
         pytest.skip("caching disabled")
     assert fastact.__version__ in os.path.basename(path)

@@ -1,0 +1,62 @@
+"""What fastact runs on: versions, the threading layer, threads, the kernel cache, the GPU.
+
+``python -m fastact info`` prints :func:`info`; the tests and benchmarks read the same values.
+
+>>> import fastact
+>>> sorted(fastact.system.info())[:3]
+['CUDA', 'JIT cache', 'cpu count']
+"""
+
+import os
+import platform
+
+from . import _runtime, config
+
+__all__ = ["info", "threading_layer", "cache_dir"]
+
+
+def threading_layer():
+    """Numba's threading layer in use (``'tbb'`` normally), or the requested one, marked as such,
+    before the first parallel kernel has run. One per process: the user's own parallel Numba code
+    shares it (fastact keeps a layer the user chose before importing it)."""
+    return _runtime.threading_layer()
+
+
+def cache_dir():
+    """The directory compiled kernels are cached in (``<FASTACT_CACHE_DIR>/<version>-<source hash>``),
+    or None when caching is off or no location is writable."""
+    return _runtime.cache_path()
+
+
+def _cuda_status():
+    try:
+        from .cuda import _device  # numba-cuda imported with fastact's NumPy 2.5 fix
+        cuda = _device._import_cuda()
+        if cuda.is_available():
+            return f"available ({cuda.get_current_device().name.decode()})"
+        return "not available (no GPU or driver)"
+    except Exception as exc:  # numba-cuda missing or broken: say so, never fail
+        return f"not available ({type(exc).__name__})"
+
+
+def info():
+    """``{name: value}`` (strings) describing this installation and machine."""
+    import llvmlite
+    import numba
+    import numpy as np
+
+    from . import __version__
+    return {
+        "fastact": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "threading layer": threading_layer(),
+        "threads": str(numba.get_num_threads()),
+        "cpu count": str(os.cpu_count()),
+        "parallel threshold": f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
+                              f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})",
+        "JIT cache": cache_dir() or "disabled (no writable location)",
+        "CUDA": _cuda_status(),
+    }
