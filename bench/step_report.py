@@ -1,21 +1,26 @@
-"""One SGD training step of the three reference nets, fastact against PyTorch, side by side.
+"""One SGD training step of the reference nets, fastact against PyTorch, side by side.
 
-    PYTHONPATH=. python bench/step_report.py [--repeat 15] [--profile]
+    PYTHONPATH=. python bench/step_report.py [--repeat 15] [--profile] [--only net_res_deep]
 
-The nets (batch 64, float32, 10 classes; per width two conv3x3 + ReLU and a 2x2 max-pool, then
-Linear + ReLU to 128 and Linear to 10):
+The VGG-style nets (batch 64, float32, 10 classes; per width two conv3x3 + ReLU and a 2x2 max-pool,
+then Linear + ReLU to 128 and Linear to 10):
 
 * ``digits 1x8x8``: widths (16, 32)
 * ``mnist 1x28x28``: widths (16, 32, 64)
 * ``cifar 3x32x32``: widths (16, 32, 64)
+
+and the ResNet ``net_res_deep 3x32x32``: :func:`fastact.models.net_res_deep` (32 channels, 10 residual
+blocks of conv3x3 + BatchNorm + ReLU + skip at 16x16, 2 classes), against the PyTorch class
+``NetResDeep`` written out below (:func:`torch_net_res_deep`) with the same state dict.
 
 A step is forward, cross-entropy, zero_grad, backward, ``SGD(lr=0.01, momentum=0.9).step()``, the same
 work in both libraries (PyTorch with 2 threads, the machine's cores). The nets and their PyTorch step
 times on two machines are in docs/performance.md ("Floors and peers"). fastact and PyTorch samples are
 interleaved, each the second of two back-to-back steps, and each figure is a median
 (:func:`fastact.benchmark.median_time`), because the machine is noisy. ``--profile`` adds a per-layer
-table for fastact: forward and backward time of each fused block (conv + bias + ReLU is one block),
-which is where the time goes when fastact is slower. ``bench/test_train_step.py`` times the same steps
+table for fastact: forward and backward time of each fused block (conv + bias + ReLU is one block; for
+net_res_deep each ResBlock, whose BatchNorm + ReLU + add is one fused pass, and the pools, flatten and
+loss together as "the rest"), which is where the time goes when fastact is slower. ``bench/test_train_step.py`` times the same steps
 under pytest-benchmark.
 """
 
@@ -33,19 +38,58 @@ NETS = {
     "digits 1x8x8": dict(cfg=[16, 16, "M", 32, 32, "M"], in_channels=1, input_size=8),
     "mnist 1x28x28": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=1, input_size=28),
     "cifar 3x32x32": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=3, input_size=32),
+    "net_res_deep 3x32x32": dict(model="net_res_deep", n_chans1=32, n_blocks=10, num_classes=2,
+                                 in_channels=3, input_size=32),
 }
 
 
 def batch(spec, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((BATCH, spec["in_channels"], spec["input_size"], spec["input_size"]))
-    return x.astype(np.float32), rng.integers(0, 10, BATCH)
+    return x.astype(np.float32), rng.integers(0, spec.get("num_classes", 10), BATCH)
+
+
+def fastact_model(spec):
+    """The fastact net of a spec (seed 0, float32)."""
+    if spec.get("model") == "net_res_deep":
+        return models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
+    return models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                      hidden=(128,), num_classes=10, seed=0)
+
+
+def torch_net_res_deep(torch, n_chans1, n_blocks, num_classes):
+    """PyTorch's NetResDeep (*Deep Learning with PyTorch*, chapter 8), with independent blocks."""
+    tnn, F = torch.nn, torch.nn.functional
+
+    class ResBlock(tnn.Module):
+        def __init__(self, n_chans):
+            super().__init__()
+            self.conv = tnn.Conv2d(n_chans, n_chans, kernel_size=3, padding=1, bias=False)
+            self.batch_norm = tnn.BatchNorm2d(num_features=n_chans)
+
+        def forward(self, x):
+            return torch.relu(self.batch_norm(self.conv(x))) + x
+
+    class NetResDeep(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(3, n_chans1, kernel_size=3, padding=1)
+            self.resblocks = tnn.Sequential(*[ResBlock(n_chans1) for _ in range(n_blocks)])
+            self.fc1 = tnn.Linear(8 * 8 * n_chans1, 32)
+            self.fc2 = tnn.Linear(32, num_classes)
+
+        def forward(self, x):
+            out = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+            out = F.max_pool2d(self.resblocks(out), 2)
+            out = torch.relu(self.fc1(out.view(-1, 8 * 8 * n_chans1)))
+            return self.fc2(out)
+
+    return NetResDeep()
 
 
 def fastact_step(spec):
     """A zero-argument callable running one fastact training step on a fixed batch."""
-    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                       hidden=(128,), num_classes=10, seed=0)
+    model = fastact_model(spec)
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     x, y = batch(spec)
@@ -63,8 +107,10 @@ def torch_step(spec):
     torch = benchmark.load_torch(num_threads=2)
     if torch is None:
         return None
-    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                       hidden=(128,), num_classes=10, seed=0)
+    model = fastact_model(spec)
+    if spec.get("model") == "net_res_deep":
+        tmodel = torch_net_res_deep(torch, spec["n_chans1"], spec["n_blocks"], spec["num_classes"])
+        return _torch_step(torch, model, tmodel, spec)
     layers = []
     for m in model:
         if isinstance(m, nn.Conv2d):
@@ -77,7 +123,10 @@ def torch_step(spec):
             layers.append(torch.nn.Flatten())
         else:
             layers.append(torch.nn.ReLU())
-    tmodel = torch.nn.Sequential(*layers)
+    return _torch_step(torch, model, torch.nn.Sequential(*layers), spec)
+
+
+def _torch_step(torch, model, tmodel, spec):
     tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
     opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -92,10 +141,51 @@ def torch_step(spec):
     return step
 
 
+def profile_module(model, x, y, repeat, blocks):
+    """[(block, forward ms, backward ms)] of a net written as an nn.Module: the median time in each
+    (name, module) of ``blocks`` (their forward and backward are wrapped with timers for the run),
+    and "the rest" (what the net does between them: pools, flatten, the loss), median of ``repeat``."""
+    times = {name: ([], []) for name, _ in blocks}
+    for name, m in blocks:
+        fwd, bwd = m.forward, m.backward
+
+        def timed(fn, out):
+            def call(*a, **k):
+                t0 = time.perf_counter()
+                r = fn(*a, **k)
+                out.append(time.perf_counter() - t0)
+                return r
+            return call
+        m.forward, m.backward = timed(fwd, times[name][0]), timed(bwd, times[name][1])
+    loss_fn = nn.CrossEntropyLoss()
+    total_f, total_b = [], []
+    for _ in range(repeat + 2):
+        t0 = time.perf_counter()
+        loss_fn(model(x), y)
+        t1 = time.perf_counter()
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        t2 = time.perf_counter()
+        total_f.append(t1 - t0)
+        total_b.append(t2 - t1)
+    for _, m in blocks:
+        del m.forward, m.backward
+    med = lambda v: 1e3 * statistics.median(v[2:])
+    rows = [(name, med(f), med(b)) for name, (f, b) in times.items()]
+    rows.append(("the rest (pools, flatten, loss)", med(total_f) - sum(r[1] for r in rows),
+                 med(total_b) - sum(r[2] for r in rows)))
+    return rows
+
+
 def profile(spec, repeat):
     """[(block, forward ms, backward ms)] for fastact's fused blocks, median of ``repeat``."""
-    model = models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                       hidden=(128,), num_classes=10, seed=0)
+    model = fastact_model(spec)
+    if spec.get("model") == "net_res_deep":
+        x, y = batch(spec)
+        n = spec["n_chans1"]
+        blocks = [(f"conv1 + ReLU 3->{n}", model.conv1)]
+        blocks += [(f"resblocks.{i} (conv {n}->{n}, BN + ReLU + add)", b) for i, b in enumerate(model.resblocks)]
+        blocks += [(f"fc1 + ReLU {model.fc1.in_features}->32", model.fc1), ("fc2 32->2", model.fc2)]
+        return profile_module(model, x, y, repeat, blocks)
     mods = list(model)
     x, y = batch(spec)
     rows = []
@@ -140,14 +230,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="per-layer table of fastact's step")
+    ap.add_argument("--only", help="nets whose name starts with this (e.g. net_res_deep)")
     a = ap.parse_args(argv)
+    nets = {k: v for k, v in NETS.items() if not a.only or k.startswith(a.only)}
     benchmark.load_torch(num_threads=2)
     for k, v in benchmark.machine():
         print(f"{k:20s} {v}")
     print(f"fastact {fastact.__version__}, batch {BATCH}, float32, one SGD step (median of {a.repeat})")
     print("| net | fastact ms | PyTorch ms | ratio (PyTorch / fastact) | fastact images/s |")
     print("|---|---|---|---|---|")
-    for name, spec in NETS.items():
+    for name, spec in nets.items():
         fns = {"fastact": fastact_step(spec)}
         t = torch_step(spec)
         if t is not None:
@@ -158,7 +250,7 @@ def main(argv=None):
         print(f"| {name} | {1e3 * tf:.2f} | {'-' if tt is None else f'{1e3 * tt:.2f}'} | {ratio} | "
               f"{BATCH / tf:,.0f} |")
     if a.profile:
-        for name, spec in NETS.items():
+        for name, spec in nets.items():
             print(f"\nper-layer profile, {name} (fastact, ms, median of {a.repeat})")
             print("| block | forward | backward |")
             print("|---|---|---|")

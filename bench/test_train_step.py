@@ -1,8 +1,8 @@
-"""Benchmarks: one SGD training step (batch 64, float32) of the three reference nets of
-docs/performance.md ("Floors and peers"), fastact against PyTorch (skipped without it). Groups are
-``f"step|{net}"``; ``extra_info`` holds images/s. The nets and the two step functions live in
-``bench/step_report.py``, which prints the same comparison as a table (and a per-layer profile with
-``--profile``).
+"""Benchmarks: one SGD training step (batch 64, float32) of the reference nets of docs/performance.md
+("Floors and peers": the three VGG-style nets and the ResNet net_res_deep(32, 10)), fastact against
+PyTorch (skipped without it). Groups are ``f"step|{net}"``; ``extra_info`` holds images/s. The nets and
+the two step functions live in ``bench/step_report.py``, which prints the same comparison as a table (and
+a per-layer profile with ``--profile``).
 
     pytest bench/test_train_step.py --benchmark-group-by=group
 """
