@@ -41,6 +41,8 @@ parameters as attributes (their names become the state_dict keys), and write ``f
 1
 """
 
+import sys
+
 import numpy as np
 
 from . import _table
@@ -77,13 +79,17 @@ class Module:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_non_persistent", set())
         self.training = True
         self._saved = None
 
     def __setattr__(self, name, value):
         if "_params" not in self.__dict__:
-            raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called "
-                                 f"(call super().__init__() first in {type(self).__name__}.__init__)")
+            if isinstance(value, (Parameter, Module)):
+                raise AttributeError(f"cannot assign {name!r} before Module.__init__() is called "
+                                     f"(call super().__init__() first in {type(self).__name__}.__init__)")
+            object.__setattr__(self, name, value)
+            return
         params, modules, buffers = self._params, self._modules, self._buffers
         if isinstance(value, Parameter):
             modules.pop(name, None)
@@ -118,9 +124,10 @@ class Module:
             d.pop(name, None)
         object.__delattr__(self, name)
 
-    def register_buffer(self, name, array):
+    def register_buffer(self, name, array, persistent=True):
         """Register ``array`` (an ndarray, kept as is: no copy) as buffer ``name``: saved in
-        ``state_dict`` and converted by ``astype`` (floating-point buffers only), not trained.
+        ``state_dict`` (unless ``persistent=False``) and converted by ``astype`` (floating-point
+        buffers only), not trained.
 
         Examples
         --------
@@ -141,6 +148,10 @@ class Module:
             raise TypeError(f"register_buffer: {name!r} must be a NumPy array or None, got "
                             f"{type(array).__name__}")
         self._buffers[name] = array
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
+            self._non_persistent.add(name)
         object.__setattr__(self, name, array)
 
     def __call__(self, x, *args, **kwargs):
@@ -182,13 +193,26 @@ class Module:
         for m in self._modules.values():
             yield from m.modules()
 
+    def named_modules(self, prefix=""):
+        """(name, module) for this module ("" or ``prefix``) and every descendant ("resblocks.0.conv")."""
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(prefix + ("." if prefix else "") + name)
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every descendant, then on this module (as PyTorch); returns self."""
+        for m in self._modules.values():
+            m.apply(fn)
+        fn(self)
+        return self
+
     def _state_items(self, prefix=""):
         """(key, owner dict, name) in PyTorch's state_dict order: own parameters, own buffers, then
         each child recursively."""
         for name, p in self._params.items():
             yield prefix + name, self._params, name
         for name, b in self._buffers.items():
-            if b is not None:
+            if b is not None and name not in self._non_persistent:
                 yield prefix + name, self._buffers, name
         for name, m in self._modules.items():
             yield from m._state_items(prefix + name + ".")
@@ -691,6 +715,10 @@ class PReLU(Module):
 
 
 ACTIVATION_MODULES["prelu"] = PReLU
+
+# ``fastact.nn.init`` as an importable name too (``from fastact.nn.init import kaiming_normal_``, as
+# with torch.nn.init), although nn is a module and init its sibling fastact/init.py
+sys.modules.setdefault(__name__ + ".init", init)
 
 
 def _is_plain_relu(m):

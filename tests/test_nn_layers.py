@@ -367,3 +367,23 @@ def test_dropout():
 def _fixed_dropout(a):
     m = nn.Dropout(0.5, seed=3)
     return m(a), m
+
+
+def test_module_helpers():
+    net = Net()
+    names = [n for n, _ in net.named_modules()]
+    assert names[:4] == ["", "conv1", "resblocks", "resblocks.0"] and "resblocks.1.batch_norm" in names
+    seen = []
+    net.apply(lambda m: seen.append(type(m).__name__))
+    assert seen[-1] == "Net" and seen.count("BatchNorm2d") == 2
+    m = nn.Module()
+    m.register_buffer("scratch", np.zeros(2), persistent=False)
+    assert m.state_dict() == {} and len(m.buffers()) == 1
+
+    class Plain(nn.Module):
+        def __init__(self):
+            self.width = 3  # a plain attribute before super().__init__() is fine, as in PyTorch
+            super().__init__()
+    assert Plain().width == 3
+    from fastact.nn.init import kaiming_normal_  # importable like torch.nn.init
+    assert kaiming_normal_ is init.kaiming_normal_
