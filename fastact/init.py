@@ -15,6 +15,7 @@ it in place and returns what it was given. ``rng`` is a ``np.random.Generator``,
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -111,10 +112,16 @@ def _fill_uniform(w, bound, rng):
     return w
 
 
+def _empty(w):
+    """True (with PyTorch's warning) for a zero-element weight, which every initialiser leaves as is."""
+    if _array(w).size == 0:
+        warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        return True
+    return False
+
+
 def _kaiming_std(w, a, mode, nonlinearity):
     fan = _fan(w, mode)
-    if fan == 0:
-        raise ValueError(f"init: a weight of shape {_array(w).shape} has fan {mode} 0")
     return calculate_gain(nonlinearity, a) / math.sqrt(fan)
 
 
@@ -131,6 +138,8 @@ def kaiming_normal_(w, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
     >>> round(float(w.std() * np.sqrt(128 * 9 / 2)), 2)  # std = sqrt(2 / fan_in)
     1.0
     """
+    if _empty(w):
+        return w
     return _fill_normal(w, _kaiming_std(w, a, mode, nonlinearity), rng)
 
 
@@ -145,6 +154,8 @@ def kaiming_uniform_(w, a=0, mode="fan_in", nonlinearity="leaky_relu", rng=None)
     >>> bool(np.abs(w).max() <= 1 / np.sqrt(48))
     True
     """
+    if _empty(w):
+        return w
     return _fill_uniform(w, math.sqrt(3.0) * _kaiming_std(w, a, mode, nonlinearity), rng)
 
 
@@ -160,6 +171,8 @@ def xavier_normal_(w, gain=1.0, rng=None):
     1.0
     """
     fan_in, fan_out = calculate_fan_in_and_fan_out(w)
+    if fan_in + fan_out == 0:  # a zero-element weight: nothing to fill
+        return w
     return _fill_normal(w, gain * math.sqrt(2.0 / float(fan_in + fan_out)), rng)
 
 
@@ -175,6 +188,8 @@ def xavier_uniform_(w, gain=1.0, rng=None):
     True
     """
     fan_in, fan_out = calculate_fan_in_and_fan_out(w)
+    if fan_in + fan_out == 0:  # a zero-element weight: nothing to fill
+        return w
     return _fill_uniform(w, gain * math.sqrt(6.0 / float(fan_in + fan_out)), rng)
 
 

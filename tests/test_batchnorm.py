@@ -35,7 +35,8 @@ def ref_forward(x, rm, rv, w, b, training, momentum, eps, relu=False, skip=None)
         mean = x.mean(axis=(0, 2, 3))
         var = ((x - mean[None, :, None, None]) ** 2).mean(axis=(0, 2, 3))
         rm = None if rm is None else (1 - momentum) * np.asarray(rm, np.float64) + momentum * mean
-        rv = None if rv is None else (1 - momentum) * np.asarray(rv, np.float64) + momentum * var * M / (M - 1)
+        rv = None if rv is None else \
+            (1 - momentum) * np.asarray(rv, np.float64) + momentum * var * M / (M - 1)
     else:
         mean, var = np.asarray(rm, np.float64), np.asarray(rv, np.float64)
     e = (None, slice(None), None, None)  # a (C,) array broadcast over (N, C, H, W)
@@ -267,7 +268,7 @@ def test_module_relu_residual_fused_equals_torch():
     bn.weight.data[...] = [0.5, -1.0, 2.0]
     bn.bias.data[...] = [0.1, 0.2, -0.3]
     tbn = _torch_bn(torch, bn, np.float64)
-    x, skip, dy = data((4, 3, 5, 5), np.float64), data((4, 3, 5, 5), np.float64), data((4, 3, 5, 5), np.float64)
+    x, skip, dy = (data((4, 3, 5, 5), np.float64) for _ in range(3))
     y = bn(x, activation="relu", residual=skip)
     dx = bn.backward(dy)
     tx, ts = torch.tensor(x, requires_grad=True), torch.tensor(skip, requires_grad=True)

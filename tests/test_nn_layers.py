@@ -183,8 +183,8 @@ def test_residual():
     assert list(r.state_dict()) == ["block.0.weight", "block.0.bias"]
     x = RNG.standard_normal((2, 2, 4, 4))
     y = r(x)
-    np.testing.assert_allclose(y, np.tanh(fa.conv2d(x, block[0].weight.data, block[0].bias.data, padding=1)) + x,
-                               rtol=1e-12)
+    conv = fa.conv2d(x, block[0].weight.data, block[0].bias.data, padding=1)
+    np.testing.assert_allclose(y, np.tanh(conv) + x, rtol=1e-12)
     net = nn.Sequential(r, nn.Flatten(), nn.Linear(32, 3, seed=1))
     assert fa.gradcheck_module(net, x, np.array([0, 2]))
     with pytest.raises(ValueError, match="shape"):
@@ -199,7 +199,8 @@ def test_calculate_gain_equals_torch():
     torch = pytest.importorskip("torch")
     for name in ["linear", "conv2d", "sigmoid", "tanh", "relu", "selu", "leaky_relu"]:
         assert init.calculate_gain(name) == pytest.approx(torch.nn.init.calculate_gain(name))
-    assert init.calculate_gain("leaky_relu", 0.2) == pytest.approx(torch.nn.init.calculate_gain("leaky_relu", 0.2))
+    assert init.calculate_gain("leaky_relu", 0.2) == \
+        pytest.approx(torch.nn.init.calculate_gain("leaky_relu", 0.2))
     with pytest.raises(ValueError, match="Unsupported nonlinearity"):
         init.calculate_gain("gelu")
     with pytest.raises(ValueError, match="negative_slope"):
@@ -245,6 +246,8 @@ def test_init_parameter_and_errors():
     with pytest.raises(TypeError, match="rng"):
         init.xavier_normal_(np.zeros((2, 2)), rng="seed")
     assert init.calculate_fan_in_and_fan_out(np.zeros((16, 8, 3, 3))) == (72, 144)
+    with pytest.warns(UserWarning, match="zero-element"):
+        assert init.kaiming_normal_(np.zeros((0, 3))).shape == (0, 3)
     assert nn.init is init
 
 
@@ -297,7 +300,7 @@ def test_avg_pool(dtype, k, s, p):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("out", [1, (2, 3), (3, 4), (5, 7), (4, None)])
+@pytest.mark.parametrize("out", [1, (2, 3), (3, 4), (5, 7), (4, None), (7, 9)])
 def test_adaptive_avg_pool(dtype, out):
     x = RNG.standard_normal((2, 3, 5, 7)).astype(dtype)
     y = fa.adaptive_avg_pool2d(x, out)
