@@ -263,7 +263,8 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     ------
     ValueError
         x not 4-D, per-channel arrays not of shape (C,), a residual of another shape, training with
-        one value per channel (M == 1), eval without running statistics, an unknown activation.
+        one value per channel (M == 1), eval without running statistics, an unknown activation. An
+        empty batch (M == 0) gives an empty y and leaves the running statistics alone, as PyTorch.
 
     Examples
     --------
@@ -294,7 +295,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
         dt = _compute_dtype(dt, residual.dtype)
     M = N * H * W
     if training:
-        if M <= 1:
+        if M == 1:
             raise ValueError(f"{fn}: Expected more than 1 value per channel when training, got input "
                              f"size {x.shape}")
         for r in (running_mean, running_var):
@@ -316,9 +317,12 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     if y.size:
         _forward(x3, w64, b64, float(eps), bool(training), activation == "relu", skip,
                  np.empty((C, 2, H * W)), mean, var, invstd, np.empty((C, 2), dt), y)
-    else:
+    else:  # an empty batch (as PyTorch: an empty y, the running statistics left alone)
+        if training:
+            mean[:] = 0.0
+            var[:] = 1.0
         invstd[:] = 1.0 / np.sqrt(var + eps)
-    if training:
+    if training and M:
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean

@@ -563,7 +563,7 @@ class BatchNorm2d(Module):
                              f"module has num_features={self.num_features}")
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            if x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+            if x.shape[0] * x.shape[2] * x.shape[3] == 1:
                 raise ValueError(f"Expected more than 1 value per channel when training, got input "
                                  f"size {x.shape}")
             self.num_batches_tracked += 1

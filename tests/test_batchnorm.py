@@ -214,6 +214,12 @@ def test_module_errors():
     assert bn(np.zeros((1, 3, 1, 1), np.float32)).shape == (1, 3, 1, 1)  # eval: fine
     with pytest.raises(ValueError, match="num_features"):
         nn.BatchNorm2d(0)
+    bn.train()  # an empty batch passes through, counted but leaving the statistics alone (PyTorch)
+    assert bn(np.zeros((0, 3, 4, 4), np.float32)).shape == (0, 3, 4, 4)
+    assert int(bn.num_batches_tracked) == 1
+    np.testing.assert_array_equal(bn.running_mean, 0)
+    np.testing.assert_array_equal(bn.running_var, 1)
+    assert bn.backward(np.zeros((0, 3, 4, 4), np.float32)).shape == (0, 3, 4, 4)
 
 
 def _torch_bn(torch, bn, dtype):
