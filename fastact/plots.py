@@ -7,6 +7,9 @@
   layer network of fastact modules (30 ReLU units, no framework) fits y = x^3 and y = cos(6x) + noise
   (200 points); the figures show the data, the fit, the scaled ReLU pieces that sum to it, and the units
   that are dead at the end (they never fire on the data); the GIF shows the pieces during training.
+* ``resnet_loss.png`` (:func:`resnet_loss`, run by ``docs/examples/resnet_loss.py``, not by ``python -m
+  fastact plot``: it trains three CNNs for several minutes): training loss and test accuracy of the
+  reference networks NetDepth, NetRes and NetResDeep trained with fastact.
 * ``speedup.png`` and ``conv_gflops.png``: speed-up over NumPy and PyTorch against array size, and conv
   GFLOP/s against the SGEMM floor, read from a directory of benchmark results (``--results DIR``; by
   default the newest ``bench/results/<date>/`` under the current directory, which a source checkout
@@ -22,7 +25,7 @@ import numpy as np
 
 from . import _table, nn, optim
 
-__all__ = ["gallery", "relu_fit", "find_results", "performance", "all_figures"]
+__all__ = ["gallery", "relu_fit", "resnet_loss", "find_results", "performance", "all_figures"]
 
 
 def _plt():
@@ -183,6 +186,69 @@ def relu_fit(outdir, epochs=3000, frames=40):
 
 #: the files the performance figures read from a results directory
 RESULT_FILES = ("activations.md", "conv.txt")
+
+
+def _digits_as_cifar(seed=0):
+    """scikit-learn's digits as 3x32x32 images (each pixel a 4x4 block, the same in the three channels)."""
+    from . import data
+    xtr, ytr, xte, yte = data.load_digits(seed=seed)
+    up = lambda x: np.repeat(np.repeat(np.repeat(x, 3, axis=1), 4, axis=2), 4, axis=3)
+    return up(xtr), ytr, up(xte), yte
+
+
+def resnet_loss(outdir, data_dir=None, epochs=6, batch_size=64, seed=0,
+                nets=("net_depth", "net_res", "net_res_deep")):
+    """resnet_loss.png: training loss and test accuracy of the reference networks, trained by fastact.
+
+    With ``data_dir`` (the CIFAR-10 python batches) the nets train on airplane vs bird, the task they
+    were written for. Without it, on scikit-learn's digits (no download) shown as 3x32x32 images, ten
+    classes. Each net is built with one output per class, seed ``seed``, and trained with SGD
+    (momentum 0.9, the learning rates of ``python -m fastact train``'s presets), batch ``batch_size``,
+    the same batches for every net. Returns ``[path]``.
+    """
+    from . import data, models, train
+    if data_dir:
+        xtr, ytr, xte, yte = data.load("cifar10", data_dir, seed)
+        labels = data.class_indices("cifar10", "airplane,bird")
+        xtr, ytr = data.select_classes(xtr, ytr, labels)
+        xte, yte = data.select_classes(xte, yte, labels)
+        what = "CIFAR-10 airplane vs bird"
+    else:
+        xtr, ytr, xte, yte = _digits_as_cifar(seed)
+        what = "scikit-learn digits as 3x32x32 images, 10 classes"
+    k = int(max(ytr.max(), yte.max())) + 1
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = -(-len(ytr) // batch_size)
+    for name in nets:
+        model = models.REFERENCE_NETS[name](num_classes=k, seed=seed)
+        opt = optim.SGD(model.parameters(), lr=train.MODEL_PRESETS[name]["lr"], momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+        losses, accs = [], []
+        for epoch in range(epochs):
+            model.train()
+            for xb, yb in data.batches(xtr, ytr, batch_size, seed=seed, epoch=epoch):
+                losses.append(loss_fn(model(xb), yb))
+                opt.zero_grad()
+                model.backward(loss_fn.backward(), need_input_grad=False)
+                opt.step()
+            model.eval()
+            pred = np.concatenate([model(xte[i:i + 256]).argmax(axis=1) for i in range(0, len(yte), 256)])
+            accs.append(float(np.mean(pred == yte)))
+        label = f"{name} ({sum(p.data.size for p in model.parameters()):,} parameters)"
+        a.plot(np.arange(1, len(losses) + 1) / steps, losses, lw=1, label=label)
+        b.plot(np.arange(1, epochs + 1), accs, "o-", label=name)
+    a.set(title="training loss (per batch)", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    a.legend(fontsize=8)
+    b.set(title="test accuracy (eval mode: BatchNorm folded)", xlabel="epoch")
+    b.legend(fontsize=8)
+    fig.suptitle(f"fastact: the reference networks on {what}", fontsize=11)
+    fig.tight_layout()
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.join(outdir, "resnet_loss.png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return [path]
 
 
 def find_results(path=None):
