@@ -16,6 +16,7 @@ import math
 import numpy as np
 
 from . import _codegen, _runtime, config
+from . import duck as _duck
 from ._table import ACTIVATIONS, leaky_relu_d, leaky_relu_f
 from ._util import compute_dtype as _compute_dtype
 from ._util import _FLOATS
@@ -132,12 +133,22 @@ def _param_values(specs, values):
 _SCALARS = (float, int, np.floating, np.integer)
 
 
+_ndarray = np.ndarray
+
+
 def _apply(act, backward, arrays, values, out):
+    # Duck arrays (Dask, xarray, ...: fastact.duck) keep their type; NumPy input pays one exact type
+    # test per array (~20 ns each).
+    if (type(arrays[-1]) is not _ndarray or (backward and type(arrays[0]) is not _ndarray)) \
+            and _duck.any_duck(arrays):
+        return _duck.elementwise(act, backward, arrays, values, out)
     specs = act.params + (act.backward_params if backward else ())
     pvals = _param_values(specs, values)
     arrays = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
     if all(isinstance(v, _SCALARS) or np.ndim(v) == 0 for v in pvals):
         return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
+    if _duck.any_duck(pvals):  # a duck array as a parameter: the result is a duck array too
+        return _duck.elementwise(act, backward, arrays, values, out)
     # Array-valued parameters: the real ufunc broadcasts them against the inputs. Scalar parameters
     # (Python floats, the None -> inf defaults) do not promote x's dtype, as on the scalar path above.
     dt = _compute_dtype(*(a.dtype for a in arrays), *(np.asarray(v).dtype for v in pvals if np.ndim(v)))
@@ -166,6 +177,8 @@ _DOC = """{title}.
     -------
     ndarray
         ``f(x)``, same shape (and, for float inputs, same dtype) as ``x``; a scalar for 0-d input.
+        A Dask array (or another NEP 13 array type, such as xarray's) gives that type, lazily where
+        it is lazy, with the same values.
 
     See Also
     --------
@@ -317,6 +330,8 @@ def prelu(x, weight, axis=1, *, out=None):
     array([[-0.1,  2. ],
            [-0.3,  4. ]])
     """
+    if type(x) is not _ndarray and _duck.is_duck(x):
+        return _duck.prelu(x, weight, axis, out)  # Dask: lazy, per chunk
     x = np.asarray(x)
     w = np.asarray(weight)
     dt = _compute_dtype(x.dtype, w.dtype)

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from . import _runtime
+from . import duck as _duck
 from . import _math as fm
 from ._util import check_out as _check_out
 from ._util import compute_dtype as _compute_dtype
@@ -79,6 +80,8 @@ def _rows(a, axis, dt):
 
 
 def _softmax_impl(x, axis, out, log):
+    if type(x) is not np.ndarray and _duck.is_duck(x):
+        return _duck.softmax(x, axis, out, log)  # Dask: lazy, the axis in one chunk
     x = np.asarray(x)
     dt = _compute_dtype(x.dtype)
     xr, mshape = _rows(x, axis, dt)
@@ -96,6 +99,8 @@ def _softmax_impl(x, axis, out, log):
 
 
 def _softmax_backward_impl(dy, y, axis, out, log):
+    if (type(y) is not np.ndarray or type(dy) is not np.ndarray) and _duck.any_duck((dy, y)):
+        return _duck.softmax_backward(dy, y, axis, out, log)
     dy = np.asarray(dy)
     y = np.asarray(y)
     if dy.shape != y.shape:
@@ -120,6 +125,8 @@ def softmax(x, axis=-1, *, out=None):
     """Softmax along ``axis``: ``exp(x - max) / sum(exp(x - max))`` (stable for any magnitude).
 
     A row holding NaN gives a row of NaN. See :func:`softmax_backward`, which takes the output ``y``.
+    A Dask array gives a lazy Dask array: ``axis`` is rechunked into one chunk (a row needs all its
+    values), then each chunk is computed as a NumPy array is.
 
     Examples
     --------
@@ -132,6 +139,8 @@ def softmax(x, axis=-1, *, out=None):
 
 def log_softmax(x, axis=-1, *, out=None):
     """Log-softmax along ``axis``: ``x - max - log(sum(exp(x - max)))``.
+
+    A Dask array gives a lazy Dask array, ``axis`` rechunked into one chunk (as :func:`softmax`).
 
     Examples
     --------

@@ -155,6 +155,10 @@ class Module:
         object.__setattr__(self, name, array)
 
     def __call__(self, x, *args, **kwargs):
+        if type(x) is not np.ndarray:
+            from .duck import is_duck, module_call
+            if is_duck(x):  # a Dask array: lazy eval-mode inference, one task per batch chunk
+                return module_call(self, x, args, kwargs)
         return self.forward(x, *args, **kwargs)
 
     def forward(self, x):
