@@ -168,7 +168,7 @@ class NetDepth(nn.Module):
     #: NetRes adds conv3's input to its output before the third pool
     skip = False
 
-    def __init__(self, n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+    def __init__(self, n_chans1=32, *, num_classes=2, seed=0, dtype=np.float32):
         super().__init__()
         name = type(self).__name__
         self.n_chans1 = n = _check_width(name, n_chans1, even=True)
@@ -255,7 +255,7 @@ class ResBlock(nn.Module):
     True
     """
 
-    def __init__(self, n_chans, seed=0, dtype=np.float32):
+    def __init__(self, n_chans, *, seed=0, dtype=np.float32):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.conv = nn.Conv2d(n_chans, n_chans, 3, padding=1, bias=False, dtype=dtype, seed=rng)
@@ -322,7 +322,7 @@ class NetResDeep(nn.Module):
     (3, 2)
     """
 
-    def __init__(self, n_chans1=32, n_blocks=10, num_classes=2, seed=0, dtype=np.float32):
+    def __init__(self, n_chans1=32, n_blocks=10, *, num_classes=2, seed=0, dtype=np.float32):
         super().__init__()
         name = type(self).__name__
         self.n_chans1 = n = _check_width(name, n_chans1)
@@ -361,7 +361,7 @@ class NetResDeep(nn.Module):
         return self.conv1.backward(d, need_dx=need_input_grad)
 
 
-def net_depth(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+def net_depth(n_chans1=32, seed=0, dtype=np.float32, *, num_classes=2):
     """:class:`NetDepth` (three conv stages, two FC layers) for 3x32x32 images.
 
     Examples
@@ -373,7 +373,7 @@ def net_depth(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
     return NetDepth(n_chans1, num_classes=num_classes, seed=seed, dtype=dtype)
 
 
-def net_res(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
+def net_res(n_chans1=32, seed=0, dtype=np.float32, *, num_classes=2):
     """:class:`NetRes` (NetDepth with a skip around the third conv) for 3x32x32 images.
 
     Examples
@@ -385,7 +385,7 @@ def net_res(n_chans1=32, num_classes=2, seed=0, dtype=np.float32):
     return NetRes(n_chans1, num_classes=num_classes, seed=seed, dtype=dtype)
 
 
-def net_res_deep(n_chans1=32, n_blocks=10, num_classes=2, seed=0, dtype=np.float32):
+def net_res_deep(n_chans1=32, n_blocks=10, seed=0, dtype=np.float32, *, num_classes=2):
     """:class:`NetResDeep` (``n_blocks`` independent residual blocks) for 3x32x32 images.
 
     Examples
@@ -431,7 +431,7 @@ class VGG(nn.Module):
     designed for, and other sizes are averaged (or repeated) to 7x7 by ``avgpool``, as in torchvision.
     """
 
-    def __init__(self, cfg, num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+    def __init__(self, cfg, num_classes=1000, batch_norm=False, *, dropout=0.5, seed=0, dtype=np.float32):
         super().__init__()
         rng = np.random.default_rng(seed)
         layers, c = [], REFERENCE_INPUT[0]
@@ -479,7 +479,7 @@ def _vgg(name, num_classes, batch_norm, dropout, seed, dtype):
                dtype=dtype)
 
 
-def vgg11(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+def vgg11(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 11 (configuration "A"; ``batch_norm=True``: vgg11_bn), 132.9M parameters.
 
     Examples
@@ -491,12 +491,12 @@ def vgg11(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.floa
     return _vgg("vgg11", num_classes, batch_norm, dropout, seed, dtype)
 
 
-def vgg13(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+def vgg13(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 13 (configuration "B"; ``batch_norm=True``: vgg13_bn), 133.0M parameters."""
     return _vgg("vgg13", num_classes, batch_norm, dropout, seed, dtype)
 
 
-def vgg16(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+def vgg16(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 16 (configuration "D"; ``batch_norm=True``: vgg16_bn), 138.4M parameters.
 
     Examples
@@ -509,6 +509,6 @@ def vgg16(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.floa
     return _vgg("vgg16", num_classes, batch_norm, dropout, seed, dtype)
 
 
-def vgg19(num_classes=1000, batch_norm=False, dropout=0.5, seed=0, dtype=np.float32):
+def vgg19(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 19 (configuration "E"; ``batch_norm=True``: vgg19_bn), 143.7M parameters."""
     return _vgg("vgg19", num_classes, batch_norm, dropout, seed, dtype)
