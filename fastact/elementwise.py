@@ -366,6 +366,9 @@ def prelu_backward(dy, x, weight, axis=1, *, out=None):
     >>> dw
     array([-4.,  0.])
     """
+    if (type(x) is not _ndarray or type(dy) is not _ndarray) and _duck.any_duck((dy, x, weight)):
+        raise TypeError("prelu_backward takes NumPy arrays (its weight gradient sums over the whole "
+                        f"input); got {type(dy).__name__} and {type(x).__name__}")
     dy = np.asarray(dy)
     x = np.asarray(x)
     w = np.asarray(weight)

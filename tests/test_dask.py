@@ -204,6 +204,8 @@ def test_prelu():
     _same(fa.prelu(xd, w[:1]).compute(), fa.prelu(x, w[:1]))
     with pytest.raises(ValueError, match=r"weight has 3 elements but x.shape\[1\] is 11"):
         fa.prelu(xd, w[:3])
+    with pytest.raises(TypeError, match="prelu_backward takes NumPy arrays"):
+        fa.prelu_backward(xd, xd, w)  # no silent compute
 
 
 # ---------------------------------------------------------------------------------------- softmax
