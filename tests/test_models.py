@@ -444,3 +444,19 @@ def test_checkpoint_int64_buffer_round_trip(tmp_path):
         assert other.state_dict()[k].dtype == v.dtype
         np.testing.assert_array_equal(other.state_dict()[k], v)
     assert int(other.resblocks[0].batch_norm.num_batches_tracked) == 1
+
+
+def test_cli_resumes_a_checkpoint_written_before_the_model_option(tmp_path, monkeypatch, capsys):
+    """Checkpoints of earlier versions have no model/classes/n_chans1/n_blocks in their config: they
+    were VGG runs on all classes, and resume as such."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--limit", "64", "--batch-size", "32"]
+    assert _cli(*common, "--epochs", "1", "--checkpoint", "old.npz") == 0
+    header, mstate, ostate = checkpoint.load("old.npz")
+    for k in ("model", "classes", "n_chans1", "n_blocks"):
+        del header["config"][k]
+    checkpoint.save("old.npz", header, mstate, ostate)
+    assert _cli(*common, "--epochs", "2", "--resume", "old.npz", "--checkpoint", "old.npz") == 0
+    assert [h["epoch"] for h in checkpoint.load("old.npz")[0]["history"]] == [1, 2]
+    assert _cli(*common, "--model", "net_res", "--epochs", "2", "--resume", "old.npz") == 2
+    assert "model 'vgg' (now 'net_res')" in capsys.readouterr().err
