@@ -87,7 +87,7 @@ class Activation:
     torch_backward_baseline: str = ""  # dx(dy, x, y = forward's output): the aten kernel autograd calls
     torch_out_baseline: str = ""  # forward of x into the preallocated tensor y
     domain: tuple = (-6.0, 6.0)   # where tests sample points
-    #: limits(*params) -> ((f(-inf), f(+inf)), (f'(-inf), f'(+inf))): the mathematical limits, which
+    #: ``limits(*params) -> ((f(-inf), f(+inf)), (f'(-inf), f'(+inf)))``: the mathematical limits, which
     #: the kernels return at +-inf (tests check both against mpmath far beyond the float range)
     limits: object = None
     #: interior zeros of f' (where f' changes sign smoothly): relative accuracy is impossible right
