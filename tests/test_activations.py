@@ -959,3 +959,25 @@ def test_parameter_memo_keeps_the_sign_of_zero():
     assert np.signbit(fastact.leaky_relu(np.array([1.0, -1.0]), negative_slope=-0.0)[1]) == np.signbit(
         -0.0 * -1.0)
     assert np.signbit(fastact.relu_backward(np.array([1.0]), np.array([-1.0]), negative_slope=-0.0)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_small_array_fast_path_equals_the_general_path(name, dtype):
+    # default parameters on small C-contiguous arrays take a shortcut; explicitly passed defaults (new
+    # float objects) take the general driver: both must agree exactly, for every shape and dy layout
+    act = ACTIVATIONS[name]
+    f, fb = public(name)
+    explicit = {p.name: (float(p.default) if isinstance(p.default, float) else p.default) for p in act.params}
+    explicit_b = {**explicit, **{p.name: p.default for p in act.backward_params}}
+    rng = np.random.default_rng(30)
+    for shape in [(7,), (3, 5), (2, 3, 4), ()]:
+        x = rng.uniform(*act.domain, size=shape).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        for got, want in [(f(x), f(x, **explicit)), (fb(dy, x), fb(dy, x, **explicit_b)),
+                          (fb(dy.T.copy().T if dy.ndim else dy, x), fb(dy, x, **explicit_b)),
+                          (fb(dy[..., None][..., 0], x), fb(dy, x, **explicit_b))]:
+            assert type(got) is type(want) and np.asarray(got).dtype == dtype
+            np.testing.assert_array_equal(got, want)
+    x = rng.standard_normal((4, 6)).astype(dtype)
+    np.testing.assert_array_equal(f(x[:, ::2]), f(np.ascontiguousarray(x[:, ::2]), **explicit))
+    np.testing.assert_array_equal(fb(np.float32(2.0), x), fb(np.full_like(x, 2.0), x, **explicit_b))
