@@ -400,13 +400,16 @@ class MaxPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     def forward(self, x):
-        if self.training:
-            self._saved = (x,)
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if not self.training:
+            return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        # the winners' positions, so that backward scatters dy without searching the windows again
+        y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
+        self._saved = (x, indices)  # x for its shape and dtype only
+        return y
 
     def backward(self, dy, need_dx=True):
-        (x,) = _need_saved(self)
-        return max_pool2d_backward(dy, x, self.kernel_size, self.stride, self.padding)
+        x, indices = _need_saved(self)
+        return max_pool2d_backward(dy, x, self.kernel_size, self.stride, self.padding, indices=indices)
 
 
 class AvgPool2d(Module):
@@ -505,6 +508,13 @@ class BatchNorm2d(Module):
     returns dx, and the residual's gradient is ``dy`` itself. The forward keeps its input for the
     backward in eval mode too (a backward with frozen statistics, ``dx = dy * weight / sigma``).
 
+    ``sync``: None (the default: the statistics of this process's batch, as PyTorch's DDP), or an
+    object that synchronises the training statistics over processes (SyncBatchNorm):
+    ``sync.stats(x) -> (mean, var, count)`` of the whole batch, x being one part of it, and
+    ``sync.sums(sums, count) -> (sums, count)`` for the backward's per-channel sums
+    (:func:`fastact.batch_norm2d_backward`'s ``reduce``). :func:`fastact.distributed.sync_batchnorm`
+    sets it on every BatchNorm2d of a model; it is not part of the state.
+
     Examples
     --------
     >>> import numpy as np
@@ -541,6 +551,7 @@ class BatchNorm2d(Module):
             self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
+        self.sync = None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -577,9 +588,11 @@ class BatchNorm2d(Module):
         track = self.track_running_stats and (self.training or not use_batch)
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
+        stats = self.sync.stats(x) if self.sync is not None and self.training else None
         y, saved = batch_norm2d(x, self.running_mean if track else None,
                                 self.running_var if track else None, w, b, use_batch, momentum,
-                                self.eps, activation=activation, residual=residual, return_saved=True)
+                                self.eps, activation=activation, residual=residual, return_saved=True,
+                                batch_stats=stats)
         self._saved = (x, saved)
         return y
 
@@ -587,7 +600,8 @@ class BatchNorm2d(Module):
         x, saved = _need_saved(self)
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        dx, dw, db = batch_norm2d_backward(dy, x, w, b, saved, need_dx=need_dx)[:3]
+        reduce = self.sync.sums if self.sync is not None and saved.training else None
+        dx, dw, db = batch_norm2d_backward(dy, x, w, b, saved, need_dx=need_dx, reduce=reduce)[:3]
         if self.affine:
             _accumulate(self.weight, dw)
             _accumulate(self.bias, db)
