@@ -162,6 +162,25 @@ def test_max_pool2d_matches_cpu(kernel, stride, padding, dtype):
                  fastact.max_pool2d_backward(dy, x, kernel, stride, padding), dtype, "backward")
 
 
+
+@needs_device
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 1, 1), (3, 2, 1)])
+def test_max_pool2d_indices_match_cpu(kernel, stride, padding, dtype):
+    rng = np.random.default_rng(6)
+    x = rng.integers(-3, 4, (2, 3, 7, 6)).astype(dtype)   # many ties
+    x[0, 0, 0, 0] = np.nan
+    y, idx = fcuda.max_pool2d(dev(x), kernel, stride, padding, return_indices=True)
+    cy, cidx = fastact.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(host(y), cy)
+    np.testing.assert_array_equal(host(idx), cidx)
+    dy = rng.standard_normal(cy.shape).astype(dtype)
+    assert_close(host(fcuda.max_pool2d_backward(dev(dy), dev(x), kernel, stride, padding, indices=idx)),
+                 fastact.max_pool2d_backward(dy, x, kernel, stride, padding, indices=cidx), dtype, "backward")
+    with pytest.raises(ValueError, match="indices has dtype"):
+        fcuda.max_pool2d_backward(dev(dy), dev(x), kernel, stride, padding,
+                                  indices=_numba_cuda().to_device(cidx.astype(np.int64)))
+
 @needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 def test_linear_forward_and_backward_match_cpu(dtype):

@@ -4,6 +4,8 @@ Shape key: N batch, C channels, P x Q output. One thread per output element find
 maximum (or first NaN) with the same definition the CPU kernels use (``fastact._util.argmax_window``,
 compiled here as a device function), so both pick the same element on ties and NaN. The backward adds
 ``dy`` into that element with an atomic add: windows may overlap when the stride is below the window.
+``return_indices=True`` / ``indices=`` as on the CPU: the window-local position ``i * kw + j`` of each
+maximum (``fastact.pool.pool_index_dtype``), so the backward adds without searching the window again.
 """
 
 import math
@@ -11,7 +13,7 @@ import math
 import numpy as np
 
 from .._util import argmax_window, pair
-from ..pool import pool_output_shape
+from ..pool import pool_index_dtype, pool_output_shape
 from ._device import as_device, cached, kernel, launch_1d, require, zeros
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
@@ -44,12 +46,55 @@ def _k_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
             cuda.atomic.add(dx, (n, c, h, w), dy[n, c, p, q])
 
 
+def _k_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, y, idx):
+    # y, idx (N, C, P, Q): one thread per output element; idx = i * kw + j in its window
+    N, C, P, Q = y.shape
+    for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
+        q = t % Q
+        p = (t // Q) % P
+        c = (t // (Q * P)) % C
+        n = t // (Q * P * C)
+        h, w = dev_argmax(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
+        y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -math.inf
+        idx[n, c, p, q] = (h - (p * sh - ph)) * kw + (w - (q * sw - pw)) if h >= 0 else 0
+
+
+def _k_pool_backward_indices(dy, idx, kh, kw, sh, sw, ph, pw, dx):
+    # dx zeroed by the caller; an index outside its window or in the padding is skipped (a device
+    # kernel cannot raise; the host's shape and dtype checks catch the usual mistakes)
+    N, C, P, Q = dy.shape
+    H, W = dx.shape[2], dx.shape[3]
+    for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
+        q = t % Q
+        p = (t // Q) % P
+        c = (t // (Q * P)) % C
+        n = t // (Q * P * C)
+        k = np.int64(idx[n, c, p, q])
+        i = k // kw
+        h = p * sh - ph + i
+        w = q * sw - pw + (k - i * kw)
+        if 0 <= k < kh * kw and 0 <= h < H and 0 <= w < W:
+            cuda.atomic.add(dx, (n, c, h, w), dy[n, c, p, q])
+
+
 def _kernels():
     def build():
         argmax = kernel(argmax_window.py_func, device=True)
         return {"forward": kernel(_k_pool_forward, dev_argmax=argmax),
-                "backward": kernel(_k_pool_backward, dev_argmax=argmax)}
+                "backward": kernel(_k_pool_backward, dev_argmax=argmax),
+                "forward_indices": kernel(_k_pool_forward_indices, dev_argmax=argmax),
+                "backward_indices": kernel(_k_pool_backward_indices)}
     return cached("pool", build)
+
+
+def _as_device_indices(a):
+    """The forward's indices as a device array (as_device takes floats only)."""
+    if hasattr(a, "copy_to_host") and hasattr(a, "is_c_contiguous"):
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        return require().as_cuda_array(a)
+    raise TypeError(f"max_pool2d_backward: indices must be a device array (max_pool2d(..., "
+                    f"return_indices=True)'s), got {type(a).__name__}")
 
 
 def _args(x, kernel_size, stride, padding):
@@ -60,7 +105,7 @@ def _args(x, kernel_size, stride, padding):
     return shape, (kh, kw, sh, sw, ph, pw)
 
 
-def max_pool2d(x, kernel_size=2, stride=None, padding=0):
+def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False):
     """:func:`fastact.max_pool2d` on a device array (NaN propagates, ties go to the first maximum).
 
     Parameters
@@ -68,10 +113,13 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0):
     x : device array, shape (N, C, H, W)
     kernel_size, stride, padding : int or (int, int)
         ``stride`` None is ``kernel_size``; padding is implicit -inf.
+    return_indices : bool, optional
+        Also return each maximum's window-local position (as :func:`fastact.max_pool2d`).
 
     Returns
     -------
-    device array, shape (N, C, P, Q)
+    device array, shape (N, C, P, Q); with ``return_indices``, also the indices (device array, same
+    shape, uint8 up to 255 window positions, int32 beyond)
 
     Examples
     --------
@@ -85,20 +133,29 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0):
     x = as_device(x, "x")
     shape, a = _args(x, kernel_size, stride, padding)
     y = require().device_array(shape, dtype=x.dtype)
+    if not return_indices:
+        if y.size:
+            blocks, threads = launch_1d(y.size)
+            _kernels()["forward"][blocks, threads](x, *a, y)
+        return y
+    idx = require().device_array(shape, dtype=pool_index_dtype(kernel_size))
     if y.size:
         blocks, threads = launch_1d(y.size)
-        _kernels()["forward"][blocks, threads](x, *a, y)
-    return y
+        _kernels()["forward_indices"][blocks, threads](x, *a, y, idx)
+    return y, idx
 
 
-def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
+def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices=None):
     """Gradient of :func:`max_pool2d`: each ``dy`` element goes to its window's first maximum.
 
     Parameters
     ----------
     dy : device array, shape (N, C, P, Q)
     x, kernel_size, stride, padding
-        As given to :func:`max_pool2d`.
+        As given to :func:`max_pool2d` (with ``indices``, only x's shape and dtype are used).
+    indices : device array, shape (N, C, P, Q), optional
+        The forward's ``return_indices`` output: each ``dy`` element is added at its recorded position.
+        ValueError if its shape or dtype is not the forward's.
 
     Returns
     -------
@@ -122,6 +179,18 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     if dy.dtype != x.dtype:
         raise TypeError(f"max_pool2d_backward: dy is {dy.dtype} but x is {x.dtype}")
     dx = zeros(x.shape, x.dtype)
+    if indices is not None:
+        indices = _as_device_indices(indices)
+        if tuple(indices.shape) != shape:
+            raise ValueError(f"max_pool2d_backward: indices has shape {tuple(indices.shape)}, but pooling x "
+                             f"of shape {tuple(x.shape)} gives {shape}")
+        if indices.dtype != pool_index_dtype(kernel_size):
+            raise ValueError(f"max_pool2d_backward: indices has dtype {indices.dtype}, but max_pool2d(..., "
+                             f"return_indices=True) gives {pool_index_dtype(kernel_size)}")
+        if dy.size:
+            blocks, threads = launch_1d(dy.size)
+            _kernels()["backward_indices"][blocks, threads](dy, indices, *a, dx)
+        return dx
     if dy.size:
         blocks, threads = launch_1d(dy.size)
         _kernels()["backward"][blocks, threads](dy, x, *a, dx)
