@@ -16,6 +16,10 @@ ratios (peer median / fastact median: above 1.00x fastact is faster) is printed.
     pytest bench/test_layers.py --benchmark-group-by=group
     pytest bench/test_layers.py -k "N64 and float32" --benchmark-group-by=group
 
+Max-pool (the three 2x2 pools of the cifar net at batch 64, float32): forward with and without the indices,
+backward with and without them, against PyTorch's aten kernels; groups ``f"maxpool|{shape}|float32"``
+(``pytest bench/test_layers.py -k max_pool --benchmark-group-by=group``).
+
 Groups are ``f"conv|{shape}|{dtype}"``: each holds fastact, NumPy and PyTorch forward, and fastact and
 PyTorch forward+backward, on the same inputs. JIT compilation (or the cache load) happens in a warm-up
 call outside the timing. Large shapes run a few pedantic rounds so the module stays under ~8 minutes on
@@ -150,3 +154,52 @@ def _print_summary(request):
         print("\n\nconv3x3 + bias + ReLU: peer median / fastact median (above 1.00x fastact is faster)")
         for line in lines:
             print(line)
+
+
+# ------------------------------------------------------------------------------------ max-pool
+
+#: the three 2x2 max-pools of the cifar 3x32x32 net at batch 64 (N, C, H, W), float32
+POOL_SHAPES = {"64x16x32x32": (64, 16, 32, 32), "64x32x16x16": (64, 32, 16, 16), "64x64x8x8": (64, 64, 8, 8)}
+
+
+def _pool_inputs(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal((shape[0], shape[1], shape[2] // 2, shape[3] // 2)).astype(np.float32)
+    return x, dy
+
+
+@pytest.mark.parametrize("impl", ["fastact", "fastact indices", "torch", "torch indices"])
+@pytest.mark.parametrize("name", list(POOL_SHAPES))
+def test_max_pool_forward(benchmark, name, impl):
+    """2x2 max-pool forward, alone and also returning the indices (PyTorch: max_pool2d_with_indices)."""
+    import fastact as fa
+    x, _ = _pool_inputs(POOL_SHAPES[name])
+    if impl.startswith("fastact"):
+        fn = lambda: fa.max_pool2d(x, 2, return_indices=impl.endswith("indices"))  # noqa: E731
+    else:
+        torch = _torch()
+        tx = torch.from_numpy(x)
+        op = torch.ops.aten.max_pool2d_with_indices if impl.endswith("indices") else torch.ops.aten.max_pool2d
+        fn = lambda: op(tx, [2, 2], [2, 2])  # noqa: E731
+    run_bench(benchmark, fn, f"maxpool|{name}|float32", f"{impl} fwd", 0)
+
+
+@pytest.mark.parametrize("impl", ["fastact", "fastact indices", "torch"])
+@pytest.mark.parametrize("name", list(POOL_SHAPES))
+def test_max_pool_backward(benchmark, name, impl):
+    """2x2 max-pool backward: fastact searching the windows again (no indices) or from the forward's
+    indices; PyTorch from its indices (the aten kernel autograd calls)."""
+    import fastact as fa
+    x, dy = _pool_inputs(POOL_SHAPES[name])
+    if impl.startswith("fastact"):
+        idx = fa.max_pool2d(x, 2, return_indices=True)[1] if impl.endswith("indices") else None
+        fn = lambda: fa.max_pool2d_backward(dy, x, 2, indices=idx)  # noqa: E731
+        np.testing.assert_array_equal(fn(), fa.max_pool2d_backward(dy, x, 2))
+    else:
+        torch = _torch()
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        _, ti = torch.ops.aten.max_pool2d_with_indices(tx, [2, 2], [2, 2])
+        bwd = torch.ops.aten.max_pool2d_with_indices_backward
+        fn = lambda: bwd(tdy, tx, [2, 2], [2, 2], [0, 0], [1, 1], False, ti)  # noqa: E731
+    run_bench(benchmark, fn, f"maxpool|{name}|float32", f"{impl} bwd", 0)
