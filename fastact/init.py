@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 __all__ = ["calculate_gain", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_", "xavier_uniform_",
-           "constant_", "zeros_", "ones_", "calculate_fan_in_and_fan_out"]
+           "normal_", "uniform_", "constant_", "zeros_", "ones_", "calculate_fan_in_and_fan_out"]
 
 _LINEAR = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
            "conv_transpose3d", "sigmoid")
@@ -191,6 +191,43 @@ def xavier_uniform_(w, gain=1.0, rng=None):
     if fan_in + fan_out == 0:  # a zero-element weight: nothing to fill
         return w
     return _fill_uniform(w, gain * math.sqrt(6.0 / float(fan_in + fan_out)), rng)
+
+
+def normal_(w, mean=0.0, std=1.0, rng=None):
+    """Fill ``w`` with draws from N(mean, std^2), as ``torch.nn.init.normal_`` (torchvision's VGG
+    initialises its Linear layers with N(0, 0.01^2)).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact.nn import init
+    >>> w = init.normal_(np.empty((256, 256)), std=0.01, rng=0)
+    >>> round(float(w.std()), 3)
+    0.01
+    """
+    if _empty(w):
+        return w
+    a = _array(w)
+    a[...] = _rng(rng).normal(mean, std, a.shape)
+    return w
+
+
+def uniform_(w, a=0.0, b=1.0, rng=None):
+    """Fill ``w`` with draws from U(a, b), as ``torch.nn.init.uniform_``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact.nn import init
+    >>> w = init.uniform_(np.empty(1000), -2.0, 2.0, rng=0)
+    >>> bool(w.min() >= -2.0 and w.max() < 2.0)
+    True
+    """
+    if _empty(w):
+        return w
+    arr = _array(w)
+    arr[...] = _rng(rng).uniform(a, b, arr.shape)
+    return w
 
 
 def constant_(w, val):
