@@ -52,3 +52,21 @@ CONV_WORKSPACE_BYTES = 8 << 20
 #: GEMMs below this many FLOPs run on one BLAS thread (see fastact/_blas.py for the measurement):
 #: ~2e7 FLOPs take ~0.3 ms on one core, about where a second thread starts to pay.
 BLAS_PARALLEL_MIN_FLOPS = 20_000_000
+
+#: Convolutions run as one parallel loop over chunks of images with the GEMMs called from nopython
+#: code (fastact/_gemm.py: SciPy's BLAS on one thread per worker, so TBB is the only pool) when that BLAS
+#: could be set up; False forces the NumPy path (np.matmul per tile from Python), e.g. to compare them.
+CONV_NOPYTHON_GEMM = True
+
+#: A chunk of the fused convolution holds enough images for this many GEMM columns (images x output
+#: pixels): one image from 16x16 up (its GEMM straight into the NCHW output), 4 images at 8x8.
+CONV_CHUNK_MIN_COLUMNS = 256
+
+#: Chunks are dealt to this many slots per Numba thread (each slot allocates its buffers once and owns
+#: one dweight partial in the backward): more than one per thread so that a core slowed by another
+#: process leaves its remaining chunks to the other.
+CONV_SLOTS_PER_THREAD = 4
+
+#: The fused convolution runs serially below this many FLOPs (a TBB fork/join costs 3-6 us, ~0.5 MFLOP
+#: of GEMM on one core).
+CONV_PARALLEL_MIN_FLOPS = 4_000_000

@@ -26,9 +26,10 @@ Backward (``dz`` the gradient of the pre-activation z = conv + bias; with a fuse
 
 import threading
 
+import numba
 import numpy as np
 
-from . import _blas, _epilogue, _runtime, config
+from . import _blas, _epilogue, _gemm, _runtime, config
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
 
@@ -82,102 +83,274 @@ def _valid_columns(Q, W, sw, pw, s):
     return q_lo, q_hi
 
 
+@_runtime.jit()
+def _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row):
+    # row (c, r, s) of col for images n0 .. n0+nb-1: col[row, (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
+    N, C, H, W = x.shape
+    PQ = P * Q
+    c = row // (R * S)
+    rs = row - c * (R * S)
+    r = rs // S
+    s = rs - r * S
+    q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
+    if sh == 1 and sw == 1 and Q == W:
+        # "same" width, unit stride (the VGG 3x3/pad-1 case): the image block of this row is the
+        # flattened image shifted by delta, so copy it in one run of P*Q elements (short rows of
+        # 8-32 elements cost more in loop overhead than in copying), then zero the columns whose
+        # input column falls outside [0, W) and that picked up a neighbouring row's values.
+        delta = (r - ph) * W + (s - pw)
+        HW = H * W
+        j_lo = min(max(0, -delta), PQ)
+        j_hi = max(min(PQ, HW - delta), j_lo)
+        dst = col[row]
+        for n in range(nb):
+            src = x[n0 + n, c].reshape(HW)
+            base = n * PQ
+            for j in range(j_lo):
+                dst[base + j] = 0
+            d0 = np.uint64(base + j_lo)
+            s0 = np.uint64(j_lo + delta)
+            for t in range(np.uint64(j_hi - j_lo)):
+                dst[d0 + t] = src[s0 + t]
+            for j in range(j_hi, PQ):
+                dst[base + j] = 0
+            if q_lo > 0 or q_hi < Q:
+                for p in range(P):
+                    o = base + p * Q
+                    for q in range(q_lo):
+                        dst[o + q] = 0
+                    for q in range(q_hi, Q):
+                        dst[o + q] = 0
+        return
+    for n in range(nb):
+        base = n * PQ
+        for p in range(P):
+            h = p * sh - ph + r
+            o = base + p * Q
+            if h < 0 or h >= H:
+                for q in range(Q):
+                    col[row, o + q] = 0
+                continue
+            for q in range(q_lo):
+                col[row, o + q] = 0
+            w0 = q_lo * sw - pw + s
+            src = x[n0 + n, c, h]
+            dst = col[row]
+            if sw == 1:  # unit stride: a plain copy; unsigned indices skip the negative-index
+                # wraparound checks, so LLVM vectorises it
+                d0 = np.uint64(o + q_lo)
+                s0 = np.uint64(w0)
+                for t in range(np.uint64(q_hi - q_lo)):
+                    dst[d0 + t] = src[s0 + t]
+            else:
+                for q in range(q_lo, q_hi):
+                    dst[o + q] = src[w0 + (q - q_lo) * sw]
+            for q in range(q_hi, Q):
+                col[row, o + q] = 0
+
+
 @_runtime.jit(parallel=True)
 def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
     # x (N, C, H, W); col (C*R*S, nb*P*Q): col[(c, r, s), (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
-    N, C, H, W = x.shape
-    PQ = P * Q
+    C = x.shape[1]
     for row in _runtime.prange(C * R * S):
-        c = row // (R * S)
-        rs = row - c * (R * S)
-        r = rs // S
-        s = rs - r * S
-        q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
-        if sh == 1 and sw == 1 and Q == W:
-            # "same" width, unit stride (the VGG 3x3/pad-1 case): the image block of this row is the
-            # flattened image shifted by delta, so copy it in one run of P*Q elements (short rows of
-            # 8-32 elements cost more in loop overhead than in copying), then zero the columns whose
-            # input column falls outside [0, W) and that picked up a neighbouring row's values.
-            delta = (r - ph) * W + (s - pw)
-            HW = H * W
-            j_lo = min(max(0, -delta), PQ)
-            j_hi = max(min(PQ, HW - delta), j_lo)
-            dst = col[row]
+        _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row)
+
+
+@_runtime.jit()
+def _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c):
+    # channel c of dx (N, C, H, W) accumulated from dcol (C*R*S, >= nb*P*Q): the adjoint of _im2col_row
+    N, C, H, W = dx.shape
+    PQ = P * Q
+    for r in range(R):
+        for s in range(S):
+            row = (c * R + r) * S + s
+            src = dcol[row]
+            q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
+            w0 = q_lo * sw - pw + s
             for n in range(nb):
-                src = x[n0 + n, c].reshape(HW)
                 base = n * PQ
-                for j in range(j_lo):
-                    dst[base + j] = 0
-                d0 = np.uint64(base + j_lo)
-                s0 = np.uint64(j_lo + delta)
-                for t in range(np.uint64(j_hi - j_lo)):
-                    dst[d0 + t] = src[s0 + t]
-                for j in range(j_hi, PQ):
-                    dst[base + j] = 0
-                if q_lo > 0 or q_hi < Q:
-                    for p in range(P):
-                        o = base + p * Q
-                        for q in range(q_lo):
-                            dst[o + q] = 0
-                        for q in range(q_hi, Q):
-                            dst[o + q] = 0
-            continue
-        for n in range(nb):
-            base = n * PQ
-            for p in range(P):
-                h = p * sh - ph + r
-                o = base + p * Q
-                if h < 0 or h >= H:
-                    for q in range(Q):
-                        col[row, o + q] = 0
-                    continue
-                for q in range(q_lo):
-                    col[row, o + q] = 0
-                w0 = q_lo * sw - pw + s
-                src = x[n0 + n, c, h]
-                dst = col[row]
-                if sw == 1:  # unit stride: a plain copy; unsigned indices skip the negative-index
-                    # wraparound checks, so LLVM vectorises it
-                    d0 = np.uint64(o + q_lo)
-                    s0 = np.uint64(w0)
-                    for t in range(np.uint64(q_hi - q_lo)):
-                        dst[d0 + t] = src[s0 + t]
-                else:
-                    for q in range(q_lo, q_hi):
-                        dst[o + q] = src[w0 + (q - q_lo) * sw]
-                for q in range(q_hi, Q):
-                    col[row, o + q] = 0
+                for p in range(P):
+                    h = p * sh - ph + r
+                    if h < 0 or h >= H:
+                        continue
+                    dst = dx[n0 + n, c, h]
+                    o = base + p * Q
+                    if sw == 1:  # unsigned indices: no wraparound checks, the loop vectorises
+                        d0 = np.uint64(w0)
+                        s0 = np.uint64(o + q_lo)
+                        for t in range(np.uint64(q_hi - q_lo)):
+                            dst[d0 + t] += src[s0 + t]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            dst[w0 + (q - q_lo) * sw] += src[o + q]
 
 
 @_runtime.jit(parallel=True)
 def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
     # dcol (C*R*S, nb*P*Q); dx (N, C, H, W) accumulated: the adjoint of _im2col. Parallel over channels,
     # so no two threads ever add into the same dx element.
-    N, C, H, W = dx.shape
+    for c in _runtime.prange(dx.shape[1]):
+        _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c)
+
+
+# ------------------------------------------------------------- fused per-chunk kernels (one pool)
+# With a BLAS callable from nopython code (fastact/_gemm.py), a whole convolution is one parallel loop
+# over chunks of m images (one image when it has config.CONV_CHUNK_MIN_COLUMNS output pixels or more):
+# each chunk runs im2col into a column buffer of its own (CRS x m*PQ: a few hundred KiB, so it stays in
+# the core's L2), one GEMM on this thread, and the epilogue or the backward's col2im, while the data is
+# still in cache. Only TBB's pool runs; no Python between the images. The chunks are dealt to
+# ``nslots`` slots (a few per thread, so a core slowed by another process hands work to the other); a
+# slot allocates its buffers once, and in the backward owns one dweight partial, so the reduction order
+# (and the result) does not depend on the scheduling.
+
+_FWD_SRC = """\
+def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, nslots{a}):
+    N = x.shape[0]
+    K, CRS = w2.shape
     PQ = P * Q
-    for c in _runtime.prange(C):
-        for r in range(R):
-            for s in range(S):
-                row = (c * R + r) * S + s
-                src = dcol[row]
-                q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
-                w0 = q_lo * sw - pw + s
-                for n in range(nb):
-                    base = n * PQ
-                    for p in range(P):
-                        h = p * sh - ph + r
-                        if h < 0 or h >= H:
-                            continue
-                        dst = dx[n0 + n, c, h]
-                        o = base + p * Q
-                        if sw == 1:  # unsigned indices: no wraparound checks, the loop vectorises
-                            d0 = np.uint64(w0)
-                            s0 = np.uint64(o + q_lo)
-                            for t in range(np.uint64(q_hi - q_lo)):
-                                dst[d0 + t] += src[s0 + t]
+    L = m * PQ
+    nchunks = (N + m - 1) // m
+    keep = z.size != 0
+    isz = x.itemsize
+    for sl in prange(nslots):
+        col = np.empty((CRS, L), dtype=x.dtype)
+        g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
+        iw = np.empty(8, dtype=np.int32)
+        fw = np.empty(2, dtype=x.dtype)
+        for ch in range(sl, nchunks, nslots):
+            n0 = ch * m
+            mm = min(m, N - n0)
+            for row in range(CRS):
+                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row)
+            if m == 1:
+                # straight into the NCHW output block y[n0] (K, PQ), then the epilogue in place
+                gemm(False, False, K, PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
+                     y.ctypes.data + n0 * K * PQ * isz, PQ, iw, fw)
+                for k in range(K):
+                    bk = b[k]
+                    yr = y[n0, k]
+                    if keep:
+                        zr = z[n0, k]
+                        for j in range(PQ):
+                            v = yr[j] + bk
+                            zr[j] = v
+                            yr[j] = {fv}
+                    else:
+                        for j in range(PQ):
+                            v = yr[j] + bk
+                            yr[j] = {fv}
+            else:
+                # small images: one GEMM for the chunk (K, mm*PQ), the epilogue writes each image
+                gemm(False, False, K, mm * PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
+                     g.ctypes.data, L, iw, fw)
+                for i in range(mm):
+                    for k in range(K):
+                        bk = b[k]
+                        gr = g[k, i * PQ:(i + 1) * PQ]
+                        yr = y[n0 + i, k]
+                        if keep:
+                            zr = z[n0 + i, k]
+                            for j in range(PQ):
+                                v = gr[j] + bk
+                                zr[j] = v
+                                yr[j] = {fv}
                         else:
-                            for q in range(q_lo, q_hi):
-                                dst[w0 + (q - q_lo) * sw] += src[o + q]
+                            for j in range(PQ):
+                                v = gr[j] + bk
+                                yr[j] = {fv}
+"""
+
+_fused_lock = threading.Lock()
+_fused_fwd = {}
+
+
+def _fused_forward_kernel(activation):
+    """The fused forward kernel for ``activation`` (a name or None), generated and compiled once."""
+    from . import _codegen
+    from ._table import get as _get_activation
+    act = None if activation is None else _get_activation(activation)
+    key = None if act is None else act.name
+    fn = _fused_fwd.get(key)
+    if fn is None:
+        with _fused_lock:
+            fn = _fused_fwd.get(key)
+            if fn is None:
+                p = _codegen.param_names(act, False)
+                fname = f"conv_fused_forward_{'identity' if act is None else act.name}"
+                src = _FWD_SRC.format(fname=fname, a=_codegen.args(p),
+                                      fv=_codegen.element(False, p, i="", x="v"))
+                glb = {"F": _epilogue._identity_j if act is None else _codegen.scalar(act), "np": np,
+                       "prange": _runtime.prange, "gemm": _gemm.gemm, "_im2col_row": _im2col_row}
+                fn = _fused_fwd[key] = _runtime.jit(parallel=True)(_codegen._compile_source(fname, src, glb))
+    return fn
+
+
+@_runtime.jit(parallel=True)
+def _fused_backward(x, w2, dz, dx, dws, R, S, sh, sw, ph, pw, P, Q, m, need_dx):
+    # dws (nslots, K, CRS): slot sl's dweight partial over its chunks; dx (N, C, H, W) zeroed, accumulated
+    N, C = x.shape[0], x.shape[1]
+    K, CRS = w2.shape
+    PQ = P * Q
+    L = m * PQ
+    nslots = dws.shape[0]
+    nchunks = (N + m - 1) // m
+    isz = x.itemsize
+    for sl in _runtime.prange(nslots):
+        col = np.empty((CRS, L), dtype=x.dtype)
+        dcol = np.empty((CRS if need_dx else 0, L), dtype=x.dtype)
+        dzt = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
+        iw = np.empty(8, dtype=np.int32)
+        fw = np.empty(2, dtype=x.dtype)
+        dw_ptr = dws.ctypes.data + sl * K * CRS * isz
+        beta = 0.0
+        for ch in range(sl, nchunks, nslots):
+            n0 = ch * m
+            mm = min(m, N - n0)
+            cols = mm * PQ
+            for row in range(CRS):
+                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row)
+            if m == 1:  # dz[n0] is already the (K, PQ) matrix
+                a = dz.ctypes.data + n0 * K * PQ * isz
+                lda = PQ
+            else:  # (mm, K, PQ) -> (K, mm*PQ), in cache
+                for k in range(K):
+                    for i in range(mm):
+                        dzt[k, i * PQ:(i + 1) * PQ] = dz[n0 + i, k]
+                a = dzt.ctypes.data
+                lda = L
+            # dweight partial (K, CRS) += dz (K, cols) @ col.T (cols, CRS)
+            _gemm.gemm(False, True, K, CRS, cols, a, lda, col.ctypes.data, L, beta, dw_ptr, CRS, iw, fw)
+            beta = 1.0
+            if need_dx:
+                # dcol (CRS, cols) = weight.T (CRS, K) @ dz (K, cols), scattered back by col2im
+                _gemm.gemm(True, False, CRS, cols, K, w2.ctypes.data, CRS, a, lda, 0.0, dcol.ctypes.data, L,
+                     iw, fw)
+                for c in range(C):
+                    _col2im_channel(dcol, n0, mm, R, S, sh, sw, ph, pw, P, Q, dx, c)
+
+
+def _use_fused(N, C, K, CRS, PQ, m):
+    return (config.CONV_NOPYTHON_GEMM and _gemm.AVAILABLE
+            and _gemm.fits(N * PQ, C * PQ, K * PQ, CRS * m * PQ, K * m * PQ))
+
+
+def _chunking(N, PQ):
+    """(images per chunk m, slots): chunks of at least config.CONV_CHUNK_MIN_COLUMNS GEMM columns."""
+    m = int(max(1, min(N, -(-config.CONV_CHUNK_MIN_COLUMNS // PQ))))
+    nchunks = -(-N // m)
+    return m, int(max(1, min(nchunks, config.CONV_SLOTS_PER_THREAD * numba.get_num_threads())))
+
+
+def _run(kernel, flops, *args):
+    """``kernel`` (a _ParallelKernel) on the thread pool when the work pays for it, with SciPy's BLAS on
+    one thread meanwhile."""
+    with _gemm.single_threaded():
+        if flops >= config.CONV_PARALLEL_MIN_FLOPS:
+            with _runtime.parallel_slot() as ok:
+                if ok:
+                    return kernel.parallel(*args)
+        return kernel.serial(*args)
 
 
 # ---------------------------------------------------------------------------------------- workspace
@@ -381,8 +554,14 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
     w2 = weight.reshape(K, CRS)
     if N == 0 or PQ == 0:
         return y, z
-    nb = _tile(N, CRS, PQ, dt.itemsize)
     no_z = np.empty((0, 0, 0), dtype=dt)
+    m, nslots = _chunking(N, PQ)
+    if _use_fused(N, C, K, CRS, PQ, m):
+        kern = _fused_forward_kernel(activation)
+        _run(kern, 2 * N * K * CRS * PQ, x, w2, b, y.reshape(N, K, PQ),
+             z.reshape(N, K, PQ) if keep_z else no_z, R, S, sh, sw, ph, pw, P, Q, m, nslots, *pv)
+        return y, z
+    nb = _tile(N, CRS, PQ, dt.itemsize)
     into_y = PQ >= config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
     if into_y:
         epi = _epilogue.get("conv_inplace", activation)
@@ -521,6 +700,14 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
     dw = np.zeros((K, CRS), dtype=dt)
     dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else None
     if N == 0 or PQ == 0:
+        return dx, dw.reshape(weight.shape)
+    m, nslots = _chunking(N, PQ)
+    if _use_fused(N, C, K, CRS, PQ, m):
+        dws = np.empty((nslots, K, CRS), dtype=dt)
+        dx_arg = dx if need_dx else np.empty((0, 0, 0, 0), dtype=dt)
+        _run(_fused_backward, (4 if need_dx else 2) * N * K * CRS * PQ, x, w2, dz.reshape(N, K, PQ), dx_arg, dws,
+             R, S, sh, sw, ph, pw, P, Q, m, need_dx)
+        dw = dws[0] if nslots == 1 else dws.sum(axis=0)
         return dx, dw.reshape(weight.shape)
     nb = _tile(N, CRS, PQ, dt.itemsize)
     for n0 in range(0, N, nb):

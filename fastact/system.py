@@ -39,6 +39,16 @@ def _cuda_status():
         return f"not available ({type(exc).__name__})"
 
 
+def _gemm_path():
+    """Which GEMM path the convolutions take (fastact/_gemm.py), and why when it is the NumPy one."""
+    from . import _gemm
+    if not config.CONV_NOPYTHON_GEMM:
+        return "np.matmul per tile (config.CONV_NOPYTHON_GEMM is False)"
+    if _gemm.AVAILABLE:
+        return f"nopython BLAS in one TBB loop ({_gemm.LIBRARY}, one thread per call)"
+    return f"np.matmul per tile ({_gemm.REASON})"
+
+
 def info():
     """``{name: value}`` (strings) describing this installation and machine."""
     import llvmlite
@@ -58,5 +68,6 @@ def info():
         "parallel threshold": f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
                               f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})",
         "JIT cache": cache_dir() or "disabled (no writable location)",
+        "conv GEMM": _gemm_path(),
         "CUDA": _cuda_status(),
     }
