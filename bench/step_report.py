@@ -25,7 +25,10 @@ under pytest-benchmark.
 """
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -226,19 +229,42 @@ def profile(spec, repeat):
     return out
 
 
+def torch_subprocess_ms(name, repeat):
+    """PyTorch's median step time (ms) for the net ``name``, measured in a fresh Python process of its own:
+    in the same process as fastact, PyTorch's OpenMP pool and fastact's TBB pool share the 2 cores and
+    PyTorch has been seen to slow to ~40 ms per op on this loaded machine. None without PyTorch."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-only", name, "--repeat",
+                        str(repeat)], capture_output=True, text=True, env=env)
+    try:
+        return float(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--profile", action="store_true", help="per-layer table of fastact's step")
     ap.add_argument("--only", help="nets whose name starts with this (e.g. net_res_deep)")
+    ap.add_argument("--torch-subprocess", action="store_true",
+                    help="also time PyTorch alone in a process of its own (an extra column)")
+    ap.add_argument("--torch-only", metavar="NET", help=argparse.SUPPRESS)  # the subprocess's side
     a = ap.parse_args(argv)
+    if a.torch_only:
+        t = torch_step(NETS[a.torch_only])
+        print("" if t is None else f"{1e3 * benchmark.median_time({'torch': t}, a.repeat)['torch']:.3f}")
+        return 0
     nets = {k: v for k, v in NETS.items() if not a.only or k.startswith(a.only)}
     benchmark.load_torch(num_threads=2)
     for k, v in benchmark.machine():
         print(f"{k:20s} {v}")
     print(f"fastact {fastact.__version__}, batch {BATCH}, float32, one SGD step (median of {a.repeat})")
-    print("| net | fastact ms | PyTorch ms | ratio (PyTorch / fastact) | fastact images/s |")
-    print("|---|---|---|---|---|")
+    sub = a.torch_subprocess
+    print("| net | fastact ms | PyTorch ms | ratio (PyTorch / fastact) | fastact images/s |"
+          + (" PyTorch ms, own process | ratio |" if sub else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if sub else ""))
     for name, spec in nets.items():
         fns = {"fastact": fastact_step(spec)}
         t = torch_step(spec)
@@ -247,8 +273,12 @@ def main(argv=None):
         m = benchmark.median_time(fns, a.repeat)
         tf, tt = m["fastact"], m.get("torch")
         ratio = f"{tt / tf:.2f}x" if tt else "-"
+        extra = ""
+        if sub:
+            ts = torch_subprocess_ms(name, a.repeat)
+            extra = " - | - |" if ts is None else f" {ts:.2f} | {ts / (1e3 * tf):.2f}x |"
         print(f"| {name} | {1e3 * tf:.2f} | {'-' if tt is None else f'{1e3 * tt:.2f}'} | {ratio} | "
-              f"{BATCH / tf:,.0f} |")
+              f"{BATCH / tf:,.0f} |{extra}", flush=True)
     if a.profile:
         for name, spec in nets.items():
             print(f"\nper-layer profile, {name} (fastact, ms, median of {a.repeat})")
