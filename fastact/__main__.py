@@ -41,7 +41,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a CNN: VGG-style (default, on the bundled digits set) or a "
-                                     "reference ResNet of fastact.models on CIFAR-10")
+                                     "reference ResNet of fastact.models on CIFAR-10; data-parallel "
+                                     "over MPI with --distributed under mpiexec -n N")
     from fastact.train import add_arguments
     add_arguments(t)
     t.set_defaults(fn=_train)

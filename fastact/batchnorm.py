@@ -33,7 +33,7 @@ import numpy as np
 from . import _runtime
 from ._util import compute_dtype as _compute_dtype
 
-__all__ = ["batch_norm2d", "batch_norm2d_backward", "BatchNormSaved"]
+__all__ = ["batch_norm2d", "batch_norm2d_backward", "BatchNormSaved", "channel_stats"]
 
 #: What :func:`batch_norm2d` hands to :func:`batch_norm2d_backward`: the per-channel ``mean`` and
 #: ``invstd = 1 / sqrt(var + eps)`` (float64, batch statistics in training, running ones in eval), and
@@ -127,49 +127,53 @@ def _forward(x, w, b, eps, training, relu, skip, acc, mean, var, invstd, coef, y
 
 
 @_runtime.jit(parallel=True)
-def _backward(dy, x, w, b, mean, invstd, training, relu, need_dx, acc, coef, sdz, sdzx, dx):
+def _backward(dy, x, w, b, mean, invstd, training, relu, need_dx, given, Mt, acc, coef, sdz, sdzx, dx):
     # dy, x, dx (N, C, L); w, b, mean, invstd (C,) float64; acc (C, 2, L) float64 workspace;
-    # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64 out.
-    # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean).
+    # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64: out, or in when ``given``.
+    # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean)
+    # (skipped when ``given``: the sums of the whole batch that x is part of, over Mt values).
     # Pass 2: dx = (dz - gmean - (x - mean) * k) * g with g = w * invstd and, in training,
-    # gmean = sdz / M, k = sdzx * invstd^2 / M (eval: both 0), in x's dtype.
+    # gmean = sdz / Mt, k = sdzx * invstd^2 / Mt (eval: both 0), in x's dtype. Mt is N * L unless given.
     N, C, L = x.shape
-    M = N * L
     for c in _runtime.prange(C):
         _affine(w, b, mean, invstd, c, coef)
         sc = coef[c, 0]
         sh = coef[c, 1]
         m = mean[c]
-        a = acc[c, 0]
-        t = acc[c, 1]
-        a[:] = 0.0
-        t[:] = 0.0
-        for n in range(N):
-            xr = x[n, c]
-            dyr = dy[n, c]
-            if relu:
-                for j in range(L):
-                    xv = xr[j]
-                    u = xv * sc + sh
-                    d = dyr[j]
-                    d64 = np.float64(d if (u > 0) | (u != u) else 0.0 * d)
-                    a[j] += d64
-                    t[j] += d64 * (np.float64(xv) - m)
-            else:
-                for j in range(L):
-                    d64 = np.float64(dyr[j])
-                    a[j] += d64
-                    t[j] += d64 * (np.float64(xr[j]) - m)
-        s0 = _lane_total(a)
-        s1 = _lane_total(t)
-        sdz[c] = s0
-        sdzx[c] = s1
+        if given:
+            s0 = sdz[c]
+            s1 = sdzx[c]
+        else:
+            a = acc[c, 0]
+            t = acc[c, 1]
+            a[:] = 0.0
+            t[:] = 0.0
+            for n in range(N):
+                xr = x[n, c]
+                dyr = dy[n, c]
+                if relu:
+                    for j in range(L):
+                        xv = xr[j]
+                        u = xv * sc + sh
+                        d = dyr[j]
+                        d64 = np.float64(d if (u > 0) | (u != u) else 0.0 * d)
+                        a[j] += d64
+                        t[j] += d64 * (np.float64(xv) - m)
+                else:
+                    for j in range(L):
+                        d64 = np.float64(dyr[j])
+                        a[j] += d64
+                        t[j] += d64 * (np.float64(xr[j]) - m)
+            s0 = _lane_total(a)
+            s1 = _lane_total(t)
+            sdz[c] = s0
+            sdzx[c] = s1
         if not need_dx:
             continue
         coef[c, 2] = m
         if training:
-            coef[c, 3] = s0 / M
-            kc = s1 * invstd[c] * invstd[c] / M
+            coef[c, 3] = s0 / Mt
+            kc = s1 * invstd[c] * invstd[c] / Mt
         else:
             coef[c, 3] = 0.0
             kc = 0.0
@@ -224,7 +228,8 @@ def _as3(a, dt):
 
 
 def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
-                 momentum=0.1, eps=1e-5, *, activation=None, residual=None, return_saved=False):
+                 momentum=0.1, eps=1e-5, *, activation=None, residual=None, return_saved=False,
+                 batch_stats=None):
     """Batch normalisation of (N, C, H, W) over (N, H, W), optionally ``relu`` and ``+ residual``.
 
     ``y = act(weight * (x - mean) / sqrt(var + eps) + bias) + residual``, per channel, with ``mean``
@@ -253,6 +258,12 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
         Added after the activation, in the same pass (the skip of a residual block).
     return_saved : bool
         Also return the :class:`BatchNormSaved` that :func:`batch_norm2d_backward` needs.
+    batch_stats : (mean, var, count) or None
+        Training only: the statistics of the whole batch that x is one part of -- per-channel float64
+        ``mean`` and biased ``var``, and ``count``, the values per channel over all parts -- used
+        instead of x's own (synchronised BatchNorm over processes, :mod:`fastact.distributed`; the
+        running variance takes the unbiased ``var * count / (count - 1)``). :func:`channel_stats`
+        gives a part's own.
 
     Returns
     -------
@@ -294,15 +305,22 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
             raise ValueError(f"{fn}: residual has shape {residual.shape}, but x has shape {x.shape}")
         dt = _compute_dtype(dt, residual.dtype)
     M = N * H * W
+    Ms = M  # the values per channel that the statistics are over
+    if training and batch_stats is not None:
+        mean, var, Ms = batch_stats
+        mean = np.array(_check_channel_array(mean, "batch_stats mean", C, fn), dtype=np.float64)
+        var = np.array(_check_channel_array(var, "batch_stats var", C, fn), dtype=np.float64)
+        Ms = int(Ms)
     if training:
-        if M == 1:
+        if Ms == 1:
             raise ValueError(f"{fn}: Expected more than 1 value per channel when training, got input "
                              f"size {x.shape}")
         for r in (running_mean, running_var):
             if r is not None and not (isinstance(r, np.ndarray) and r.flags.writeable):
                 raise ValueError(f"{fn}: running statistics must be writeable ndarrays")
-        mean = np.empty(C)
-        var = np.empty(C)
+        if batch_stats is None:
+            mean = np.empty(C)
+            var = np.empty(C)
     else:
         if running_mean is None or running_var is None:
             raise ValueError(f"{fn}: eval mode (training=False) needs running_mean and running_var")
@@ -315,27 +333,28 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     w64 = np.ones(C) if weight is None else weight.astype(np.float64)
     b64 = np.zeros(C) if bias is None else bias.astype(np.float64)
     if y.size:
-        _forward(x3, w64, b64, float(eps), bool(training), activation == "relu", skip,
+        # given batch statistics normalise as running ones do (the kernel's eval path)
+        _forward(x3, w64, b64, float(eps), bool(training) and batch_stats is None, activation == "relu", skip,
                  np.empty((C, 2, H * W)), mean, var, invstd, np.empty((C, 2), dt), y)
     else:  # an empty batch (as PyTorch: an empty y, the running statistics left alone)
-        if training:
+        if training and batch_stats is None:
             mean[:] = 0.0
             var[:] = 1.0
         invstd[:] = 1.0 / np.sqrt(var + eps)
-    if training and M:
+    if training and Ms:
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
         if running_var is not None:
             running_var *= 1 - momentum
-            running_var += momentum * var * (M / (M - 1))
+            running_var += momentum * var * (Ms / (Ms - 1))
     y = y.reshape(N, C, H, W)
     if return_saved:
         return y, BatchNormSaved(mean, invstd, bool(training), activation, residual is not None)
     return y
 
 
-def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True):
+def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True, reduce=None):
     """Gradients of :func:`batch_norm2d` (with its fused ReLU and residual) in two passes.
 
     With ``x_hat = (x - mean) * invstd``, ``dz = dy * relu'(weight * x_hat + bias)`` (``dz = dy``
@@ -360,6 +379,12 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True):
         From ``batch_norm2d(..., return_saved=True)``.
     need_dx : bool
         False skips the second pass (dx is None).
+    reduce : callable or None
+        Training only, with the forward's ``batch_stats``: ``reduce(sums, count) -> (sums, count)``
+        turns this part's per-channel sums, a (2, C) float64 array (``sum dz``,
+        ``sum dz * (x - mean)``), and its M into those of the whole batch (an allreduce over the
+        processes); dx then uses the whole batch's, as synchronised BatchNorm does. It is called
+        even for an empty part. dweight and dbias stay this part's sums.
 
     Returns
     -------
@@ -398,10 +423,22 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True):
     sdz = np.zeros(C)
     sdzx = np.zeros(C)
     dx = np.empty((N, C, H * W), dtype=dt) if need_dx else np.empty((0, 0, 0), dt)
-    if x.size:
-        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training,
-                  saved.activation == "relu", bool(need_dx), np.empty((C, 2, H * W)),
-                  np.empty((C, 4), dt), sdz, sdzx, dx)
+    M = N * H * W
+    acc, coef = np.empty((C, 2, H * W)), np.empty((C, 4), dt)
+    relu = saved.activation == "relu"
+    if reduce is not None and saved.training:
+        # this part's sums (pass 1 only), the whole batch's from ``reduce``, then pass 2 with them
+        if x.size:
+            _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, True, relu, False, False, float(M),
+                      acc, coef, sdz, sdzx, dx)
+        sums, total = reduce(np.stack([sdz, sdzx]), M)
+        gsdz, gsdzx = (np.array(s, dtype=np.float64) for s in sums)
+        if need_dx and x.size:
+            _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, True, relu, True, True,
+                      float(total), acc, coef, gsdz, gsdzx, dx)
+    elif x.size:
+        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training, relu, bool(need_dx),
+                  False, float(M), acc, coef, sdz, sdzx, dx)
     dxhat = sdzx * saved.invstd  # sum dz * x_hat
     dx = dx.reshape(N, C, H, W) if need_dx else None
     dweight = None if weight is None else dxhat.astype(dt)
@@ -409,3 +446,28 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True):
     if saved.residual:
         return dx, dweight, dbias, dy
     return dx, dweight, dbias
+
+
+def channel_stats(x):
+    """(mean, var, count) of each channel of x (N, C, H, W) over (N, H, W): float64 ``mean`` and biased
+    ``var`` (two passes: no cancellation), and ``count = N*H*W`` -- one part's statistics, which
+    synchronised BatchNorm combines over processes into ``batch_stats`` of :func:`batch_norm2d`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact.batchnorm import channel_stats
+    >>> channel_stats(np.array([1.0, 2.0, 3.0, 4.0]).reshape(4, 1, 1, 1))
+    (array([2.5]), array([1.25]), 4)
+    """
+    x = _check_x(x, "channel_stats")
+    N, C, H, W = x.shape
+    M = N * H * W
+    if M == 0:
+        return np.zeros(C), np.zeros(C), 0
+    x3 = x.reshape(N, C, H * W)
+    mean = x3.sum(axis=(0, 2), dtype=np.float64) / M
+    d = x3.astype(np.float64, copy=False) - mean[None, :, None]
+    ds = d.sum(axis=(0, 2))
+    var = ((d * d).sum(axis=(0, 2)) - ds * ds / M) / M
+    return mean + ds / M, np.maximum(var, 0.0), M

@@ -13,12 +13,22 @@ that were never positive for any training image during the epoch -- the "dying R
 family watch for. At the end it prints the final test accuracy and writes the training curves as a PNG.
 Checkpoints hold the whole ``state_dict()`` (BatchNorm running statistics and ``num_batches_tracked``
 included), so ``--resume`` continues any model exactly.
+
+``mpiexec -n N python -m fastact train --distributed ...`` trains the same model data-parallel on N
+processes (:mod:`fastact.distributed`): each step's global batch (``--batch-size``, the same samples
+in the same order as one process) is split into N contiguous slices, the gradients are averaged with
+one allreduce, and every rank takes the same optimizer step, so the weights are those of the
+one-process run up to float rounding (exactly that run's, to rounding, with ``--sync-batchnorm``,
+which gives BatchNorm the global batch's statistics). Rank 0 alone prints, writes the checkpoint and
+the plot; a checkpoint holds the global state, so ``--resume`` works with any N. An exception on any
+rank aborts the whole job, and a collective that outlives ``--mpi-timeout`` seconds does too.
 """
 
 import json
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -78,6 +88,15 @@ def add_arguments(p):
                    "else runs/train-<dataset>[-<model>].png)")
     p.add_argument("--limit", type=int, help="use only the first N training images (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run under mpiexec -n N (needs the mpi extra, mpi4py); "
+                        "--batch-size is the global batch, split evenly over the N ranks")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="with --distributed: BatchNorm uses the global batch's statistics "
+                        "(default: each rank's own, as PyTorch's DDP)")
+    p.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="with --distributed: abort the job when one collective takes longer than this "
+                        "(a rank died or hangs; default 300)")
 
 
 def _config(args):
@@ -135,40 +154,99 @@ def build(cfg):
     return model, opt
 
 
-def evaluate(model, x, y, batch_size=256):
+def evaluate(model, x, y, batch_size=256, comm=None, with_loss=False):
+    """Test accuracy (and, ``with_loss``, the mean cross-entropy) of ``model`` in eval mode. With an
+    MPI ``comm``, each rank evaluates its contiguous slice of (x, y) and the sums and counts are
+    added with one allreduce, so every rank returns the whole set's figures."""
+    from . import distributed
+    from .loss import cross_entropy
     model.eval()
-    correct = 0
+    if comm is not None:
+        a, b = distributed.shard_bounds(len(y), comm)
+        x, y = x[a:b], y[a:b]
+    correct, loss_sum = 0, 0.0
     for i in range(0, len(y), batch_size):
-        correct += int(np.sum(np.argmax(model(x[i:i + batch_size]), axis=1) == y[i:i + batch_size]))
-    return correct / max(len(y), 1)
+        yb = y[i:i + batch_size]
+        logits = model(x[i:i + batch_size])
+        correct += int(np.sum(np.argmax(logits, axis=1) == yb))
+        if with_loss:
+            loss_sum += cross_entropy(logits, yb) * len(yb)
+    correct, loss_sum, count = distributed.allreduce_sum([correct, loss_sum, len(y)], comm) \
+        if comm is not None else (correct, loss_sum, len(y))
+    acc = float(correct) / max(count, 1)
+    return (acc, float(loss_sum) / max(count, 1)) if with_loss else acc
 
 
-def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None):
-    """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer)."""
+def _fail_point():
+    """(rank, step, hang) from FASTACT_DDP_FAIL_AT="rank:step[:hang]" (tests: a rank that raises, or
+    hangs, at a global step of the run), else None."""
+    spec = os.environ.get("FASTACT_DDP_FAIL_AT")
+    if not spec:
+        return None
+    parts = spec.split(":")
+    return int(parts[0]), int(parts[1]), len(parts) > 2 and parts[2] == "hang"
+
+
+def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None, step0=0):
+    """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer).
+
+    With an MPI ``comm`` (data-parallel): each global batch is split into the ranks' contiguous
+    slices, the gradients are averaged over the ranks before every step, and the returned figures
+    are those of the whole epoch over all ranks. ``step0``: steps before this epoch (for the test
+    hook ``FASTACT_DDP_FAIL_AT``)."""
+    from . import distributed
     model.train()
     sequential = isinstance(model, nn.Sequential)  # the dead-unit report reads Sequential's activity
     if sequential:
         model.activity = {}
+    nranks = 1 if comm is None else comm.Get_size()
+    fail = _fail_point() if comm is not None else None
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
-    for xb, yb in data.batches(x, y, cfg["batch_size"], seed=cfg["seed"], epoch=epoch):
+    for step, (xb, yb) in enumerate(data.batches(x, y, cfg["batch_size"], seed=cfg["seed"], epoch=epoch),
+                                    start=step0 + 1):
+        global_n = len(yb)
+        if comm is not None:
+            xb, yb = distributed.shard(xb, yb, comm)
+            if fail is not None and fail[:2] == (comm.Get_rank(), step):
+                if fail[2]:
+                    time.sleep(3600)
+                raise RuntimeError(f"FASTACT_DDP_FAIL_AT: simulated failure on rank {fail[0]} at "
+                                   f"step {step}")
         logits = model(xb.astype(cfg["dtype"], copy=False))
         loss = loss_fn(logits, yb)
         opt.zero_grad()
-        model.backward(loss_fn.backward(), need_input_grad=False)
+        dlogits = loss_fn.backward()
+        if len(yb) * nranks != global_n:
+            # unequal slices (the last batch): scale this rank's mean-loss gradient to its share of the
+            # global mean, times N for the average over ranks below
+            dlogits *= dlogits.dtype.type(len(yb) * nranks / global_n)
+        model.backward(dlogits, need_input_grad=False)
+        if comm is not None:
+            distributed.allreduce_gradients(model, comm)
         opt.step()
         total_loss += loss * len(yb)
         correct += int(np.sum(np.argmax(logits, axis=1) == yb))
         seen += len(yb)
         if progress is not None:
-            rate = seen / (time.perf_counter() - t0)
+            rate = seen * nranks / (time.perf_counter() - t0)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
                                  img_s=f"{rate:.0f}", refresh=False)
             progress.update(1)
     dead = {}
     if sequential:
-        dead = {str(k): float(1.0 - np.mean(v)) for k, v in sorted(model.activity.items())}
+        act = sorted(model.activity.items())
+        if comm is not None and act:  # a unit is alive if it fired on any rank
+            fired = distributed.allreduce_sum(np.concatenate([v.ravel() for _, v in act]), comm) > 0
+            o = 0
+            for i, (k, v) in enumerate(act):
+                act[i] = (k, fired[o:o + v.size])
+                o += v.size
+        dead = {str(k): float(1.0 - np.mean(v)) for k, v in act}
         model.activity = None
+    if comm is not None:
+        total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen], comm)
+        correct, seen = int(correct), int(seen)
     return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0), dead
 
 
@@ -198,6 +276,11 @@ def plot_history(history, path, title):
 
 
 def run(args):
+    if getattr(args, "distributed", False):
+        return _run_distributed(args)
+    if getattr(args, "sync_batchnorm", False):
+        print("fastact train: error: --sync-batchnorm needs --distributed (under mpiexec)", file=sys.stderr)
+        return 2
     try:
         return _run(args)
     except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
@@ -205,11 +288,37 @@ def run(args):
         return 2
 
 
-def _run(args):
+def _run_distributed(args):
+    """``--distributed``: the run on this MPI rank. Any exception past the (collectively checked)
+    setup prints its traceback and aborts every rank; so does a collective that outlives
+    ``--mpi-timeout``."""
+    from . import distributed
+    try:
+        distributed.set_timeout(args.mpi_timeout)
+        comm = distributed.init()
+    except (ImportError, ValueError) as exc:
+        print(f"fastact train: error: {exc}", file=sys.stderr)
+        return 2
+    distributed.install_excepthook(comm)
+    try:
+        return _run(args, comm)
+    except distributed.DivergenceError as exc:  # raised on every rank alike: no rank is left waiting
+        if comm.Get_rank() == 0:
+            print(f"fastact train: error: {exc}", file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: B036 -- SystemExit and KeyboardInterrupt too: the others must not wait
+        sys.stderr.write(traceback.format_exc() + f"fastact train: rank {comm.Get_rank()} of "
+                         f"{comm.Get_size()} failed; aborting the job\n")
+        distributed.abort(1, comm)
+
+
+def _setup(args, comm):
+    """Config, model, optimizer, resumed state and data; raises the user-facing errors. With ``comm``,
+    rank 0 alone reads the checkpoint (the caller broadcasts it)."""
     cfg = _config(args)
-    history, start = [], 1
-    resume_state = None
-    if args.resume:
+    lead = comm is None or comm.Get_rank() == 0
+    loaded = None
+    if args.resume and lead:
         header, _ = checkpoint.read_header(args.resume)   # validates before any large read
         saved = header.get("config", {})
         saved = {k: saved.get(k, _LEGACY.get(k)) for k in _RESUME_KEYS}
@@ -218,15 +327,10 @@ def _run(args):
             raise checkpoint.CheckpointError(
                 f"{args.resume} was written by a different run: " +
                 ", ".join(f"{k} {saved[k]!r} (now {cfg.get(k)!r})" for k in diff))
-        resume_state = header
     model, opt = build(cfg)
-    if resume_state is not None:
+    if args.resume and lead:
         expect = {k: v.shape for k, v in model.state_dict().items()}
-        header, mstate, ostate = checkpoint.load(args.resume, expect_model=expect)
-        model.load_state_dict(mstate)
-        opt.load_state_dict(ostate)
-        history = header["history"]
-        start = header["epoch"] + 1
+        loaded = checkpoint.load(args.resume, expect_model=expect)
     xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
     if cfg["classes"] is not None:
         labels = data.class_indices(cfg["dataset"], cfg["classes"])
@@ -236,14 +340,62 @@ def _run(args):
         xtr, ytr = xtr[:args.limit], ytr[:args.limit]
     if len(ytr) == 0:
         raise data.DataError(f"no training images of the classes {cfg['classes']} in {cfg['dataset']}")
+    if comm is not None:
+        n, batch = comm.Get_size(), cfg["batch_size"]
+        if batch % n:
+            raise ValueError(f"--batch-size {batch} does not split evenly over the {n} ranks "
+                             f"(mpiexec -n {n}): use a multiple of {n}")
+        last = len(ytr) % batch
+        if 0 < last < n:
+            raise ValueError(f"the last batch of each epoch has {last} image(s) ({len(ytr)} % {batch}), "
+                             f"fewer than the {n} ranks: change --batch-size or --limit")
+    return cfg, model, opt, loaded, (xtr, ytr, xte, yte)
+
+
+def _run(args, comm=None):
+    from . import distributed
+    lead = comm is None or comm.Get_rank() == 0
+    say = print if lead else (lambda *a, **k: None)
+    if comm is None:
+        cfg, model, opt, loaded, (xtr, ytr, xte, yte) = _setup(args, None)
+    else:
+        # every rank reaches the allgather, so an error on any rank (a bad checkpoint, read by rank 0
+        # alone) ends every rank with exit code 2 instead of leaving the others waiting
+        err = None
+        try:
+            cfg, model, opt, loaded, (xtr, ytr, xte, yte) = _setup(args, comm)
+        except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
+            err = f"{exc}" if comm.Get_rank() == 0 else f"rank {comm.Get_rank()}: {exc}"
+        with distributed._collective("the setup's error check", comm):
+            errs = comm.allgather(err)
+        first = next((e for e in errs if e is not None), None)
+        if first is not None:
+            say(f"fastact train: error: {first}", file=sys.stderr)
+            return 2
+        with distributed._collective("broadcast of the checkpoint", comm):
+            loaded = comm.bcast(loaded, root=0)  # arrays and a JSON-able header, between our own ranks
+        if args.sync_batchnorm:
+            distributed.sync_batchnorm(model, comm)
+    history, start = [], 1
+    if loaded is not None:
+        header, mstate, ostate = loaded
+        model.load_state_dict(mstate)
+        opt.load_state_dict(ostate)
+        history = header["history"]
+        start = header["epoch"] + 1
+    if comm is not None:
+        distributed.broadcast_parameters(model, comm=comm)  # every rank starts from rank 0's weights
     if cfg["model"] == "vgg":
         arch = f"vgg{cfg['cfg']} + fc{cfg['hidden']}, {cfg['activation']}"
     else:
         arch = f"{cfg['model']}(n_chans1={cfg['n_chans1']}" + \
             (f", n_blocks={cfg['n_blocks']})" if cfg["n_blocks"] is not None else ")")
-    print(f"fastact train: {cfg['dataset']} ({len(ytr)} train, {len(yte)} test images"
-          f"{'' if cfg['classes'] is None else ', classes ' + ','.join(cfg['classes'])}), {arch}, "
-          f"{cfg['optimizer']} lr={cfg['lr']}, batch {cfg['batch_size']}, {cfg['dtype']}")
+    ranks = "" if comm is None else \
+        f", {comm.Get_size()} ranks x {cfg['batch_size'] // comm.Get_size()}" + \
+        (", synchronised BatchNorm" if args.sync_batchnorm else "")
+    say(f"fastact train: {cfg['dataset']} ({len(ytr)} train, {len(yte)} test images"
+        f"{'' if cfg['classes'] is None else ', classes ' + ','.join(cfg['classes'])}), {arch}, "
+        f"{cfg['optimizer']} lr={cfg['lr']}, batch {cfg['batch_size']}{ranks}, {cfg['dtype']}")
     loss_fn = nn.CrossEntropyLoss()
     plot_path = args.plot or (os.path.splitext(args.checkpoint)[0] + ".png" if args.checkpoint
                               else os.path.join("runs", f"train-{cfg['dataset']}"
@@ -253,25 +405,30 @@ def _run(args):
         if isinstance(model, nn.Sequential) else []
     for epoch in range(start, cfg["epochs"] + 1):
         progress = None
-        if not args.quiet:
+        if not args.quiet and lead:
             from tqdm import tqdm
             progress = tqdm(total=nbatches, desc=f"epoch {epoch}/{cfg['epochs']}", unit="batch",
                             file=sys.stdout, dynamic_ncols=True)
         t0 = time.perf_counter()
-        loss, acc, rate, dead = train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch, progress)
+        loss, acc, rate, dead = train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch, progress, comm,
+                                            step0=(epoch - start) * nbatches)
         if progress is not None:
             progress.close()
-        test_acc = evaluate(model, xte, yte)
+        if comm is not None:
+            if not args.sync_batchnorm:  # per-rank BatchNorm statistics: rank 0's, as DDP keeps them
+                distributed.broadcast_buffers(model, comm=comm)
+            distributed.check_identical(model, comm)  # DivergenceError on every rank if they differ
+        test_acc = evaluate(model, xte, yte, comm=comm)
         history.append(dict(epoch=epoch, loss=loss, train_acc=acc, test_acc=test_acc, dead=dead,
                             images_per_s=rate, seconds=time.perf_counter() - t0))
         dead_txt = ", ".join(f"layer {k} ({type(model[int(k)]).__name__}): {v:.1%}"
                              for k, v in dead.items() if int(k) in act_layers)
-        print(f"epoch {epoch}: loss {loss:.4f}, train acc {acc:.2%}, test acc {test_acc:.2%}, "
-              f"{rate:.0f} images/s" + (f"; dead units: {dead_txt}" if act_layers else ""))
-        if args.checkpoint:
+        say(f"epoch {epoch}: loss {loss:.4f}, train acc {acc:.2%}, test acc {test_acc:.2%}, "
+            f"{rate:.0f} images/s" + (f"; dead units: {dead_txt}" if act_layers else ""))
+        if args.checkpoint and lead:
             checkpoint.save(args.checkpoint, dict(config=cfg, epoch=epoch, history=history),
                             model.state_dict(), opt.state_dict())
-    if history:
+    if history and lead:
         title = f"fastact: {cfg['dataset']}, " + (cfg["activation"] if cfg["model"] == "vgg" else cfg["model"])
         plot_history(history, plot_path, title)
         print(f"training curves: {plot_path}")
