@@ -4,7 +4,7 @@
 
 >>> import fastact
 >>> sorted(fastact.system.info())[:3]
-['CUDA', 'JIT cache', 'cpu count']
+['CUDA', 'JIT cache', 'conv GEMM']
 """
 
 import os
