@@ -60,7 +60,7 @@ def run(size, repeat):
     from numba import cuda
 
     from fastact import cuda as fcuda
-    from fastact._table import ACTIVATIONS
+    from fastact.table import ACTIVATIONS
 
     if not fcuda.is_available():
         sys.exit("no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 for a dry run on the simulator)")
