@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._table import ACTIVATIONS
+from .table import ACTIVATIONS
 
 __all__ = ["DEFAULT_SIZES", "BYTES_PER_ELEMENT", "time_pair", "median_time", "load_torch", "machine",
            "Case", "cases", "inputs", "copy_fn", "warm_up", "run", "serial_parallel_times", "startup",
@@ -242,12 +242,12 @@ def machine():
     """
     import numba
 
-    from . import __version__, _runtime, config
+    from . import __version__, config, system
     cpu, flags, mem = _cpu()
     rows = [("cpu", f"{cpu} ({', '.join(flags)})" if flags else cpu), ("cores", str(os.cpu_count())),
             ("memory", mem), ("python", platform.python_version()), ("numpy", np.__version__),
             ("BLAS", _blas()), ("numba", numba.__version__), ("fastact", __version__),
-            ("threading layer", _runtime.threading_layer()), ("numba threads", str(numba.get_num_threads())),
+            ("threading layer", system.threading_layer()), ("numba threads", str(numba.get_num_threads())),
             ("parallel threshold", f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
                                    f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})")]
     torch = load_torch()
@@ -409,7 +409,7 @@ def cases(only=None):
     """
     names = list(ACTIVATIONS) + list(_NON_TABLE)
     if only:
-        from ._table import get
+        from .table import get
         wanted = {n if n in _NON_TABLE else get(n).name for n in only}
         names = [n for n in names if n in wanted]
     out = []
@@ -521,12 +521,12 @@ def serial_parallel_times(name, sizes, repeat=15, backward=False, seed=0):
     list of (int, float, float)
         (n, serial seconds, parallel seconds) per size.
     """
-    from . import _codegen, _table
-    act = _table.get(name)
+    from . import table
+    act = table.get(name)
     params = [np.float32(p.to_float(p.default)) for p in act.params]
     if backward:
         params += [np.float32(p.to_float(p.default)) for p in act.backward_params]
-    loops = {k: _codegen.get("loop", act.name, backward=backward, parallel=k == "parallel")
+    loops = {k: table.loop(act.name, backward=backward, parallel=k == "parallel")
              for k in ("serial", "parallel")}
     rng = np.random.default_rng(seed)
     rows = []

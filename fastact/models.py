@@ -17,7 +17,8 @@ BatchNorm is folded into the convolution (``w * gamma / sqrt(var + eps)``, bias
 
 import numpy as np
 
-from . import _table, nn
+from . import nn
+from . import table as _table  # the public table (fastact.table)
 from .conv import conv2d
 from .pool import max_pool2d, max_pool2d_backward
 

@@ -45,7 +45,7 @@ import sys
 
 import numpy as np
 
-from . import _table
+from . import table as _table  # the public table (fastact.table)
 from . import elementwise as ew
 from . import init
 from .batchnorm import batch_norm2d, batch_norm2d_backward

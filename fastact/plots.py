@@ -23,7 +23,8 @@ import re
 
 import numpy as np
 
-from . import _table, nn, optim
+from . import nn, optim
+from . import table as _table  # the public table (fastact.table)
 
 __all__ = ["gallery", "relu_fit", "resnet_loss", "find_results", "performance", "all_figures"]
 
