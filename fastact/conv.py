@@ -3,6 +3,11 @@
 Shape key: N batch, C input channels, H x W input, K output channels, R x S kernel, P x Q output,
 nb images per tile. Layouts are PyTorch's: x (N, C, H, W), weight (K, C, R, S), y (N, K, P, Q).
 
+Two ways to run it. By default (when fastact/_gemm.py could set up a BLAS callable from nopython code)
+the whole convolution is one Numba ``prange`` over chunks of images, each chunk doing im2col -> one GEMM
+on its thread -> epilogue (backward: im2col -> dweight partial GEMM -> dcol GEMM -> col2im) in cache; see
+"fused per-chunk kernels" below. Otherwise (the NumPy path), per tile of nb images:
+
 Forward, per tile of nb images:
   1. im2col writes col (C*R*S, nb*P*Q) from x (parallel over the C*R*S rows; each row is a shifted copy
      of input rows, so the inner loop is a plain strided copy);
