@@ -96,9 +96,17 @@ def load_mnist(data_dir):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """CIFAR's python batches are pickles: allow only the plain containers they hold, nothing callable."""
+    """CIFAR's python batches are pickles. The official files hold a NumPy uint8 array (rebuilt by
+    ``numpy.core.multiarray._reconstruct`` from ``numpy.ndarray`` and ``numpy.dtype``; a batch pickled
+    by Python 3 also stores its raw bytes through ``_codecs.encode``): exactly those are allowed, and
+    nothing else, so a crafted file cannot call anything."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
 
 
@@ -111,11 +119,18 @@ def _cifar_batch(path):
         except Exception as exc:
             raise DataError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
     try:
-        data = np.frombuffer(d[b"data"], dtype=np.uint8) if isinstance(d[b"data"], bytes) else np.asarray(d[b"data"], dtype=np.uint8)
+        raw = d[b"data"]
+        if isinstance(raw, np.ndarray) and raw.dtype != np.uint8:
+            raise ValueError(f"data has dtype {raw.dtype}, expected uint8")
+        data = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes) else np.asarray(raw, dtype=np.uint8)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
-        return data.reshape(-1, 3, 32, 32), labels
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"{path}: malformed CIFAR-10 batch ({exc})") from None
+        data = data.reshape(-1, 3, 32, 32)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise DataError(f"{path}: malformed CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
+    if labels.shape != (len(data),) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise DataError(f"{path}: {len(data)} images but labels of shape {labels.shape} "
+                        f"(values must be 0..9)")
+    return data, labels
 
 
 def load_cifar10(data_dir):
@@ -178,6 +193,8 @@ def select_classes(x, y, labels):
     (array([0, 1, 3, 4]), array([0, 1, 0, 1]))
     """
     labels = np.asarray(labels, dtype=np.int64)
+    if labels.ndim != 1 or labels.size == 0 or labels.min() < 0 or len(set(labels.tolist())) != len(labels):
+        raise ValueError(f"select_classes: labels must be distinct non-negative class numbers, got {labels}")
     lut = np.full(max(int(labels.max()), int(y.max(initial=0))) + 1, -1, dtype=np.int64)
     lut[labels] = np.arange(len(labels))
     keep = lut[y] >= 0

@@ -375,3 +375,34 @@ def test_cli_train_checkpoint_and_resume(tmp_path):
 def test_cli_missing_data_dir(tmp_path):
     r = _train("--dataset", "mnist", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "train-images-idx3-ubyte" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cifar_batches_as_the_official_files_store_them(tmp_path):
+    """The official python batches pickle ``data`` as a NumPy uint8 array: the restricted unpickler
+    takes exactly the classes that needs, and refuses anything else."""
+    import pickle
+
+    from fastact import data
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]}
+        with open(root / name, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    xtr, ytr, xte, yte = data.load_cifar10(str(tmp_path))
+    assert xtr.shape == (20, 3, 32, 32) and ytr.tolist() == [0, 1, 2, 9] * 5 and xte.shape == (4, 3, 32, 32)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(root / "test_batch", "wb") as fh:
+        pickle.dump({b"data": Evil(), b"labels": []}, fh, protocol=2)
+    with pytest.raises(data.DataError, match="refusing"):
+        data.load_cifar10(str(tmp_path))
+    with open(root / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(data.DataError, match="labels"):
+        data.load_cifar10(str(tmp_path))
