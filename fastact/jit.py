@@ -27,8 +27,9 @@ Example: a GELU-gated product, fused into one parallel pass (docs/jit.md times i
 >>> np.allclose(gelu_gate(a, b, np.empty(3)), a * fastact.gelu(b))
 True
 
-The layer kernels (convolution, pooling, linear) are not here: they drive BLAS and per-thread
-workspaces from Python, so they are called as ``fastact.conv2d`` and friends, not from nopython code.
+The layer functions (convolution, pooling, linear) are not here: they validate shapes, choose tiles
+and allocate outputs in Python before their kernels run, so they are called as ``fastact.conv2d`` and
+friends, not from nopython code.
 """
 
 import math
