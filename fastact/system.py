@@ -33,7 +33,8 @@ def _cuda_status():
         from .cuda import _device  # numba-cuda imported with fastact's NumPy 2.5 fix
         cuda = _device._import_cuda()
         if cuda.is_available():
-            return f"available ({cuda.get_current_device().name.decode()})"
+            name = cuda.get_current_device().name
+            return f"available ({name.decode() if isinstance(name, bytes) else name})"  # bytes before numba-cuda 0.2x
         return "not available (no GPU or driver)"
     except Exception as exc:  # numba-cuda missing or broken: say so, never fail
         return f"not available ({type(exc).__name__})"
@@ -45,7 +46,7 @@ def _gemm_path():
     if not config.CONV_NOPYTHON_GEMM:
         return "np.matmul per tile (config.CONV_NOPYTHON_GEMM is False)"
     if _gemm.AVAILABLE:
-        return f"nopython BLAS in one TBB loop ({_gemm.LIBRARY}, one thread per call)"
+        return f"nopython BLAS inside the parallel loop ({_gemm.LIBRARY}, one thread per call)"
     return f"np.matmul per tile ({_gemm.REASON})"
 
 
