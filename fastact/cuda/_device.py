@@ -242,3 +242,15 @@ def same_dtype(where, **arrays):
     if len(set(dts.values())) > 1:
         raise TypeError(f"{where}: arrays must share one dtype, got "
                         + ", ".join(f"{n} {d}" for n, d in dts.items()))
+
+
+def device_bias(where, bias, K, weight, x):
+    """The layer's bias on the device, shape (K,) and x's dtype checked; zeros when None."""
+    if bias is None:
+        return zeros(K, x.dtype)
+    b = as_device(bias, "bias")
+    if b.shape != (K,):
+        raise ValueError(f"{where}: bias must have shape ({K},) for weight of shape {weight.shape}, "
+                         f"got {b.shape}")
+    same_dtype(where, x=x, bias=b)
+    return b

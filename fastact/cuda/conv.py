@@ -17,8 +17,8 @@ from .._epilogue import param_values
 from .._util import pair
 from ..conv import conv_output_shape
 from . import _epilogue
-from ._device import (as_device, cached, kernel, launch_1d, require, same_dtype, setting,
-                      transposed, zeros)
+from ._device import (as_device, cached, device_bias, kernel, launch_1d, require, same_dtype,
+                      setting, transposed, zeros)
 from .gemm import matmul
 
 __all__ = ["conv2d", "conv2d_backward"]
@@ -147,14 +147,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
     same_dtype("conv2d", x=x, weight=w)
     _, _, R, S = w.shape
     dt = x.dtype
-    if bias is None:
-        b = zeros(K, dt)
-    else:
-        b = as_device(bias, "bias")
-        if b.shape != (K,):
-            raise ValueError(f"conv2d: bias must have shape ({K},) for weight of shape {w.shape}, "
-                             f"got {b.shape}")
-        same_dtype("conv2d", x=x, bias=b)
+    b = device_bias("conv2d", bias, K, w, x)
     pv = [dt.type(v) for v in param_values(activation, activation_params)]
     keep = return_preactivation and activation is not None
     y = cuda.device_array((N, K, P, Q), dtype=dt)

@@ -6,7 +6,7 @@ Shape key: N rows, I input features, K output features. x (N, I), weight (K, I),
 
 from .._epilogue import param_values
 from . import _epilogue
-from ._device import as_device, launch_1d, require, same_dtype, transposed, zeros
+from ._device import as_device, device_bias, launch_1d, require, same_dtype, transposed, zeros
 from .gemm import matmul
 
 __all__ = ["linear", "linear_backward"]
@@ -53,14 +53,7 @@ def linear(x, weight, bias=None, *, activation=None, activation_params=None, ret
     same_dtype("linear", x=x, weight=w)
     N, K = x.shape[0], w.shape[0]
     dt = x.dtype
-    if bias is None:
-        b = zeros(K, dt)
-    else:
-        b = as_device(bias, "bias")
-        if b.shape != (K,):
-            raise ValueError(f"linear: bias must have shape ({K},) for weight of shape {w.shape}, "
-                             f"got {b.shape}")
-        same_dtype("linear", x=x, bias=b)
+    b = device_bias("linear", bias, K, w, x)
     pv = [dt.type(v) for v in param_values(activation, activation_params)]
     keep = return_preactivation and activation is not None
     y = matmul(x, transposed(w))  # the epilogue then works in place
