@@ -403,6 +403,19 @@ def max_pool2d_flat_indices(indices, x, kernel_size=2, stride=None, padding=0):
 
 # ------------------------------------------------------------------------------------ average pooling
 
+@_runtime.jit()
+def _window_span(p, s, pad, k, H):
+    """[start, stop) of output p's window along one axis of length H, clipped to the input (the
+    padding adds 0): one definition for the average pool's forward and backward (inlined by LLVM)."""
+    return max(p * s - pad, 0), min(p * s - pad + k, H)
+
+
+@_runtime.jit()
+def _bin_span(p, H, P):
+    """[floor(p*H/P), ceil((p+1)*H/P)): adaptive bin p of P along an axis of length H (int64)."""
+    return (p * H) // P, ((p + 1) * H + P - 1) // P
+
+
 @_runtime.jit(parallel=True)
 def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
     # x (N, C, H, W) -> y (N, C, P, Q): window sum (padding adds 0) / (kh * kw)
@@ -413,11 +426,9 @@ def _avg_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
         n = nc // C
         c = nc - n * C
         for p in range(P):
-            h0 = max(p * sh - ph, 0)
-            h1 = min(p * sh - ph + kh, H)
+            h0, h1 = _window_span(p, sh, ph, kh, H)
             for q in range(Q):
-                w0 = max(q * sw - pw, 0)
-                w1 = min(q * sw - pw + kw, W)
+                w0, w1 = _window_span(q, sw, pw, kw, W)
                 s = 0.0
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -435,11 +446,9 @@ def _avg_pool_backward(dy, kh, kw, sh, sw, ph, pw, dx):
         n = nc // C
         c = nc - n * C
         for p in range(P):
-            h0 = max(p * sh - ph, 0)
-            h1 = min(p * sh - ph + kh, H)
+            h0, h1 = _window_span(p, sh, ph, kh, H)
             for q in range(Q):
-                w0 = max(q * sw - pw, 0)
-                w1 = min(q * sw - pw + kw, W)
+                w0, w1 = _window_span(q, sw, pw, kw, W)
                 g = dy[n, c, p, q] * inv
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -551,11 +560,9 @@ def _adaptive_forward(x, y):
         n = nc // C
         c = nc - n * C
         for p in range(P):
-            h0 = (p * H) // P
-            h1 = ((p + 1) * H + P - 1) // P
+            h0, h1 = _bin_span(p, H, P)
             for q in range(Q):
-                w0 = (q * W) // Q
-                w1 = ((q + 1) * W + Q - 1) // Q
+                w0, w1 = _bin_span(q, W, Q)
                 s = 0.0
                 for h in range(h0, h1):
                     for w in range(w0, w1):
@@ -572,11 +579,9 @@ def _adaptive_backward(dy, dx):
         n = nc // C
         c = nc - n * C
         for p in range(P):
-            h0 = (p * H) // P
-            h1 = ((p + 1) * H + P - 1) // P
+            h0, h1 = _bin_span(p, H, P)
             for q in range(Q):
-                w0 = (q * W) // Q
-                w1 = ((q + 1) * W + Q - 1) // Q
+                w0, w1 = _bin_span(q, W, Q)
                 g = dy[n, c, p, q] / ((h1 - h0) * (w1 - w0))
                 for h in range(h0, h1):
                     for w in range(w0, w1):
