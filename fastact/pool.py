@@ -34,9 +34,7 @@ def pool_output_shape(x_shape, kernel_size=2, stride=None, padding=0, name="max_
     """(N, C, P, Q) of max_pool2d (and avg_pool2d); ValueError naming the shapes when they don't fit."""
     if len(x_shape) != 4:
         raise ValueError(f"{name}: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
     if kh < 1 or kw < 1:
         raise ValueError(f"{name}: kernel_size must be >= 1, got {kernel_size!r}")
     if sh < 1 or sw < 1:
@@ -346,7 +344,7 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
         shape = pool_output_shape(x_shape, kernel_size, stride, padding, "max_pool2d")
         dy = _check_dy(dy, shape, x_shape, fn)
         idx = _check_indices(indices, shape, x_shape, kernel_size, fn)
-        dt = _compute_dtype(dy.dtype, *([] if isinstance(x, tuple) else [np.asarray(x).dtype]))
+        dt = _grad_dtype(dy, x)
         dyc = np.ascontiguousarray(dy, dtype=dt)
         a = _window(kernel_size, stride, padding)
         if dy.size and _is_2x2(a):
@@ -465,6 +463,11 @@ def _x_shape(x, fn):
     return shape
 
 
+def _grad_dtype(dy, x):
+    """The dtype dx is computed in: dy's and x's (x given as its shape adds nothing)."""
+    return _compute_dtype(dy.dtype, *([] if isinstance(x, tuple) else [np.asarray(x).dtype]))
+
+
 def _check_dy(dy, shape, x_shape, fn):
     dy = np.asarray(dy)
     if dy.shape != tuple(shape):
@@ -519,7 +522,7 @@ def avg_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     x_shape = _x_shape(x, fn)
     shape = pool_output_shape(x_shape, kernel_size, stride, padding, "avg_pool2d")
     dy = _check_dy(dy, shape, x_shape, fn)
-    dt = _compute_dtype(dy.dtype, *([] if isinstance(x, tuple) else [np.asarray(x).dtype]))
+    dt = _grad_dtype(dy, x)
     dx = np.zeros(x_shape, dtype=dt)
     if dy.size:
         _avg_pool_backward(np.ascontiguousarray(dy, dtype=dt), *_window(kernel_size, stride, padding), dx)
@@ -642,7 +645,7 @@ def adaptive_avg_pool2d_backward(dy, x, output_size=None):
         output_size = dy.shape[2:]
     shape = adaptive_pool_output_shape(x_shape, output_size)
     dy = _check_dy(dy, shape, x_shape, fn)
-    dt = _compute_dtype(dy.dtype, *([] if isinstance(x, tuple) else [np.asarray(x).dtype]))
+    dt = _grad_dtype(dy, x)
     dx = np.zeros(x_shape, dtype=dt)
     if dy.size:
         _adaptive_backward(np.ascontiguousarray(dy, dtype=dt), dx)
