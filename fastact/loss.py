@@ -79,6 +79,16 @@ def _rows(a, axis, dt):
     return np.ascontiguousarray(moved, dtype=dt), moved.shape
 
 
+def _unrows(res, a, axis, out):
+    """:func:`_rows` undone: the (..., L) result ``res`` back in ``a``'s layout, returned or copied into
+    ``out`` (a 0-d input gives a scalar)."""
+    res = np.moveaxis(res, -1, axis).reshape(a.shape) if a.ndim else res.reshape(())
+    if out is None:
+        return res if res.ndim else res[()]
+    np.copyto(out, res, casting="same_kind")
+    return out
+
+
 def _softmax_impl(x, axis, out, log):
     if type(x) is not np.ndarray and _duck.is_duck(x):
         return _duck.softmax(x, axis, out, log)  # Dask: lazy, the axis in one chunk
@@ -91,11 +101,7 @@ def _softmax_impl(x, axis, out, log):
     if res.size:
         L = mshape[-1]
         _softmax_rows(xr.reshape(-1, L), res.reshape(-1, L), log)
-    res = np.moveaxis(res, -1, axis).reshape(x.shape) if x.ndim else res.reshape(())
-    if out is None:
-        return res if res.ndim else res[()]
-    np.copyto(out, res, casting="same_kind")
-    return out
+    return _unrows(res, x, axis, out)
 
 
 def _softmax_backward_impl(dy, y, axis, out, log):
@@ -114,11 +120,7 @@ def _softmax_backward_impl(dy, y, axis, out, log):
     if res.size:
         L = mshape[-1]
         _softmax_backward_rows(dyr.reshape(-1, L), yr.reshape(-1, L), res.reshape(-1, L), log)
-    res = np.moveaxis(res, -1, axis).reshape(y.shape) if y.ndim else res.reshape(())
-    if out is None:
-        return res if res.ndim else res[()]
-    np.copyto(out, res, casting="same_kind")
-    return out
+    return _unrows(res, y, axis, out)
 
 
 def softmax(x, axis=-1, *, out=None):
