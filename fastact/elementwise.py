@@ -58,22 +58,23 @@ def _step_backward(dy, x, dx, t, zero, one):
 _RELU_DEFAULT_BACKWARD = (0.0, math.inf, 0.0)
 
 
-def _call_loop(name, backward, n, flat, pv):
+def _kernel(name, backward, pv):
+    """(kernel(parallel) -> compiled loop, its parameters, the size from which it runs in parallel):
+    the dtype-native step kernel for the backward of threshold and of relu with its default
+    parameters, else the table's loop."""
     if backward and (name == "threshold" or (
             name == "relu" and pv[:3] == _RELU_DEFAULT_BACKWARD and pv[3] != pv[3]
             and math.copysign(1.0, pv[0]) > 0)):  # a slope of -0.0 gives -0.0: the general kernel
         t = type(pv[0])
-        args = (*flat, pv[0] if name == "threshold" else t(0), t(0), t(1))
-        parallel = n >= config.PARALLEL_MIN_SIZE
+        return ((lambda par: _step_backward.parallel if par else _step_backward.serial),
+                (pv[0] if name == "threshold" else t(0), t(0), t(1)), config.PARALLEL_MIN_SIZE)
+    return (lambda par: _codegen.get("loop", name, backward, par)), tuple(pv), _parallel_min_size(name)
 
-        def kernel(par):
-            return _step_backward.parallel if par else _step_backward.serial
-    else:
-        args = (*flat, *pv)
-        parallel = n >= _parallel_min_size(name)
 
-        def kernel(par):
-            return _codegen.get("loop", name, backward, par)
+def _call_loop(name, backward, n, flat, pv):
+    kernel, params, nmin = _kernel(name, backward, pv)
+    args = (*flat, *params)
+    parallel = n >= nmin
     if not (parallel and _runtime.NEEDS_SLOT):
         kernel(parallel)(*args)
         return
@@ -261,13 +262,8 @@ class _Plan:
     def __init__(self, act, backward, dt):
         pv = _typed_params(dt, [p.to_float(p.default) for p in
                                 act.params + (act.backward_params if backward else ())])
-        if backward and (act.name == "threshold" or act.name == "relu"):  # the step kernel (_call_loop)
-            self.kernel = _step_backward.serial
-            self.params = (pv[0] if act.name == "threshold" else dt.type(0), dt.type(0), dt.type(1))
-        else:
-            self.kernel = _codegen.get("loop", act.name, backward, False)
-            self.params = pv
-        self.nmax = _parallel_min_size(act.name)
+        kernel, self.params, self.nmax = _kernel(act.name, backward, pv)  # the general path's choice
+        self.kernel = kernel(False)
 
 
 def _fast(plans, act, backward, x, dy):

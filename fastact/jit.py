@@ -50,19 +50,10 @@ def {fname}(v{sig}):
 """
 
 
-def _default(p):
-    v = p.default
-    if v is None:
-        return p.none_value
-    if p.choices is not None:
-        return p.choices[v]
-    return float(v)
-
-
 def _make(act, backward):
     params = list(act.params) + (list(act.backward_params) if backward else [])
     fname = f"{act.name}_grad" if backward else act.name
-    sig = "".join(f", {p.name}={_default(p)!r}" for p in params).replace("inf", "math.inf") \
+    sig = "".join(f", {p.name}={float(p.to_float(p.default))!r}" for p in params).replace("inf", "math.inf") \
         .replace("nan", "math.nan")
     call = "".join(f", {p.name}" for p in params)
     glb = {"F": _codegen.scalar(act, backward), "math": math, "__name__": __name__}
