@@ -247,7 +247,8 @@ def module_call(module, x, args, kwargs):
     task per batch chunk, each running ``module`` on its NumPy chunk. The other axes are rechunked
     into one chunk. The output's shape and dtype come from a one-sample forward, whose first axis
     must be the batch axis. Eval mode only: training keeps activations for a backward that takes
-    NumPy arrays."""
+    NumPy arrays. The graph holds the module itself, not a copy of its weights: the weights it has
+    when the result is computed are the ones used (copy the module first to freeze them)."""
     name = type(module).__name__
     if not _is_dask(x):
         raise TypeError(f"{name}: takes a NumPy array, or for inference a Dask array; got {_type_name(x)}")
@@ -274,7 +275,8 @@ def module_call(module, x, args, kwargs):
         extra["drop_axis"] = list(range(ndim, x.ndim))
     elif ndim > x.ndim:
         extra["new_axis"] = list(range(x.ndim, ndim))
-    # a fresh name per call: the weights may change between calls, and hashing them costs
+    # a fresh name per call: the weights may change between calls (so one result must not be
+    # mistaken for another's), and hashing them would cost a pass over every parameter
     return x.map_blocks(block, chunks=chunks, dtype=probe.dtype, meta=np.empty((0,) * ndim, probe.dtype),
                         name=f"fastact-{name.lower()}-{uuid.uuid4().hex}", **extra)
 
