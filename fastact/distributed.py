@@ -253,8 +253,8 @@ def allreduce_gradients(model, comm=None):
     >>> from fastact import distributed, nn
     >>> net = nn.Sequential(nn.Linear(3, 2, seed=0))
     >>> net[0].weight.grad[...] = 1.0
-    >>> distributed.allreduce_gradients(net), net[0].weight.grad.sum()   # 8 float32 values
-    (32, np.float32(6.0))
+    >>> distributed.allreduce_gradients(net), float(net[0].weight.grad.sum())   # 8 float32 values
+    (32, 6.0)
     """
     params = model.parameters()
     buf = _flat_buffer(model, params)
