@@ -661,7 +661,10 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
         dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
     else:
         z = _check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
-        dz, dbias = _activation_backward(dy, z, dt, activation, activation_params)
+        N, K, P, Q = shape
+        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
+                                         activation_params)
+        dz = dz.reshape(shape)
     dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx)
     return dx, dw, dbias
 
@@ -678,17 +681,15 @@ def _check_preactivation(fname, preactivation, shape, activation):
 
 
 def _activation_backward(dy, z, dt, activation, activation_params):
-    """(dz, dbias): ``dz = dy * act'(z)`` (N, K, P, Q) and its sum over (n, p, q), in one pass."""
-    N, K, P, Q = z.shape
-    # C-contiguous dy, z and dz: the kernel sees (N, K, P*Q) views, and reshaping a non-contiguous dz
-    # would hand it a temporary copy, leaving dz unwritten (garbage gradients)
+    """(dz, dbias): ``dz = dy * act'(z)`` and its sum over axes 0 and 2, in one pass; dy and z are
+    (A, K, L) views (conv: (N, K, P*Q); linear: (rows, O, 1)), dz comes back (A, K, L)."""
+    A, K, L = z.shape
+    # C-contiguous dy, z and dz: the kernel writes dz in place, so it must be the array returned
     z = np.ascontiguousarray(z, dtype=dt)
     dz = np.empty(z.shape, dtype=dt)
-    part = np.empty((N, K), dtype=np.float64)
+    part = np.empty((A, K), dtype=np.float64)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
-    _epilogue.get("backward", activation)(
-        np.ascontiguousarray(dy, dtype=dt).reshape(N, K, P * Q), z.reshape(N, K, P * Q),
-        dz.reshape(N, K, P * Q), part, *pv)
+    _epilogue.get("backward", activation)(np.ascontiguousarray(dy, dtype=dt), z, dz, part, *pv)
     return dz, part.sum(axis=0).astype(dt)
 
 

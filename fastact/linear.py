@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _blas, _epilogue
 from ._util import compute_dtype as _compute_dtype
+from .conv import _activation_backward, _check_preactivation
 
 __all__ = ["linear", "linear_backward"]
 
@@ -148,21 +149,10 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         dz = dy2
         db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
     else:
-        if preactivation is None:
-            raise ValueError(f"linear_backward: activation {activation!r} needs preactivation=, the "
-                             f"pre-activation output (shape {dy.shape}) that linear returns with "
-                             f"return_preactivation=True")
-        z = np.asarray(preactivation)
-        if z.shape != dy.shape:
-            raise ValueError(f"linear_backward: preactivation has shape {z.shape} but dy has shape "
-                             f"{dy.shape}")
-        # (rows, O, 1) views of C-contiguous arrays: the kernel's (A, K, L) layout, dz written in place
-        z2 = np.ascontiguousarray(z.reshape(-1, O), dtype=dt)
-        dz = np.empty_like(z2)
-        part = np.empty((z2.shape[0], O), dtype=np.float64)
-        pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
-        _epilogue.get("backward", activation)(dy2.reshape(-1, O, 1), z2.reshape(-1, O, 1),
-                                              dz.reshape(-1, O, 1), part, *pv)
-        db = part.sum(axis=0).astype(dt)
+        z = _check_preactivation("linear_backward", preactivation, dy.shape, activation)
+        # (rows, O, 1): the kernel's (A, K, L) layout
+        dz, db = _activation_backward(dy2.reshape(-1, O, 1), z.reshape(-1, O, 1), dt, activation,
+                                      activation_params)
+        dz = dz.reshape(-1, O)
     dx = _blas.matmul(dz, w).reshape(x.shape) if need_dx else None
     return dx, _blas.matmul(dz.T, x2), db
