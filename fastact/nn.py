@@ -391,7 +391,9 @@ class Linear(Module):
         return dx
 
 
-class MaxPool2d(Module):
+class _Pool2d(Module):
+    """A window pool's hyperparameters (kernel_size, stride, padding), shared by MaxPool2d and AvgPool2d."""
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
@@ -399,6 +401,8 @@ class MaxPool2d(Module):
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
+
+class MaxPool2d(_Pool2d):
     def forward(self, x):
         if not self.training:
             return max_pool2d(x, self.kernel_size, self.stride, self.padding)
@@ -412,15 +416,8 @@ class MaxPool2d(Module):
         return max_pool2d_backward(dy, x, self.kernel_size, self.stride, self.padding, indices=indices)
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     """Average over windows, as ``torch.nn.AvgPool2d`` (count_include_pad=True, floor mode)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
     def forward(self, x):
         y = avg_pool2d(x, self.kernel_size, self.stride, self.padding)
