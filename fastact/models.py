@@ -140,6 +140,25 @@ def _flatten(x):
     return x.reshape(x.shape[0], -1)
 
 
+def _head(net, out, pools):
+    """The reference nets' tail: 2x2 max-pool, flatten, ``fc1`` + ReLU, ``fc2``; in training mode the
+    pools' inputs (``pools`` plus this one) are saved on ``net`` for :func:`_head_backward`."""
+    out = _pool(out, net.training, pools)
+    out = net.fc1.forward(_flatten(out), activation="relu")
+    net._saved = tuple(pools) if net.training else None
+    return net.fc2(out)
+
+
+def _head_backward(net, dy):
+    """Backward of :func:`_head`: (the earlier pools' inputs, the gradient of the last pool's input)."""
+    if net._saved is None:
+        raise RuntimeError(f"{type(net).__name__}.backward called without a forward in training mode")
+    *earlier, p = net._saved
+    d = net.fc1.backward(net.fc2.backward(dy))
+    N, C, H, W = p.shape
+    return earlier, max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p, 2)
+
+
 class NetDepth(nn.Module):
     """Three conv3x3 + ReLU + 2x2 max-pool stages, then two fully connected layers.
 
@@ -194,19 +213,11 @@ class NetDepth(nn.Module):
         h = self.conv3.forward(out, activation="relu")
         if self.skip:
             h += out  # relu(conv3(out)) + out; h is conv3's fresh output, so in place is safe
-        out = _pool(h, self.training, pools)
-        out = self.fc1.forward(_flatten(out), activation="relu")
-        self._saved = tuple(pools) if self.training else None
-        return self.fc2(out)
+        return _head(self, h, pools)
 
     def backward(self, dy, need_input_grad=True):
         """Gradient of the images; parameter gradients accumulate into ``.grad``."""
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a forward in training mode")
-        p1, p2, p3 = self._saved
-        d = self.fc1.backward(self.fc2.backward(dy))
-        N, C, H, W = p3.shape
-        d = max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p3, 2)
+        (p1, p2), d = _head_backward(self, dy)
         d_in = self.conv3.backward(d)
         if self.skip:
             d_in += d
@@ -345,19 +356,11 @@ class NetResDeep(nn.Module):
         x = _check_input(type(self).__name__, x, self.conv1.weight.data.dtype)
         pools = []
         out = _pool(self.conv1.forward(x, activation="relu"), self.training, pools)
-        out = _pool(self.resblocks(out), self.training, pools)
-        out = self.fc1.forward(_flatten(out), activation="relu")
-        self._saved = tuple(pools) if self.training else None
-        return self.fc2(out)
+        return _head(self, self.resblocks(out), pools)
 
     def backward(self, dy, need_input_grad=True):
         """Gradient of the images; parameter gradients accumulate into ``.grad``."""
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a forward in training mode")
-        p1, p2 = self._saved
-        d = self.fc1.backward(self.fc2.backward(dy))
-        N, C, H, W = p2.shape
-        d = max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p2, 2)
+        (p1,), d = _head_backward(self, dy)
         d = max_pool2d_backward(self.resblocks.backward(d), p1, 2)
         return self.conv1.backward(d, need_dx=need_input_grad)
 
