@@ -254,3 +254,19 @@ def device_bias(where, bias, K, weight, x):
                          f"got {b.shape}")
     same_dtype(where, x=x, bias=b)
     return b
+
+
+def device_preactivation(where, forward, activation, preactivation, dy):
+    """``(z, dz)`` for a layer's backward: with an activation, the forward's preactivation on the device
+    (shape and dtype checked against ``dy``) and an uninitialised ``dz`` of its shape; without one,
+    ``(dy, None)`` (the identity's backward: dz is dy, only the bias sum runs)."""
+    if activation is None:
+        return dy, None
+    if preactivation is None:
+        raise ValueError(f"{where}: an activation needs the preactivation (the z of "
+                         f"{forward}(..., return_preactivation=True))")
+    z = as_device(preactivation, "preactivation")
+    if tuple(z.shape) != tuple(dy.shape):
+        raise ValueError(f"{where}: preactivation has shape {tuple(z.shape)}, but dy has {tuple(dy.shape)}")
+    same_dtype(where, dy=dy, preactivation=z)
+    return z, require().device_array(dy.shape, dtype=dy.dtype)

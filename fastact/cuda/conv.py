@@ -17,7 +17,7 @@ from .._epilogue import param_values
 from .._util import pair
 from ..conv import conv_output_shape
 from . import _epilogue
-from ._device import (as_device, cached, device_bias, kernel, launch_1d, require, same_dtype,
+from ._device import (as_device, cached, device_bias, device_preactivation, kernel, launch_1d, require, same_dtype,
                       setting, transposed, zeros)
 from .gemm import matmul
 
@@ -215,18 +215,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     L = P * Q
     dt = x.dtype
     pv = [dt.type(v) for v in param_values(activation, activation_params, backward=True)]
-    if activation is not None:
-        if preactivation is None:
-            raise ValueError("conv2d_backward: an activation needs the preactivation (the z of "
-                             "conv2d(..., return_preactivation=True))")
-        z = as_device(preactivation, "preactivation")
-        if tuple(z.shape) != shape:
-            raise ValueError(f"conv2d_backward: preactivation has shape {tuple(z.shape)}, but dy and "
-                             f"the conv output have {shape}")
-        same_dtype("conv2d_backward", dy=dy, preactivation=z)
-        dz = cuda.device_array(shape, dtype=dt)
-    else:
-        z, dz = dy, None  # the identity's backward: dz is dy, only the bias sum runs
+    z, dz = device_preactivation("conv2d_backward", "conv2d", activation, preactivation, dy)
     if N * L == 0:
         return (zeros((N, C, H, W), dt) if need_dx else None), zeros(w.shape, dt), zeros(K, dt)
     # dz and the bias gradient in one pass: per (n, k) row sums, then their sum over n

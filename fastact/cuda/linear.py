@@ -6,7 +6,7 @@ Shape key: N rows, I input features, K output features. x (N, I), weight (K, I),
 
 from .._epilogue import param_values
 from . import _epilogue
-from ._device import as_device, device_bias, launch_1d, require, same_dtype, transposed, zeros
+from ._device import as_device, device_bias, device_preactivation, launch_1d, require, same_dtype, transposed, zeros
 from .gemm import matmul
 
 __all__ = ["linear", "linear_backward"]
@@ -115,18 +115,7 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
     same_dtype("linear_backward", dy=dy, x=x, weight=w)
     dt = x.dtype
     pv = [dt.type(v) for v in param_values(activation, activation_params, backward=True)]
-    if activation is not None:
-        if preactivation is None:
-            raise ValueError("linear_backward: an activation needs the preactivation (the z of "
-                             "linear(..., return_preactivation=True))")
-        z = as_device(preactivation, "preactivation")
-        if tuple(z.shape) != (N, K):
-            raise ValueError(f"linear_backward: preactivation has shape {tuple(z.shape)}, but dy has "
-                             f"{(N, K)}")
-        same_dtype("linear_backward", dy=dy, preactivation=z)
-        dz = cuda.device_array((N, K), dtype=dt)
-    else:
-        z, dz = dy, None  # the identity's backward: dz is dy, only the bias sum runs
+    z, dz = device_preactivation("linear_backward", "linear", activation, preactivation, dy)
     if N == 0:
         db = zeros(K, dt)
     else:
