@@ -89,10 +89,11 @@ def _valid_columns(Q, W, sw, pw, s):
 
 
 @_runtime.jit()
-def _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row):
-    # row (c, r, s) of col for images n0 .. n0+nb-1: col[row, (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
+def _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row, p0, p1):
+    # row (c, r, s) of col for images n0 .. n0+nb-1 and output rows p0 .. p1-1 (a row band; 0, P for
+    # whole images): col[row, (n, p - p0, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
     N, C, H, W = x.shape
-    PQ = P * Q
+    BQ = (p1 - p0) * Q
     c = row // (R * S)
     rs = row - c * (R * S)
     r = rs // S
@@ -100,27 +101,28 @@ def _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row):
     q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
     if sh == 1 and sw == 1 and Q == W:
         # "same" width, unit stride (the VGG 3x3/pad-1 case): the image block of this row is the
-        # flattened image shifted by delta, so copy it in one run of P*Q elements (short rows of
+        # flattened image shifted by delta, so copy it in one run of up to P*Q elements (short rows of
         # 8-32 elements cost more in loop overhead than in copying), then zero the columns whose
         # input column falls outside [0, W) and that picked up a neighbouring row's values.
         delta = (r - ph) * W + (s - pw)
         HW = H * W
-        j_lo = min(max(0, -delta), PQ)
-        j_hi = max(min(PQ, HW - delta), j_lo)
+        jb0, jb1 = p0 * Q, p1 * Q
+        j_lo = min(max(jb0, -delta), jb1)
+        j_hi = max(min(jb1, HW - delta), j_lo)
         dst = col[row]
         for n in range(nb):
             src = x[n0 + n, c].reshape(HW)
-            base = n * PQ
-            for j in range(j_lo):
+            base = n * BQ - jb0  # dst[base + j] holds flattened output pixel j of image n
+            for j in range(jb0, j_lo):
                 dst[base + j] = 0
             d0 = np.uint64(base + j_lo)
             s0 = np.uint64(j_lo + delta)
             for t in range(np.uint64(j_hi - j_lo)):
                 dst[d0 + t] = src[s0 + t]
-            for j in range(j_hi, PQ):
+            for j in range(j_hi, jb1):
                 dst[base + j] = 0
             if q_lo > 0 or q_hi < Q:
-                for p in range(P):
+                for p in range(p0, p1):
                     o = base + p * Q
                     for q in range(q_lo):
                         dst[o + q] = 0
@@ -128,10 +130,10 @@ def _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row):
                         dst[o + q] = 0
         return
     for n in range(nb):
-        base = n * PQ
-        for p in range(P):
+        base = n * BQ
+        for p in range(p0, p1):
             h = p * sh - ph + r
-            o = base + p * Q
+            o = base + (p - p0) * Q
             if h < 0 or h >= H:
                 for q in range(Q):
                     col[row, o + q] = 0
@@ -159,14 +161,15 @@ def _im2col(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col):
     # x (N, C, H, W); col (C*R*S, nb*P*Q): col[(c, r, s), (n, p, q)] = x[n0+n, c, p*sh-ph+r, q*sw-pw+s]
     C = x.shape[1]
     for row in _runtime.prange(C * R * S):
-        _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row)
+        _im2col_row(x, n0, nb, R, S, sh, sw, ph, pw, P, Q, col, row, 0, P)
 
 
 @_runtime.jit()
-def _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c):
-    # channel c of dx (N, C, H, W) accumulated from dcol (C*R*S, >= nb*P*Q): the adjoint of _im2col_row
+def _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c, p0, p1):
+    # channel c of dx (N, C, H, W) accumulated from dcol (C*R*S, >= nb*(p1-p0)*Q) of output rows
+    # p0 .. p1-1: the adjoint of _im2col_row
     N, C, H, W = dx.shape
-    PQ = P * Q
+    BQ = (p1 - p0) * Q
     for r in range(R):
         for s in range(S):
             row = (c * R + r) * S + s
@@ -174,13 +177,13 @@ def _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c):
             q_lo, q_hi = _valid_columns(Q, W, sw, pw, s)
             w0 = q_lo * sw - pw + s
             for n in range(nb):
-                base = n * PQ
-                for p in range(P):
+                base = n * BQ
+                for p in range(p0, p1):
                     h = p * sh - ph + r
                     if h < 0 or h >= H:
                         continue
                     dst = dx[n0 + n, c, h]
-                    o = base + p * Q
+                    o = base + (p - p0) * Q
                     if sw == 1:  # unsigned indices: no wraparound checks, the loop vectorises
                         d0 = np.uint64(w0)
                         s0 = np.uint64(o + q_lo)
@@ -196,7 +199,7 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
     # dcol (C*R*S, nb*P*Q); dx (N, C, H, W) accumulated: the adjoint of _im2col. Parallel over channels,
     # so no two threads ever add into the same dx element.
     for c in _runtime.prange(dx.shape[1]):
-        _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c)
+        _col2im_channel(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx, c, 0, P)
 
 
 # ------------------------------------------------------------- fused per-chunk kernels (one pool)
@@ -227,7 +230,7 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, nslots{a}):
             n0 = ch * m
             mm = min(m, N - n0)
             for row in range(CRS):
-                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row)
+                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, 0, P)
             if m == 1:
                 # straight into the NCHW output block y[n0] (K, PQ), then the epilogue in place
                 gemm(False, False, K, PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
@@ -291,9 +294,10 @@ def _fused_forward_kernel(activation):
     return fn
 
 
-@_runtime.jit(parallel=True)
-def _fused_backward(x, w2, dz, dx, dws, R, S, sh, sw, ph, pw, P, Q, m, need_dx):
-    # dws (nslots, K, CRS): slot sl's dweight partial over its chunks; dx (N, C, H, W) zeroed, accumulated
+_BWD_SRC = """\
+def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, need_dx{a}):
+    # dws (nslots, K, CRS), dbs (nslots, K): slot sl's dweight and dbias partials over its chunks;
+    # dx (N, C, H, W) zeroed, accumulated
     N, C = x.shape[0], x.shape[1]
     K, CRS = w2.shape
     PQ = P * Q
@@ -301,43 +305,92 @@ def _fused_backward(x, w2, dz, dx, dws, R, S, sh, sw, ph, pw, P, Q, m, need_dx):
     nslots = dws.shape[0]
     nchunks = (N + m - 1) // m
     isz = x.itemsize
-    for sl in _runtime.prange(nslots):
-        col = np.empty((CRS, L), dtype=x.dtype)
-        dcol = np.empty((CRS if need_dx else 0, L), dtype=x.dtype)
-        dzt = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
+    for sl in prange(nslots):
+        LB = m * min(B, P) * Q
+        col = np.empty((CRS, LB), dtype=x.dtype)
+        dcol = np.empty((CRS if need_dx else 0, LB), dtype=x.dtype)
+        dzt = np.empty((K, L), dtype=x.dtype)
         iw = np.empty(8, dtype=np.int32)
         fw = np.empty(2, dtype=x.dtype)
         dw_ptr = dws.ctypes.data + sl * K * CRS * isz
         beta = 0.0
+        for k in range(K):
+            dbs[sl, k] = 0.0
         for ch in range(sl, nchunks, nslots):
             n0 = ch * m
             mm = min(m, N - n0)
-            cols = mm * PQ
-            for row in range(CRS):
-                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row)
-            if m == 1:  # dz[n0] is already the (K, PQ) matrix
-                a = dz.ctypes.data + n0 * K * PQ * isz
-                lda = PQ
-            else:  # (mm, K, PQ) -> (K, mm*PQ), in cache
-                for k in range(K):
-                    for i in range(mm):
-                        dzt[k, i * PQ:(i + 1) * PQ] = dz[n0 + i, k]
-                a = dzt.ctypes.data
-                lda = L
-            # dweight partial (K, CRS) += dz (K, cols) @ col.T (cols, CRS)
-            _gemm.gemm(False, True, K, CRS, cols, a, lda, col.ctypes.data, L, beta, dw_ptr, CRS, iw, fw)
-            beta = 1.0
-            if need_dx:
-                # dcol (CRS, cols) = weight.T (CRS, K) @ dz (K, cols), scattered back by col2im
-                _gemm.gemm(True, False, CRS, cols, K, w2.ctypes.data, CRS, a, lda, 0.0, dcol.ctypes.data, L,
-                     iw, fw)
-                for c in range(C):
-                    _col2im_channel(dcol, n0, mm, R, S, sh, sw, ph, pw, P, Q, dx, c)
+            # dz = dy * act'(z) of the chunk as the (K, cols) matrix the GEMMs read, and its row sums
+            for k in range(K):
+                for i in range(mm):
+                    dyr = dy[n0 + i, k]
+                    zr = z[n0 + i, k]
+                    dzr = dzt[k, i * PQ:(i + 1) * PQ]
+                    for j in range(PQ):
+                        dzr[j] = {dv}
+                    dbs[sl, k] += _row_sum(dzr)
+            # one image of many pixels goes by bands of B output rows (B = P otherwise), so that its
+            # column and dcol buffers stay in L2 together
+            # (rows lo .. hi-1: the activation's parameters are named p0, p1, ... in generated code)
+            for lo in range(0, P, B):
+                hi = min(P, lo + B)
+                cols = mm * (hi - lo) * Q
+                for row in range(CRS):
+                    _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
+                a = dzt.ctypes.data + lo * Q * isz  # the band's columns of dz (lo is 0 when mm > 1)
+                # dweight partial (K, CRS) += dz (K, cols) @ col.T (cols, CRS)
+                gemm(False, True, K, CRS, cols, a, L, col.ctypes.data, LB, beta, dw_ptr, CRS, iw, fw)
+                beta = 1.0
+                if need_dx:
+                    # dcol (CRS, cols) = weight.T (CRS, K) @ dz (K, cols), scattered back by col2im
+                    gemm(True, False, CRS, cols, K, w2.ctypes.data, CRS, a, L, 0.0, dcol.ctypes.data, LB,
+                         iw, fw)
+                    for c in range(C):
+                        _col2im_channel(dcol, n0, mm, R, S, sh, sw, ph, pw, P, Q, dx, c, lo, hi)
+"""
+
+_fused_bwd = {}
+
+
+def _fused_backward_kernel(activation, step):
+    """The fused backward kernel for ``activation`` (a name or None; ``step``: its derivative is the
+    plain 0/1 step, see ``_epilogue.step_params``), generated and compiled once."""
+    from . import _codegen
+    from ._table import get as _get_activation
+    act = None if activation is None else _get_activation(activation)
+    key = "step" if step else (None if act is None else act.name)
+    fn = _fused_bwd.get(key)
+    if fn is None:
+        with _fused_lock:
+            fn = _fused_bwd.get(key)
+            if fn is None:
+                if step:
+                    p, d = ["t", "zero", "one"], _epilogue.step_d
+                else:
+                    p = _codegen.param_names(act, True)
+                    d = _epilogue._identity_dj if act is None else _codegen.scalar(act, True)
+                fname = f"conv_fused_backward_{'identity' if key is None else key}"
+                src = _BWD_SRC.format(fname=fname, a=_codegen.args(p),
+                                      dv=_codegen.element(True, p, i="[j]", x="zr", dy="dyr"))
+                glb = {"D": d, "np": np, "prange": _runtime.prange, "gemm": _gemm.gemm,
+                       "_im2col_row": _im2col_row, "_col2im_channel": _col2im_channel,
+                       "_row_sum": _epilogue._row_sum}
+                fn = _fused_bwd[key] = _runtime.jit(parallel=True)(_codegen._compile_source(fname, src, glb))
+    return fn
 
 
 def _use_fused(N, C, K, CRS, PQ, m):
     return (config.CONV_NOPYTHON_GEMM and _gemm.AVAILABLE
             and _gemm.fits(N * PQ, C * PQ, K * PQ, CRS * m * PQ, K * m * PQ))
+
+
+def _band_rows(m, CRS, P, Q, itemsize):
+    """Output rows per band of a one-image chunk in the backward: the fewest equal bands whose column
+    buffer and dcol (CRS x band pixels each) fit together in ``config.CONV_BAND_BYTES``; P (one band)
+    for multi-image chunks."""
+    if m > 1:
+        return P
+    nbands = min(P, -(-2 * CRS * P * Q * itemsize // config.CONV_BAND_BYTES))
+    return -(-P // max(1, nbands))
 
 
 def _chunking(N, PQ):
@@ -655,13 +708,28 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     if dy.shape != shape:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with "
                          f"weight {weight.shape} (stride {stride!r}, padding {padding!r}) gives {shape}")
+    N, K, P, Q = shape
     if activation is None:
         _epilogue.param_values(None, activation_params)  # ValueError for parameters without activation
+    else:
+        z = _check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
+    _, C, R, S = weight.shape
+    if N and P * Q and _use_fused(N, C, K, C * R * S, P * Q, _chunking(N, P * Q)[0]):
+        # dz = dy * act'(z) and the bias sums inside the chunk loop, while the chunk is in cache
+        dy = np.ascontiguousarray(dy, dtype=dt)
+        if activation is None:
+            z, pv, step = dy, [], None
+        else:
+            z = np.ascontiguousarray(z, dtype=dt)
+            pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
+            from ._table import get as _get_activation
+            step = _epilogue.step_params(_get_activation(activation).name, pv, dt)
+        kern = _fused_backward_kernel(activation, step is not None)
+        return _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, step or pv)
+    if activation is None:
         dz = np.ascontiguousarray(dy, dtype=dt)
         dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
     else:
-        z = _check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
-        N, K, P, Q = shape
         dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
                                          activation_params)
         dz = dz.reshape(shape)
@@ -693,8 +761,30 @@ def _activation_backward(dy, z, dt, activation, activation_params):
     return dz, part.sum(axis=0).astype(dt)
 
 
+def _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, params):
+    """(dx or None, dweight, dbias) by the fused backward ``kern``; dy, z, x, weight contiguous, one
+    dtype, N and P*Q not 0."""
+    dt = x.dtype
+    N, C, H, W = x.shape
+    K, _, R, S = weight.shape
+    _, _, P, Q = dy.shape
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    CRS, PQ = C * R * S, P * Q
+    m, nslots = _chunking(N, PQ)
+    dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else np.empty((0, 0, 0, 0), dtype=dt)
+    dws = np.empty((nslots, K, CRS), dtype=dt)
+    dbs = np.empty((nslots, K), dtype=np.float64)
+    B = _band_rows(m, CRS, P, Q, dt.itemsize)
+    _run(kern, (4 if need_dx else 2) * N * K * CRS * PQ, x, weight.reshape(K, CRS), dy.reshape(N, K, PQ),
+         z.reshape(N, K, PQ), dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, need_dx, *params)
+    dw = dws[0] if nslots == 1 else dws.sum(axis=0)
+    return dx if need_dx else None, dw.reshape(weight.shape), dbs.sum(axis=0).astype(dt)
+
+
 def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
-    """(dx or None, dweight) from the pre-activation gradient dz; all arrays contiguous, one dtype."""
+    """(dx or None, dweight) from the pre-activation gradient dz by the NumPy path (tiles of images,
+    GEMMs through NumPy's BLAS); all arrays contiguous, one dtype."""
     dt = x.dtype
     N, C, H, W = x.shape
     K, _, R, S = weight.shape
@@ -706,14 +796,6 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
     dw = np.zeros((K, CRS), dtype=dt)
     dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else None
     if N == 0 or PQ == 0:
-        return dx, dw.reshape(weight.shape)
-    m, nslots = _chunking(N, PQ)
-    if _use_fused(N, C, K, CRS, PQ, m):
-        dws = np.empty((nslots, K, CRS), dtype=dt)
-        dx_arg = dx if need_dx else np.empty((0, 0, 0, 0), dtype=dt)
-        _run(_fused_backward, (4 if need_dx else 2) * N * K * CRS * PQ, x, w2, dz.reshape(N, K, PQ), dx_arg, dws,
-             R, S, sh, sw, ph, pw, P, Q, m, need_dx)
-        dw = dws[0] if nslots == 1 else dws.sum(axis=0)
         return dx, dw.reshape(weight.shape)
     nb = _tile(N, CRS, PQ, dt.itemsize)
     for n0 in range(0, N, nb):

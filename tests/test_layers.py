@@ -623,6 +623,44 @@ def test_conv2d_gemm_into_output_equals_gemm_buffer(monkeypatch, dtype, images_p
     assert_ref(z1, ref_conv2d(x, w, b, 1, 1), dtype)
 
 
+@pytest.mark.skipif(not fa.system.info()["conv GEMM"].startswith("nopython"), reason="no nopython BLAS")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", [(1, 1, 9, 8), ((1, 2), (2, 1), 9, 11)], ids=["same-width", "strided"])
+@pytest.mark.parametrize("act,params", [(None, None), ("relu", None), ("relu", {"negative_slope": 0.1}),
+                                        ("threshold", {"threshold": 0.2, "value": -1.0}), ("gelu", None)])
+def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, params):
+    # the fused backward splits one-image chunks into bands of output rows (config.CONV_BAND_BYTES);
+    # every band count, uneven last bands included, gives the NumPy path's gradients (up to the order
+    # of the float32 sums) and the float64 reference's
+    stride, padding, H, W = geometry
+    rng = np.random.default_rng(19)
+    x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=H, W=W, K=4, kernel=3)
+    y, z = fa.conv2d(x, w, b, stride, padding, activation=act, activation_params=params,
+                     return_preactivation=True)
+    dy = rand(rng, y.shape, dtype)
+    if act is not None:
+        dy[0, 0, 0, :2] = 0.0
+        z[0, 0, 0, :2] = (0.0, 0.2)  # the kinks of relu and threshold: the step kernel's subgradient
+
+    def grads():
+        return fa.conv2d_backward(dy, x, w, stride, padding, preactivation=z, activation=act,
+                                  activation_params=params)
+
+    dz = dy if act is None else dy * act_dref(act, params or {}, z)
+    ref = ref_conv2d_backward(dz, x, w, stride, padding)
+    monkeypatch.setattr(fa.config, "CONV_NOPYTHON_GEMM", False)
+    numpy_path = grads()
+    monkeypatch.setattr(fa.config, "CONV_NOPYTHON_GEMM", True)
+    monkeypatch.setattr(fa.config, "CONV_CHUNK_MIN_COLUMNS", 1)  # one image per chunk
+    P = y.shape[2]
+    image = 2 * 27 * P * y.shape[3] * np.dtype(dtype).itemsize  # col and dcol of one image
+    for nbands in (1, 2, 3, P):
+        monkeypatch.setattr(fa.config, "CONV_BAND_BYTES", -(-image // nbands))
+        for name, got, a, r in zip(("dx", "dweight", "dbias"), grads(), numpy_path, ref):
+            assert_ref(got, a.astype(np.float64), dtype, f"{name}, {nbands} bands, NumPy path")
+            assert_ref(got, r, dtype, f"{name}, {nbands} bands")
+
+
 # ---------------------------------------------------------------------------------- max_pool2d
 
 POOL_GRID = GRID + [(2, None, 0), (2, None, 1), ((3, 2), (1, 2), (1, 0))]
