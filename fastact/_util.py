@@ -25,6 +25,12 @@ def compute_dtype(*dtypes):
 
 def pair(v, name):
     """``v`` as a pair of ints (``3`` -> ``(3, 3)``); TypeError/ValueError naming ``name`` otherwise."""
+    # the common cases first: every layer call parses three of these (the general checks below take
+    # ~2 us per call, as much as a small pooling kernel)
+    if type(v) is int:
+        return v, v
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {v!r}")
