@@ -113,6 +113,10 @@ def {fname}(x{a}):
 
 
 def _typer(x{a}):
+    if x == float32_t and NATIVE32:
+        def native(x{a}):
+            return FAST(x{a})
+        return native
     if x == float32_t:
         def fast(x{a}):
             return np.float32(FAST(np.float64(x){a}))
@@ -129,11 +133,12 @@ def scalar(act, backward=False):
 
     For a transcendental activation this is a Numba overload that picks, by the type of ``x``, the
     table function itself (float64: libm accuracy) or its fast variant evaluated in float64 and rounded
-    once (float32: vectorisable polynomials, see ``fastact._math``). The ReLU family needs no such
-    split: its table functions are used as they are.
+    once (float32: vectorisable polynomials, see ``fastact._math``), or, where the entry has
+    ``float32=`` variants, those (float32 arithmetic). The ReLU family needs no such split: its table
+    functions are used as they are.
     """
     exact = act.derivative if backward else act.forward
-    if not act.transcendental:
+    if not act.transcendental and act.float32 is None:
         return exact
     key = ("scalar", act.name, backward)
     fn = _built.get(key)
@@ -144,8 +149,10 @@ def scalar(act, backward=False):
                 a = args(param_names(act, backward))
                 fname = f"{act.name}_{'d' if backward else 'f'}"
                 ns = {}
-                glb = {"np": np, "float32_t": float32, "EXACT": exact,
-                       "FAST": _table.fast_variant(exact), "__name__": __name__}
+                native = act.float32 is not None and act.float32[backward] is not None
+                glb = {"np": np, "float32_t": float32, "EXACT": exact, "NATIVE32": native,
+                       "FAST": act.float32[backward] if native else _table.fast_variant(exact),
+                       "__name__": __name__}
                 exec(compile(_SCALAR_SRC.format(fname=fname, a=a), _runtime.GENERATED_FILENAME,
                              "exec"), glb, ns)
                 fn = ns[fname]

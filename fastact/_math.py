@@ -13,6 +13,10 @@ own SIMD loops. So there are two sets of functions:
   to float32 (see ``FAST`` and ``fastact._table.fast_variant``), so results are within about one
   float32 ulp of the correctly rounded value (GELU, through erfc's 1.2e-7: two; a derivative near one
   of its zeros, e.g. GELU's at x = -0.75, loses more by cancellation, as any float32 evaluation would).
+* ``fexpf``: exp in float32 arithmetic (16 AVX-512 lanes, 8 with AVX2; within about one ulp), for
+  the entries whose float32 kernels are written in float32 itself (``Activation.float32``: sigmoid,
+  SiLU's forward), where the float64 evaluation left fastact slower than PyTorch: 1.6x faster than
+  ``fexp`` per element here, for 1.3-2.1 ulps instead of 1 in the activations.
 
 What makes the fast set vectorisable on this machine (AVX2 + FMA, no AVX-512DQ): no branches (both
 sides are computed and selected), no float64 <-> int64 conversions (rounding by adding 1.5 * 2**52 and
@@ -169,6 +173,72 @@ def ferfc(d):
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
             -0.82215223 + t * 0.17087277)))))))))
     return r if d >= 0 else 2.0 - r
+
+
+# ------------------------------------------------------------------------------- float32 arithmetic
+# For the activations whose float32 kernels evaluate in float32 itself (16 AVX-512 lanes instead of 8;
+# see ``Activation.float32`` in fastact._table): every constant is a float32 (a float64 literal would
+# promote the whole expression back to float64).
+
+F32 = np.float32
+_LOG2E_F = F32(LOG2E)
+_ROUND_F = F32(12582912.0)            # 1.5 * 2**23: t + _ROUND_F holds round(t) in its low mantissa bits
+_ROUND_F_BITS = 0x4B400000
+# Cody-Waite split of ln 2 (the high part has 9 significant bits, so k * _LN2_HI is exact for |k| < 2**15)
+_LN2_HI_F = F32(0.693359375)
+_LN2_LO_F = F32(-2.12194440e-4)
+# Cephes' expf polynomial (S. L. Moshier, Cephes Math Library): exp(r) = 1 + r + r^2 P(r) on
+# |r| <= ln2 / 2, relative error below one float32 ulp
+_E0, _E1, _E2 = F32(1.9875691500e-4), F32(1.3981999507e-3), F32(8.3334519073e-3)
+_E3, _E4, _E5 = F32(4.1665795894e-2), F32(1.6666665459e-1), F32(5.0000001201e-1)
+
+
+@intrinsic
+def _bits_to_f32(typingctx, i):
+    """Reinterpret the low 32 bits of an integer as a float32 (Numba widens int32 arithmetic to
+    int64; LLVM narrows it back, as only these bits are used)."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        if v.type.width != 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(i), codegen
+
+
+@intrinsic
+def _f32_to_bits(typingctx, x):
+    """Reinterpret the bits of a float32 as an int32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@_fast
+def fexpf(d):
+    """exp(d) for a float32 d, in float32 arithmetic (within about one ulp); 0 below -104 (the
+    subnormals from -87.3 on are scaled in two steps), inf above 88.8, NaN for NaN."""
+    c = F32(88.8) if d > F32(88.8) else d
+    c = F32(-104.0) if c < F32(-104.0) else c
+    t = c * _LOG2E_F + _ROUND_F
+    k = t - _ROUND_F
+    r = (c - k * _LN2_HI_F) - k * _LN2_LO_F
+    p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
+    e = (p * (r * r) + r) + F32(1.0)
+    # 2**k as two factors 2**(k - h) * 2**h, h = k // 2, so that k down to -150 (subnormal results)
+    # and up to 128 need no special case; k is read from the rounding constant's mantissa bits
+    ki = _f32_to_bits(t) - _ROUND_F_BITS
+    h = ki >> 1
+    e = e * _bits_to_f32((ki - h + 127) << 23) * _bits_to_f32((h + 127) << 23)
+    e = F32(0.0) if d < F32(-104.0) else e
+    return F32(math.inf) if d > F32(88.8) else e
 
 
 _SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitter for float64

@@ -16,6 +16,9 @@ Conventions every scalar function keeps (tests check them):
   formula gives -inf * 0;
 * accuracy: within ``max_ulp`` ulps of the exact value over the whole range (tests/test_accuracy.py
   compares with 60-digit mpmath).
+* float32 kernels evaluate the same functions in float64 and round once, except where an entry gives
+  ``float32=`` variants: the same formulas in float32 arithmetic (every constant ``F32(...)``), for
+  the activations where the float64 evaluation made fastact slower than PyTorch.
 * the derivative returns ``f'(x)``; the kernels multiply by ``dy``.
 """
 
@@ -27,7 +30,8 @@ import numpy as np
 from numba import njit
 
 from . import _math as fm
-from ._math import _scalar
+from ._math import F32, _scalar
+from ._math import _fast as _scalar32
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -71,6 +75,11 @@ class Activation:
     backward_params: tuple = ()
     kinks: object = lambda *p: ()   # kinks(*params) -> x values where f' jumps
     transcendental: bool = False  # evaluates exp/erf/tanh: compute-bound, not memory-bound
+    #: ``(forward, derivative)`` written in float32 arithmetic, which the float32 kernels call instead
+    #: of evaluating ``forward``/``derivative`` in float64 and rounding once: twice the SIMD lanes,
+    #: for 1.5-2.5 float32 ulps instead of 1 (``max_ulp`` holds the measured bound); None for a
+    #: direction that keeps the float64 evaluation
+    float32: tuple = None
     aliases: tuple = ()
     citation: str = ""
     torch_name: str = None        # torch.nn.functional name, for the optional PyTorch comparisons
@@ -534,6 +543,12 @@ def silu_d(x):
     return d if x != math.inf else 1.0  # the limit (the formula is inf * 0 there)
 
 
+@_scalar32
+def silu_f32(x):
+    s = sigmoid_f32(x)
+    return x * s if s != 0 else s
+
+
 @_ref_errstate
 def _silu_ref(x):
     s = sp.expit(x)
@@ -554,7 +569,9 @@ _add(Activation(
     citation="Elfwing, Uchibe & Doya (2018), arXiv:1702.03118; Ramachandran et al. (2017), "
              "arXiv:1710.05941",
     limits=lambda: ((0.0, math.inf), (0.0, 1.0)), derivative_zeros=(-1.2784645427610738,),
-    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 10.0)}))
+    # the derivative stays in float64: in float32 the cancellation in 1 + x (1 - s) next to its zero
+    # turns the 1-2 ulps of 1 - s into 10 (x = -1.417)
+    float32=(silu_f32, None), max_ulp={"float32": (2.0, 1.0), "float64": (3.0, 10.0)}))
 
 
 @_scalar
@@ -604,13 +621,18 @@ _add(Activation(
     max_ulp={"float32": (1.0, 1.0), "float64": (4.0, 8.0)}))
 
 
+#: 1/6 as a factor: a division by 6 costs as much as the whole memory traffic of a float32 hardswish
+#: (a float64 vdivpd per element); the rounding of the constant adds at most half a float64 ulp
+SIXTH = 1.0 / 6.0
+
+
 @_scalar
 def hardswish_f(x):
     if x <= -3.0:
         return 0.0
     if x >= 3.0:
         return x
-    return x * (x + 3.0) / 6.0  # x + 3 is exact near -3 (Sterbenz), so no cancellation there
+    return x * (x + 3.0) * SIXTH  # x + 3 is exact near -3 (Sterbenz), so no cancellation there
 
 
 @_scalar
@@ -619,9 +641,29 @@ def hardswish_d(x):
     if x <= -3.0:
         return 0.0
     if x < 3.0:
-        return (2.0 * x + 3.0) / 6.0  # not x / 3 + 0.5, which cancels near its zero at x = -1.5
+        return (2.0 * x + 3.0) * SIXTH  # not x / 3 + 0.5, which cancels near its zero at x = -1.5
     if x >= 3.0:
         return 1.0
+    return x
+
+
+@_scalar32
+def hardswish_f32(x):
+    if x <= F32(-3.0):
+        return F32(0.0)
+    if x >= F32(3.0):
+        return x
+    return x * (x + F32(3.0)) * F32(SIXTH)
+
+
+@_scalar32
+def hardswish_d32(x):
+    if x <= F32(-3.0):
+        return F32(0.0)
+    if x < F32(3.0):
+        return (F32(2.0) * x + F32(3.0)) * F32(SIXTH)
+    if x >= F32(3.0):
+        return F32(1.0)
     return x
 
 
@@ -636,7 +678,8 @@ _add(Activation(
     numpy_backward_baseline="dy * np.where(x <= -3, 0, np.where(x <= 3, x / 3 + 0.5, 1))",
     torch_module="Hardswish", torch_backward_baseline="aten.hardswish_backward(dy, x)",
     citation="Howard et al. (2019), Searching for MobileNetV3, arXiv:1905.02244",
-    limits=lambda: ((0.0, math.inf), (0.0, 1.0))))
+    limits=lambda: ((0.0, math.inf), (0.0, 1.0)), float32=(hardswish_f32, hardswish_d32),
+    max_ulp={"float32": (2.0, 1.0), "float64": (2.0, 2.0)}))
 
 
 @_scalar
@@ -645,15 +688,33 @@ def hardsigmoid_f(x):
         return 0.0
     if x >= 3.0:
         return 1.0
-    return (x + 3.0) / 6.0  # not x / 6 + 0.5, which cancels just above x = -3
+    return (x + 3.0) * SIXTH  # not x / 6 + 0.5, which cancels just above x = -3
 
 
 @_scalar
 def hardsigmoid_d(x):
     if x > -3.0 and x < 3.0:
-        return 1.0 / 6.0
+        return SIXTH
     if x <= -3.0 or x >= 3.0:
         return 0.0
+    return x
+
+
+@_scalar32
+def hardsigmoid_f32(x):
+    if x <= F32(-3.0):
+        return F32(0.0)
+    if x >= F32(3.0):
+        return F32(1.0)
+    return (x + F32(3.0)) * F32(SIXTH)
+
+
+@_scalar32
+def hardsigmoid_d32(x):
+    if x > F32(-3.0) and x < F32(3.0):
+        return F32(SIXTH)
+    if x <= F32(-3.0) or x >= F32(3.0):
+        return F32(0.0)
     return x
 
 
@@ -665,7 +726,8 @@ _add(Activation(
     numpy_baseline="np.clip(x / 6 + 0.5, 0, 1)",
     numpy_backward_baseline="np.where((x > -3) & (x < 3), dy / 6, 0)", torch_module="Hardsigmoid",
     torch_backward_baseline="aten.hardsigmoid_backward(dy, x)",
-    limits=lambda: ((0.0, 1.0), (0.0, 0.0))))
+    limits=lambda: ((0.0, 1.0), (0.0, 0.0)), float32=(hardsigmoid_f32, hardsigmoid_d32),
+    max_ulp={"float32": (1.5, 1.0), "float64": (2.0, 2.0)}))
 
 
 @_scalar
@@ -680,6 +742,17 @@ def sigmoid_d(x):
     return e / ((1.0 + e) * (1.0 + e))
 
 
+@_scalar32
+def sigmoid_f32(x):
+    return F32(1.0) / (F32(1.0) + fm.fexpf(-x))
+
+
+@_scalar32
+def sigmoid_d32(x):
+    e = fm.fexpf(-abs(x))
+    return e / ((F32(1.0) + e) * (F32(1.0) + e))
+
+
 _add(Activation(
     "sigmoid", sigmoid_f, sigmoid_d, _ref_errstate(lambda x: sp.expit(x)),
     _ref_errstate(lambda x: sp.expit(x) * (1.0 - sp.expit(x))),
@@ -687,8 +760,8 @@ _add(Activation(
     numpy_baseline="1 / (1 + np.exp(-x))",
     numpy_backward_baseline="dy * (s := 1 / (1 + np.exp(-x))) * (1 - s)", torch_module="Sigmoid",
     torch_backward_baseline="aten.sigmoid_backward(dy, y)",
-    limits=lambda: ((0.0, 1.0), (0.0, 0.0)),
-    max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 4.0)}))
+    limits=lambda: ((0.0, 1.0), (0.0, 0.0)), float32=(sigmoid_f32, sigmoid_d32),
+    max_ulp={"float32": (1.5, 2.5), "float64": (3.0, 4.0)}))
 
 
 @_scalar
