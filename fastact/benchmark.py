@@ -242,14 +242,13 @@ def machine():
     """
     import numba
 
-    from . import __version__, config, system
+    from . import __version__, system
     cpu, flags, mem = _cpu()
     rows = [("cpu", f"{cpu} ({', '.join(flags)})" if flags else cpu), ("cores", str(os.cpu_count())),
             ("memory", mem), ("python", platform.python_version()), ("numpy", np.__version__),
             ("BLAS", _blas()), ("numba", numba.__version__), ("fastact", __version__),
             ("threading layer", system.threading_layer()), ("numba threads", str(numba.get_num_threads())),
-            ("parallel threshold", f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
-                                   f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})")]
+            ("parallel threshold", system.info()["parallel threshold"])]
     torch = load_torch()
     if torch is not None:
         rows.append(("torch", f"{torch.__version__} ({torch.get_num_threads()} threads)"))

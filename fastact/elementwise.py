@@ -2,8 +2,9 @@
 
 The drivers here take the public arguments, apply NumPy's conventions (dtype resolution, broadcasting,
 ``out=``) and send the common case -- scalar parameters, contiguous arrays -- to a compiled 1-D loop
-over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, or
-``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` for exp/erf-based activations, both cores above). Array-valued
+over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, ``PARALLEL_MIN_SIZE_BACKWARD``
+for the ReLU family's backwards, or ``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` for exp/erf-based
+activations, both cores above). Array-valued
 parameters go through the real ufunc, which broadcasts them.
 
 Dtypes: float32 and float64 compute natively; float16 computes in and returns float32 (Numba has no
@@ -56,8 +57,9 @@ def _kernel(name, backward, pv):
     step = _epilogue.step_params(name, pv, type(pv[0])) if backward and pv else None
     if step is not None:
         return ((lambda par: _step_backward.parallel if par else _step_backward.serial), step,
-                config.PARALLEL_MIN_SIZE)
-    return (lambda par: _codegen.get("loop", name, backward, par)), tuple(pv), _parallel_min_size(name)
+                config.PARALLEL_MIN_SIZE_BACKWARD)
+    return ((lambda par: _codegen.get("loop", name, backward, par)), tuple(pv),
+            _parallel_min_size(name, backward))
 
 
 def _call_loop(name, backward, n, flat, pv):
@@ -109,11 +111,11 @@ def _run(name, backward, arrays, pvals, out):
     return out
 
 
-def _parallel_min_size(name):
+def _parallel_min_size(name, backward=False):
     """Elements from which the activation's loop runs on all cores (see ``fastact.config``)."""
     if ACTIVATIONS[name].transcendental:
         return config.PARALLEL_MIN_SIZE_TRANSCENDENTAL
-    return config.PARALLEL_MIN_SIZE
+    return config.PARALLEL_MIN_SIZE_BACKWARD if backward else config.PARALLEL_MIN_SIZE
 
 
 def _param_values(specs, values):

@@ -66,7 +66,8 @@ def info():
         "threading layer": threading_layer(),
         "threads": str(numba.get_num_threads()),
         "cpu count": str(os.cpu_count()),
-        "parallel threshold": f"{config.PARALLEL_MIN_SIZE} elements (transcendental: "
+        "parallel threshold": f"{config.PARALLEL_MIN_SIZE} elements (backward: "
+                              f"{config.PARALLEL_MIN_SIZE_BACKWARD}; transcendental: "
                               f"{config.PARALLEL_MIN_SIZE_TRANSCENDENTAL})",
         "JIT cache": cache_dir() or "disabled (no writable location)",
         "conv GEMM": _gemm_path(),

@@ -589,6 +589,7 @@ def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
     for a, c in ((y_pub, y_par), (y_par, y_ser), (dx_pub, dx_par), (dx_par, dx_ser)):
         np.testing.assert_array_equal(a, c)
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE", n + 1)  # the public functions' serial path
+    monkeypatch.setattr(config, "PARALLEL_MIN_SIZE_BACKWARD", n + 1)
     monkeypatch.setattr(config, "PARALLEL_MIN_SIZE_TRANSCENDENTAL", n + 1)
     np.testing.assert_array_equal(f(x, **kw), y_par)
     np.testing.assert_array_equal(fb(dy, x, **kw), dx_par)
