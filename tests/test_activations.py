@@ -414,6 +414,33 @@ def test_out_overlapping_input(name):
     assert_close(buf[1:], expected, np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["relu", "gelu", "hardswish"])
+def test_small_out_in_place_and_overlapping(name, dtype):
+    # small arrays with out= take the fast path when out is an input or overlaps none; a partial
+    # overlap takes the general one: either way the result is that of fresh arrays
+    f, fb = public(name)
+    x = np.linspace(-4, 4, 257).astype(dtype)
+    dy = np.linspace(2, -1, 257).astype(dtype)
+    want, want_b = f(x), fb(dy, x)
+    for target in ("x", "dy", "fresh"):
+        xx, gg = x.copy(), dy.copy()
+        out = {"x": xx, "dy": gg, "fresh": np.empty_like(x)}[target]
+        assert fb(gg, xx, out=out) is out
+        np.testing.assert_array_equal(out, want_b)
+    xx = x.copy()
+    assert f(xx, out=xx) is xx
+    np.testing.assert_array_equal(xx, want)
+    buf = np.concatenate([x, [0]]).astype(dtype)
+    f(buf[:-1], out=buf[1:])
+    np.testing.assert_array_equal(buf[1:], want)
+    buf = np.concatenate([dy, [0]]).astype(dtype)
+    fb(buf[:-1], x, out=buf[1:])
+    np.testing.assert_array_equal(buf[1:], want_b)
+    z = np.empty((), dtype)
+    assert f(np.array(x[0]), out=z) is z and z == want[0]
+
+
 # ------------------------------------------------------------------------------------------ dtypes
 
 
