@@ -31,7 +31,10 @@ from numba import njit
 
 from . import _math as fm
 from ._math import F32, _scalar
-from ._math import _fast as _scalar32
+
+#: the ``float32=`` variants: FMA contraction as in the fast set, and inlined at the IR level (a helper
+#: left as a call keeps the loop around it from vectorising)
+_scalar32 = njit(cache=False, error_model="numpy", inline="always", fastmath={"contract"})
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
