@@ -25,6 +25,7 @@ from numba import njit, prange
 
 from . import _codegen, _runtime
 from ._table import get as _get_activation
+from ._util import row_sum as _row_sum
 
 _lock = threading.RLock()
 _built = {}
@@ -67,24 +68,6 @@ def step_params(activation, pvals, dtype):
             and math.copysign(1.0, pvals[0]) > 0):
         return t(0), t(0), t(1)
     return None
-
-
-@_runtime.jit()
-def _row_sum(r):
-    """Sum of a 1-D array in float64 with four independent accumulators: a single float accumulator is
-    a serial dependency chain that LLVM may not reorder (no fast-math), and would keep the loop that
-    computes ``r`` from vectorising if fused into it."""
-    n = r.size
-    n4 = n - n % 4
-    s0 = s1 = s2 = s3 = 0.0
-    for j in range(0, n4, 4):
-        s0 += r[j]
-        s1 += r[j + 1]
-        s2 += r[j + 2]
-        s3 += r[j + 3]
-    for j in range(n4, n):
-        s0 += r[j]
-    return (s0 + s1) + (s2 + s3)
 
 
 def _src(kind, fname, p):

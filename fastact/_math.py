@@ -241,6 +241,19 @@ def fexpf(d):
     return F32(math.inf) if d > F32(88.8) else e
 
 
+def exp_native(x):
+    """exp in the precision of ``x``: ``fexpf`` for a float32 (vectorises, 16 lanes), libm otherwise;
+    for kernels whose float32 results may take the ~1 ulp of ``fexpf`` (softmax)."""
+    return math.exp(x)
+
+
+@overload(exp_native, jit_options={"error_model": "numpy"}, inline="always")
+def _exp_native_typer(x):
+    if x == types.float32:
+        return lambda x: fexpf(x)
+    return lambda x: math.exp(x)
+
+
 _SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitter for float64
 
 

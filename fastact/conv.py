@@ -37,6 +37,7 @@ import numpy as np
 from . import _blas, _epilogue, _gemm, _runtime, config
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
+from ._util import row_sum as _row_sum
 
 __all__ = ["conv2d", "conv2d_backward", "conv_output_shape", "images_per_tile", "im2col", "gemm_epilogue",
            "release_workspaces"]
@@ -373,7 +374,7 @@ def _fused_backward_kernel(activation, step):
                                       dv=_codegen.element(True, p, i="[j]", x="zr", dy="dyr"))
                 glb = {"D": d, "np": np, "prange": _runtime.prange, "gemm": _gemm.gemm,
                        "_im2col_row": _im2col_row, "_col2im_channel": _col2im_channel,
-                       "_row_sum": _epilogue._row_sum}
+                       "_row_sum": _row_sum}
                 fn = _fused_bwd[key] = _runtime.jit(parallel=True)(_codegen._compile_source(fname, src, glb))
     return fn
 

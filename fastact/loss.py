@@ -22,6 +22,7 @@ from . import _math as fm
 from ._util import check_out as _check_out
 from ._util import compute_dtype as _compute_dtype
 from ._util import row_max as _row_max
+from ._util import row_sum as _row_sum
 
 __all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
            "cross_entropy", "cross_entropy_backward"]
@@ -31,43 +32,47 @@ __all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
 
 @_runtime.jit(parallel=True)
 def _softmax_rows(x2, y2, log):
-    # x2, y2 are (R, L): softmax (or log-softmax) of each row
+    # x2, y2 are (R, L): softmax (or log-softmax) of each row. exp(x - max) goes to y first, in a loop
+    # of its own, which vectorises (float32: fexpf); the float64 sum then reads it back with row_sum's
+    # four accumulators (one accumulator inside the exp loop, and the libm-accurate float32 exp, kept
+    # it scalar: 2.4 ns per element, 7x PyTorch's time at 1e5 values)
     R, L = x2.shape
     for r in _runtime.prange(R):
-        m = _row_max(x2[r])
-        s = 0.0
+        xr = x2[r]
+        yr = y2[r]
+        m = _row_max(xr)
+        for j in range(L):
+            yr[j] = fm.exp_native(xr[j] - m)
+        s = _row_sum(yr)
         if log:
-            for j in range(L):
-                s += fm.exp(x2[r, j] - m)
             lse = m + math.log(s)
             for j in range(L):
-                y2[r, j] = x2[r, j] - lse
+                yr[j] = xr[j] - lse
         else:
-            for j in range(L):
-                e = fm.exp(x2[r, j] - m)
-                y2[r, j] = e
-                s += e
             inv = 1.0 / s
             for j in range(L):
-                y2[r, j] = y2[r, j] * inv
+                yr[j] = yr[j] * inv
 
 
 @_runtime.jit(parallel=True)
 def _softmax_backward_rows(dy2, y2, dx2, log):
-    # dy2, y2, dx2 are (R, L); y2 is the forward output (log-probabilities when log is True)
+    # dy2, y2, dx2 are (R, L); y2 is the forward output (log-probabilities when log is True). The sums
+    # by row_sum, the products for the softmax's first written to dx (as in the forward)
     R, L = y2.shape
     for r in _runtime.prange(R):
-        s = 0.0
+        dyr = dy2[r]
+        yr = y2[r]
+        dxr = dx2[r]
         if log:
+            s = _row_sum(dyr)
             for j in range(L):
-                s += dy2[r, j]
-            for j in range(L):
-                dx2[r, j] = dy2[r, j] - fm.exp(y2[r, j]) * s
+                dxr[j] = dyr[j] - fm.exp_native(yr[j]) * s
         else:
             for j in range(L):
-                s += dy2[r, j] * y2[r, j]
+                dxr[j] = dyr[j] * yr[j]
+            s = _row_sum(dxr)
             for j in range(L):
-                dx2[r, j] = y2[r, j] * (dy2[r, j] - s)
+                dxr[j] = yr[j] * (dyr[j] - s)
 
 
 def _rows(a, axis, dt):
