@@ -18,13 +18,13 @@ import sys
 from fastact import benchmark
 
 
-def _child(lib, size, repeat, only):
-    """{label: seconds} for one library, measured in this process."""
-    if lib == "torch" and benchmark.load_torch(num_threads=2) is None:
+def _child(lib, size, repeat, only, threads):
+    """{label: seconds} for one library, measured in this process (the other is never imported)."""
+    if lib == "torch" and benchmark.load_torch(num_threads=threads) is None:
         return {}
     fns = {}
     for case in benchmark.cases(only):
-        fn = case.setup(size).get(lib)
+        fn = case.setup(size, libs=(lib,)).get(lib)
         if fn is not None:
             fns[case.label] = fn
     return benchmark.median_time(fns, repeat=repeat)
@@ -35,21 +35,25 @@ def main(argv=None):
     ap.add_argument("--size", type=float, default=1e5)
     ap.add_argument("--repeat", type=int, default=31)
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--torch-threads", type=int, default=2, help="PyTorch's threads (default: 2, the cores)")
     ap.add_argument("--child", choices=("fastact", "torch"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     size = int(a.size)
     if a.child:
-        print(json.dumps(_child(a.child, size, a.repeat, a.only)))
+        print(json.dumps(_child(a.child, size, a.repeat, a.only, a.torch_threads)))
         return
     for k, v in benchmark.machine():
         print(f"{k:20s} {v}")
     times = {}
     for lib in ("fastact", "torch"):
-        cmd = [sys.executable, __file__, "--child", lib, "--size", str(size), "--repeat", str(a.repeat)]
+        cmd = [sys.executable, __file__, "--child", lib, "--size", str(size), "--repeat", str(a.repeat),
+               "--torch-threads", str(a.torch_threads)]
         if a.only:
             cmd += ["--only", *a.only]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        times[lib] = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"the {lib} process failed (exit {done.returncode}):\n{done.stderr}")
+        times[lib] = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"\n{benchmark.size_label(size)} float32 values, each library alone in its process, median us "
           f"of {a.repeat}; ratio = PyTorch / fastact\n")
     print("| function | fastact us | PyTorch us | ratio |")

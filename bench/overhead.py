@@ -28,6 +28,9 @@ def main(n=1000):
         "fa.gelu(x)": lambda: fa.gelu(x),
         "gelu loop alone": lambda: gelu_loop(x, y, *gelu_p),
         "fa.relu(x, negative_slope=0.0) (general path)": lambda: fa.relu(x, negative_slope=0.0),
+        "np.maximum(x, 0, out=y)": lambda: np.maximum(x, 0, out=y),
+        "fa.relu(x, out=y)": lambda: fa.relu(x, out=y),
+        "fa.gelu(x, out=y)": lambda: fa.gelu(x, out=y),
     }
     for fn in cases.values():
         fn()

@@ -222,23 +222,35 @@ def _f32_to_bits(typingctx, x):
 
 
 @_fast
-def fexpf(d):
-    """exp(d) for a float32 d, in float32 arithmetic (within about one ulp); 0 below -104 (the
-    subnormals from -87.3 on are scaled in two steps), inf above 88.8, NaN for NaN."""
+def fexpf_parts(d):
+    """exp(d) = a * b for a float32 d, in float32 arithmetic, with b = 2**h a power of two and both
+    factors normal floats even where exp(d) itself is subnormal (d < -87.3): a caller that multiplies
+    the result by a large factor (SiLU's x * sigmoid(x)) applies b last and keeps full precision.
+    a * b is within about one ulp of exp(d); a is 0 below -112 (where even 64 exp(d) is below the
+    smallest subnormal) and inf from 88.72 on (where exp(d) overflows), NaN for NaN."""
     c = F32(88.8) if d > F32(88.8) else d
-    c = F32(-104.0) if c < F32(-104.0) else c
+    c = F32(-112.0) if c < F32(-112.0) else c
     t = c * _LOG2E_F + _ROUND_F
     k = t - _ROUND_F
     r = (c - k * _LN2_HI_F) - k * _LN2_LO_F
     p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
     e = (p * (r * r) + r) + F32(1.0)
-    # 2**k as two factors 2**(k - h) * 2**h, h = k // 2, so that k down to -150 (subnormal results)
-    # and up to 128 need no special case; k is read from the rounding constant's mantissa bits
+    # 2**k as 2**(k - h) * 2**h, h = k // 2, so that k from -162 (subnormal results) to 128 needs no
+    # special case; k is read from the rounding constant's mantissa bits
     ki = _f32_to_bits(t) - _ROUND_F_BITS
     h = ki >> 1
-    e = e * _bits_to_f32((ki - h + 127) << 23) * _bits_to_f32((h + 127) << 23)
-    e = F32(0.0) if d < F32(-104.0) else e
-    return F32(math.inf) if d > F32(88.8) else e
+    a = e * _bits_to_f32((ki - h + 127) << 23)
+    a = F32(0.0) if d < F32(-112.0) else a
+    a = F32(math.inf) if d > F32(88.8) else a
+    return a, _bits_to_f32((h + 127) << 23)
+
+
+@_fast
+def fexpf(d):
+    """exp(d) for a float32 d, in float32 arithmetic (within about one ulp): 0 from about -103.97 on
+    (below half the smallest subnormal), inf from 88.72 on, NaN for NaN."""
+    a, b = fexpf_parts(d)
+    return a * b
 
 
 def exp_native(x):

@@ -320,11 +320,11 @@ class Case:
             return act.torch_backward_baseline
         return act.torch_baseline or (f"F.{act.torch_name}(x)" if act.torch_name else "")
 
-    def setup(self, n):
+    def setup(self, n, libs=("fastact", "numpy", "torch")):
         """{'fastact': fn, 'numpy': fn, 'torch': fn}: zero-argument callables doing the work once on n
-        float32 values ('torch' only when PyTorch imports and has a baseline). Nothing is compiled or
-        timed here."""
-        import fastact as fa
+        float32 values ('torch' only when PyTorch imports and has a baseline), for the libraries in
+        ``libs`` (a library left out is not imported or run). Nothing is compiled or timed here (the
+        forward output a softmax backward takes is computed by NumPy)."""
         x, dy = inputs(n)
         w = None
         if self.name == "prelu":  # NCHW-like (10, 10, n/100), one slope per channel
@@ -334,34 +334,38 @@ class Case:
         elif self.name == "softmax":  # rows of 1000 logits
             x, dy = (x.reshape(-1, 1000), dy.reshape(-1, 1000)) if n % 1000 == 0 else (x[None], dy[None])
         y = np.empty_like(x)
-        if self.name == "softmax" and self.direction == "bwd":
-            y = fa.softmax(x)  # softmax_backward takes the forward's output
+        if self.name == "softmax" and self.direction == "bwd":  # the backward takes the forward's output
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            y = e / e.sum(axis=-1, keepdims=True)
         fns = {}
-        if self.direction == "fwd":
-            f = getattr(fa, self.name)
-            if self.out:
-                fns["fastact"] = lambda: f(x, out=y)
-            elif w is not None:
-                fns["fastact"] = lambda: f(x, w)
-            else:
-                fns["fastact"] = lambda: f(x)
-        else:
-            b = getattr(fa, self.name + "_backward")
-            if w is not None:
-                fns["fastact"] = lambda: b(dy, x, w)
-            elif self.name == "softmax":
-                fns["fastact"] = lambda: b(dy, y)
-            else:
-                fns["fastact"] = lambda: b(dy, x)
-        f_np = _numpy_fn(self.numpy_expr())
-        w_np = None if w is None else w[:, None]
-        fns["numpy"] = lambda: f_np(x, dy, y, w_np)
-        torch = load_torch()
+        if "fastact" in libs:
+            fns["fastact"] = self._fastact_fn(x, dy, y, w)
+        if "numpy" in libs:
+            f_np = _numpy_fn(self.numpy_expr())
+            w_np = None if w is None else w[:, None]
+            fns["numpy"] = lambda: f_np(x, dy, y, w_np)
+        torch = load_torch() if "torch" in libs else None
         if torch is not None:
             fn = self._torch_fn(torch, x, dy, w)
             if fn is not None:
                 fns["torch"] = fn
         return fns
+
+    def _fastact_fn(self, x, dy, y, w):
+        import fastact as fa
+        if self.direction == "fwd":
+            f = getattr(fa, self.name)
+            if self.out:
+                return lambda: f(x, out=y)
+            if w is not None:
+                return lambda: f(x, w)
+            return lambda: f(x)
+        b = getattr(fa, self.name + "_backward")
+        if w is not None:
+            return lambda: b(dy, x, w)
+        if self.name == "softmax":
+            return lambda: b(dy, y)
+        return lambda: b(dy, x)
 
     def _torch_fn(self, torch, x, dy, w):
         t, g = torch.from_numpy(x.copy()), torch.from_numpy(dy.copy())
@@ -431,13 +435,15 @@ def copy_fn(n):
 def warm_up(case_list, sizes):
     """Compile (or load from the cache) every fastact kernel the run will call; returns seconds taken.
 
-    One size below the parallel threshold and one above are probed: the serial and the parallel loops.
+    The smallest size and the smallest from each parallel threshold on (``fastact.config``) are
+    probed: the serial and the parallel loops of every kind.
     """
     from . import config
     t0 = time.perf_counter()
-    small = [s for s in sizes if s < config.PARALLEL_MIN_SIZE]
-    large = [s for s in sizes if s >= config.PARALLEL_MIN_SIZE]
-    for n in ([min(small)] if small else []) + ([min(large)] if large else []):
+    cuts = (config.PARALLEL_MIN_SIZE, config.PARALLEL_MIN_SIZE_BACKWARD,
+            config.PARALLEL_MIN_SIZE_TRANSCENDENTAL)
+    points = {min(sizes)} | {min(s for s in sizes if s >= c) for c in cuts if max(sizes) >= c}
+    for n in sorted(points):
         for c in case_list:
             c.setup(n)["fastact"]()
     return time.perf_counter() - t0

@@ -19,10 +19,11 @@ import os
 #: slower at 2^10-2^12, 1.30x slower at 2^16, and faster from 2^17 (0.96x, then 0.5-0.8x).
 PARALLEL_MIN_SIZE = 1 << 17
 
-#: Their backwards (three arrays, dy * f'(x)) from this many elements: bench/threshold.py's kind of
-#: run on 2026-11-25 (`benchmark.serial_parallel_times`, relu_backward, float32): serial / parallel
-#: 0.66x at 2^14, 0.98x at 2^15, 1.33x at 2^16, 1.52x at 1e5.
-PARALLEL_MIN_SIZE_BACKWARD = 1 << 15
+#: The backwards of the non-transcendental activations (three arrays, dy * f'(x)) from this many
+#: elements. Measured 2026-11-25 with `benchmark.serial_parallel_times` (float32), serial time /
+#: parallel time at 2^14, 2^15, 2^16, 1e5: relu 0.66, 0.98, 1.33, 1.52; leaky_relu 0.57, 0.88, 1.25,
+#: 1.47; relu6 0.66, 0.98, 1.31, 1.51; hardswish 0.42, 0.59, 1.16, 1.36.
+PARALLEL_MIN_SIZE_BACKWARD = 1 << 16
 
 #: Transcendental kernels (ELU ~1 ns/element, GELU ~3 ns/element on one core) earn the fork/join back
 #: much sooner. Same run: the parallel GELU loop is 1.08x slower at 2^12 and faster from 2^13 (0.83x,

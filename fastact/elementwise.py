@@ -3,8 +3,8 @@
 The drivers here take the public arguments, apply NumPy's conventions (dtype resolution, broadcasting,
 ``out=``) and send the common case -- scalar parameters, contiguous arrays -- to a compiled 1-D loop
 over the raw buffer (serial below ``config.PARALLEL_MIN_SIZE`` elements, ``PARALLEL_MIN_SIZE_BACKWARD``
-for the ReLU family's backwards, or ``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` for exp/erf-based
-activations, both cores above). Array-valued
+for the backwards of the non-transcendental activations, or ``PARALLEL_MIN_SIZE_TRANSCENDENTAL`` for
+exp/erf-based activations, both cores above). Array-valued
 parameters go through the real ufunc, which broadcasts them.
 
 Dtypes: float32 and float64 compute natively; float16 computes in and returns float32 (Numba has no

@@ -19,6 +19,7 @@ import numpy as np
 from . import _runtime
 from . import duck as _duck
 from . import _math as fm
+from ._util import _FLOATS
 from ._util import check_out as _check_out
 from ._util import compute_dtype as _compute_dtype
 from ._util import row_max as _row_max
@@ -94,7 +95,19 @@ def _unrows(res, a, axis, out):
     return out
 
 
+def _last_axis_fast(a, axis):
+    """True for the common case: a C-contiguous float32/float64 ndarray of at least one dimension,
+    reduced along its last axis (no moving of axes, no copies: ~8 us of NumPy calls saved per call)."""
+    return (type(a) is np.ndarray and a.ndim and (axis == -1 or axis == a.ndim - 1) and a.size
+            and a.dtype in _FLOATS and a.flags.c_contiguous)
+
+
 def _softmax_impl(x, axis, out, log):
+    if out is None and _last_axis_fast(x, axis):
+        res = np.empty_like(x)
+        L = x.shape[-1]
+        _softmax_rows(x.reshape(-1, L), res.reshape(-1, L), log)
+        return res
     if type(x) is not np.ndarray and _duck.is_duck(x):
         return _duck.softmax(x, axis, out, log)  # Dask: lazy, the axis in one chunk
     x = np.asarray(x)
@@ -110,6 +123,12 @@ def _softmax_impl(x, axis, out, log):
 
 
 def _softmax_backward_impl(dy, y, axis, out, log):
+    if (out is None and _last_axis_fast(y, axis) and type(dy) is np.ndarray and dy.dtype is y.dtype
+            and dy.shape == y.shape and dy.flags.c_contiguous):
+        res = np.empty_like(y)
+        L = y.shape[-1]
+        _softmax_backward_rows(dy.reshape(-1, L), y.reshape(-1, L), res.reshape(-1, L), log)
+        return res
     if (type(y) is not np.ndarray or type(dy) is not np.ndarray) and _duck.any_duck((dy, y)):
         return _duck.softmax_backward(dy, y, axis, out, log)
     dy = np.asarray(dy)

@@ -625,9 +625,10 @@ def test_conv2d_gemm_into_output_equals_gemm_buffer(monkeypatch, dtype, images_p
 
 @pytest.mark.skipif(not fa.system.info()["conv GEMM"].startswith("nopython"), reason="no nopython BLAS")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("geometry", [(1, 1, 9, 8), ((1, 2), (2, 1), 9, 11)], ids=["same-width", "strided"])
+@pytest.mark.parametrize("geometry", [(1, 1, 9, 8), ((1, 2), (2, 1), 9, 11), ((2, 1), (0, 1), 12, 7)],
+                         ids=["same-width", "strided", "vertical-stride"])
 @pytest.mark.parametrize("act,params", [(None, None), ("relu", None), ("relu", {"negative_slope": 0.1}),
-                                        ("threshold", {"threshold": 0.2, "value": -1.0}), ("gelu", None)])
+                                        ("threshold", {"threshold": 0.25, "value": -1.0}), ("gelu", None)])
 def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, params):
     # the fused backward splits one-image chunks into bands of output rows (config.CONV_BAND_BYTES);
     # every band count, uneven last bands included, gives the NumPy path's gradients (up to the order
@@ -639,12 +640,12 @@ def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, para
                      return_preactivation=True)
     dy = rand(rng, y.shape, dtype)
     if act is not None:
-        dy[0, 0, 0, :2] = 0.0
-        z[0, 0, 0, :2] = (0.0, 0.2)  # the kinks of relu and threshold: the step kernel's subgradient
+        dy[0, 0, 0, :2] = 1.0
+        z[0, 0, 0, :2] = (0.0, 0.25)  # the kinks of relu and threshold (exact in float32 too)
 
-    def grads():
+    def grads(need_dx=True):
         return fa.conv2d_backward(dy, x, w, stride, padding, preactivation=z, activation=act,
-                                  activation_params=params)
+                                  activation_params=params, need_dx=need_dx)
 
     dz = dy if act is None else dy * act_dref(act, params or {}, z)
     ref = ref_conv2d_backward(dz, x, w, stride, padding)
@@ -659,6 +660,10 @@ def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, para
         for name, got, a, r in zip(("dx", "dweight", "dbias"), grads(), numpy_path, ref):
             assert_ref(got, a.astype(np.float64), dtype, f"{name}, {nbands} bands, NumPy path")
             assert_ref(got, r, dtype, f"{name}, {nbands} bands")
+        dx, dw, db = grads(need_dx=False)
+        assert dx is None
+        assert_ref(dw, ref[1], dtype, f"dweight without dx, {nbands} bands")
+        assert_ref(db, ref[2], dtype, f"dbias without dx, {nbands} bands")
 
 
 # ---------------------------------------------------------------------------------- max_pool2d
