@@ -13,10 +13,11 @@ own SIMD loops. So there are two sets of functions:
   to float32 (see ``FAST`` and ``fastact._table.fast_variant``), so results are within about one
   float32 ulp of the correctly rounded value (GELU, through erfc's 1.2e-7: two; a derivative near one
   of its zeros, e.g. GELU's at x = -0.75, loses more by cancellation, as any float32 evaluation would).
-* ``fexpf``: exp in float32 arithmetic (16 AVX-512 lanes, 8 with AVX2; within about one ulp), for
-  the entries whose float32 kernels are written in float32 itself (``Activation.float32``: sigmoid,
-  SiLU's forward), where the float64 evaluation left fastact slower than PyTorch: 1.6x faster than
-  ``fexp`` per element here, for 1.3-2.1 ulps instead of 1 in the activations.
+* ``fexpf`` / ``fexpf_parts``: exp in float32 arithmetic (16 AVX-512 lanes, 8 with AVX2; within
+  about one ulp), for the entries whose float32 kernels are written in float32 itself
+  (``Activation.float32``: sigmoid, SiLU's forward, tanh's derivative) and for softmax, where the
+  float64 evaluation left fastact slower than PyTorch: 1.6x faster than ``fexp`` per element here,
+  for up to 2.3-3.2 ulps instead of 1 in those activations.
 
 What makes the fast set vectorisable on this machine (AVX2 + FMA, no AVX-512DQ): no branches (both
 sides are computed and selected), no float64 <-> int64 conversions (rounding by adding 1.5 * 2**52 and
