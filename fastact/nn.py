@@ -408,12 +408,16 @@ class MaxPool2d(_Pool2d):
             return max_pool2d(x, self.kernel_size, self.stride, self.padding)
         # the winners' positions, so that backward scatters dy without searching the windows again
         y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
-        self._saved = (x, indices)  # x for its shape and dtype only
+        # x's shape and dtype, not x: the input would otherwise stay alive until the backward only
+        # for them (the next layer keeps y, and the indices are a quarter of y's bytes or less)
+        self._saved = (np.shape(x), np.result_type(x), indices)
         return y
 
     def backward(self, dy, need_dx=True):
-        x, indices = _need_saved(self)
-        return max_pool2d_backward(dy, x, self.kernel_size, self.stride, self.padding, indices=indices)
+        shape, dtype, indices = _need_saved(self)
+        dy = np.asarray(dy)
+        dy = dy.astype(np.result_type(dy.dtype, dtype), copy=False)  # dx's dtype as from x itself
+        return max_pool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding, indices=indices)
 
 
 class AvgPool2d(_Pool2d):

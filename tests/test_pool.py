@@ -173,10 +173,14 @@ def test_module_keeps_indices_and_sequential_trains():
     x = rng.standard_normal((4, 3, 9, 8)).astype(np.float32)
     m = fa.nn.MaxPool2d(3, 2, 1)
     y = m(x)
-    xs, idx = m._saved
-    assert xs is x and idx.dtype == np.uint8 and idx.shape == y.shape
+    shape, dtype, idx = m._saved  # not x itself: it would stay alive until the backward
+    assert shape == x.shape and dtype == x.dtype and idx.dtype == np.uint8 and idx.shape == y.shape
     dy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_array_equal(m.backward(dy), fa.max_pool2d_backward(dy, x, 3, 2, 1))
+    m(x.astype(np.float64))  # dx takes the dtype of dy and x together, as without indices
+    dx = m.backward(dy)
+    assert dx.dtype == np.float64
+    np.testing.assert_array_equal(dx, fa.max_pool2d_backward(dy, x.astype(np.float64), 3, 2, 1))
     m.eval()
     m._saved = None
     np.testing.assert_array_equal(m(x), y)
