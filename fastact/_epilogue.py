@@ -12,7 +12,10 @@ Shapes (one key for the file): K = output channels / features, M = columns of a 
 * ``linear_epilogue(act)(g, b, y, z, *p)``: ``g``, ``y``, ``z`` are (N, K); bias along the last axis.
 * ``act_backward_bias(act)(dy, z, dz, db_part, *p)``: (A, K, L) arrays; ``dz = dy * act'(z)`` and the
   per-(A, K) partial sums of dz for the bias gradient, row by row while the row is in L1 (a vectorised
-  pass writing dz, then a float64 sum of that row).
+  pass writing dz, then a float64 sum of that row): the NumPy-path convolution's.
+* ``linear_backward(act)(dy, z, dz, db, *p)``: (N, K) arrays; ``dz = dy * act'(z)`` and the float64
+  bias gradient ``db`` (K,) summed down the columns in the same pass (a linear layer's rows are short:
+  the (A, K, L) kernel with L = 1 cost 15 ns per element).
 
 ``act`` is a name from the activation table or None (identity).
 """
@@ -117,11 +120,37 @@ def _src(kind, fname, p):
                 f"    N, K = g.shape\n"
                 f"    keep = z.size != 0\n"
                 f"    for i in prange(N):\n"
-                f"        for k in range(K):\n"
-                f"            v = g[i, k] + b[k]\n"
-                f"            y[i, k] = {fv}\n"
-                f"            if keep:\n"
-                f"                z[i, k] = v\n")
+                f"        gr = g[i]\n"
+                f"        yr = y[i]\n"
+                f"        if keep:\n"
+                f"            zr = z[i]\n"
+                f"            for k in range(K):\n"
+                f"                v = gr[k] + b[k]\n"
+                f"                zr[k] = v\n"
+                f"                yr[k] = {fv}\n"
+                f"        else:\n"
+                f"            for k in range(K):\n"
+                f"                v = gr[k] + b[k]\n"
+                f"                yr[k] = {fv}\n")
+    if kind == "linear_backward":
+        # (N, K): dz row by row, the bias sums per column in float64 (each column's own accumulator,
+        # so the loop over k vectorises); parallel over blocks of columns, each summed in row order
+        return (f"def {fname}(dy, z, dz, db{a}):\n"
+                f"    N, K = z.shape\n"
+                f"    nb = (K + 255) // 256\n"
+                f"    for blk in prange(nb):\n"
+                f"        k0 = blk * 256\n"
+                f"        k1 = min(K, k0 + 256)\n"
+                f"        for k in range(k0, k1):\n"
+                f"            db[k] = 0.0\n"
+                f"        for i in range(N):\n"
+                f"            dyr = dy[i]\n"
+                f"            zr = z[i]\n"
+                f"            dzr = dz[i]\n"
+                f"            for k in range(k0, k1):\n"
+                f"                d = {_codegen.element(True, p, i='[k]', x='zr', dy='dyr')}\n"
+                f"                dzr[k] = d\n"
+                f"                db[k] += d\n")
     # backward prologue
     return (f"def {fname}(dy, z, dz, db_part{a}):\n"
             f"    A, K, L = z.shape\n"
@@ -137,8 +166,8 @@ def _src(kind, fname, p):
 
 
 def get(kind, activation):
-    """Compiled kernel ``kind`` ('conv', 'conv_inplace', 'linear' or 'backward') for ``activation``
-    (name or None)."""
+    """Compiled kernel ``kind`` ('conv', 'conv_inplace', 'linear', 'backward' or 'linear_backward')
+    for ``activation`` (name or None)."""
     act = None if activation is None else _get_activation(activation)
     key = (kind, None if act is None else act.name)
     fn = _built.get(key)
@@ -146,7 +175,7 @@ def get(kind, activation):
         with _lock:
             fn = _built.get(key)
             if fn is None:
-                p = _codegen.param_names(act, kind == "backward")
+                p = _codegen.param_names(act, kind in ("backward", "linear_backward"))
                 name = "identity" if act is None else act.name
                 fname = f"{kind}_epilogue_{name}"
                 glb = {"F": _identity_j if act is None else _codegen.scalar(act),

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _blas, _epilogue
 from ._util import compute_dtype as _compute_dtype
-from .conv import _activation_backward, _check_preactivation
+from .conv import _check_preactivation
 
 __all__ = ["linear", "linear_backward"]
 
@@ -149,10 +149,15 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         dz = dy2
         db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
     else:
-        z = _check_preactivation("linear_backward", preactivation, dy.shape, activation)
-        # (rows, O, 1): the kernel's (A, K, L) layout
-        dz, db = _activation_backward(dy2.reshape(-1, O, 1), z.reshape(-1, O, 1), dt, activation,
-                                      activation_params)
-        dz = dz.reshape(-1, O)
+        z = np.ascontiguousarray(_check_preactivation("linear_backward", preactivation, dy.shape, activation)
+                                 .reshape(-1, O), dtype=dt)
+        pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
+        dz = np.empty_like(dy2)
+        db64 = np.empty(O, dtype=np.float64)
+        if dz.size:
+            _epilogue.get("linear_backward", activation)(dy2, z, dz, db64, *pv)
+        else:
+            db64[:] = 0.0
+        db = db64.astype(dt)
     dx = _blas.matmul(dz, w).reshape(x.shape) if need_dx else None
     return dx, _blas.matmul(dz.T, x2), db
