@@ -68,10 +68,10 @@ CONV_NOPYTHON_GEMM = True
 #: pixels): one image from 16x16 up (its GEMM straight into the NCHW output), 4 images at 8x8.
 CONV_CHUNK_MIN_COLUMNS = 256
 
-#: The backward of one large image goes by the fewest bands of output rows whose column buffer and dcol
-#: (written by one GEMM, read back by col2im) fit together in this many bytes, so that they stay in a
-#: 1 MiB L2 (at 32x32 with 16 channels the whole image's are 2 x 590 KB: two bands, 1.3x faster).
-CONV_BAND_BYTES = 768 << 10
+#: One large image goes through the fused convolution by bands of output rows whose column buffer
+#: holds at most K times this many bytes (K output channels), forward and backward: the single-thread
+#: GEMM slows down once its column panel outgrows a budget that grows with K (see conv._band_rows).
+CONV_BAND_BYTES_PER_CHANNEL = 10 << 10
 
 #: Chunks are dealt to this many slots per Numba thread (each slot allocates its buffers once and owns
 #: one dweight partial in the backward): more than one per thread so that a core slowed by another

@@ -213,32 +213,38 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
 # slot allocates its buffers once, and in the backward owns one dweight and one dbias partial, so the
 # reduction order (and the result) does not depend on the scheduling. The backward computes the
 # chunk's dz = dy * act'(z) itself (K x m*PQ, 64 KiB for a 32x32 image of 16 channels: the whole
-# (N, K, P, Q) dz is never allocated), then goes through a one-image chunk by bands of output rows
-# (config.CONV_BAND_BYTES) so that the band's column buffer and dcol stay in L2 together.
+# (N, K, P, Q) dz is never allocated). Forward and backward go through a one-image chunk by bands of
+# output rows (config.CONV_BAND_BYTES_PER_CHANNEL, see _band_rows), which keeps the GEMM's column
+# panel small enough for OpenBLAS's single-thread SGEMM to run at its best rate, and the band's
+# column buffer and dcol in L2.
 
 _FWD_SRC = """\
-def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, nslots{a}):
+def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, nslots{a}):
     N = x.shape[0]
     K, CRS = w2.shape
     PQ = P * Q
     L = m * PQ
+    LB = m * min(B, P) * Q
     nchunks = (N + m - 1) // m
     keep = z.size != 0
     isz = x.itemsize
     for sl in prange(nslots):
-        col = np.empty((CRS, L), dtype=x.dtype)
+        col = np.empty((CRS, LB), dtype=x.dtype)
         g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
         iw = np.empty(8, dtype=np.int32)
         fw = np.empty(2, dtype=x.dtype)
         for ch in range(sl, nchunks, nslots):
             n0 = ch * m
             mm = min(m, N - n0)
-            for row in range(CRS):
-                _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, 0, P)
             if m == 1:
-                # straight into the NCHW output block y[n0] (K, PQ), then the epilogue in place
-                gemm(False, False, K, PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
-                     y.ctypes.data + n0 * K * PQ * isz, PQ, iw, fw)
+                # by bands of B output rows (B = P: the whole image), each GEMM straight into its
+                # columns of the NCHW output block y[n0] (K, PQ), then the epilogue in place
+                for lo in range(0, P, B):
+                    hi = min(P, lo + B)
+                    for row in range(CRS):
+                        _im2col_row(x, n0, 1, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
+                    gemm(False, False, K, (hi - lo) * Q, CRS, w2.ctypes.data, CRS, col.ctypes.data, LB,
+                         0.0, y.ctypes.data + (n0 * K * PQ + lo * Q) * isz, PQ, iw, fw)
                 for k in range(K):
                     bk = b[k]
                     yr = y[n0, k]
@@ -254,6 +260,8 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, nslots{a}):
                             yr[j] = {fv}
             else:
                 # small images: one GEMM for the chunk (K, mm*PQ), the epilogue writes each image
+                for row in range(CRS):
+                    _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, 0, P)
                 gemm(False, False, K, mm * PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
                      g.ctypes.data, L, iw, fw)
                 for i in range(mm):
@@ -390,13 +398,17 @@ def _use_fused(N, C, K, CRS, PQ, m):
             and _gemm.fits(N * PQ, C * PQ, K * PQ, CRS * m * PQ, K * m * PQ))
 
 
-def _band_rows(m, CRS, P, Q, itemsize):
-    """Output rows per band of a one-image chunk in the backward: the fewest equal bands whose column
-    buffer and dcol (CRS x band pixels each) fit together in ``config.CONV_BAND_BYTES``; P (one band)
-    for multi-image chunks."""
+def _band_rows(m, K, CRS, P, Q, itemsize):
+    """Output rows per band of a one-image chunk: the fewest equal bands whose column buffer (CRS x
+    band pixels) stays within ``K * config.CONV_BAND_BYTES_PER_CHANNEL``; P (one band) for multi-image
+    chunks. OpenBLAS's single-thread SGEMM of K x CRS by CRS x columns slows down once that panel
+    outgrows a budget that grows with K (measured 2026-11-25, GFLOP/s at 128 / 256 / 512 / 1024
+    columns: K = 16, CRS = 144: 95 / 104 / 64 / 51; K = 32, CRS = 288: 87 / 83 / 84 / 64; K = 64,
+    CRS = 576: 94 / 93 / 91 / 76)."""
     if m > 1:
         return P
-    nbands = min(P, -(-2 * CRS * P * Q * itemsize // config.CONV_BAND_BYTES))
+    budget = K * config.CONV_BAND_BYTES_PER_CHANNEL
+    nbands = min(P, -(-CRS * P * Q * itemsize // budget))
     return -(-P // max(1, nbands))
 
 
@@ -623,8 +635,8 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
     m, nslots = _chunking(N, PQ)
     if _use_fused(N, C, K, CRS, PQ, m):
         kern = _fused_forward_kernel(activation)
-        _run(kern, 2 * N * K * CRS * PQ, x, w2, b, y.reshape(N, K, PQ),
-             z.reshape(N, K, PQ) if keep_z else no_z, R, S, sh, sw, ph, pw, P, Q, m, nslots, *pv)
+        _run(kern, 2 * N * K * CRS * PQ, x, w2, b, y.reshape(N, K, PQ), z.reshape(N, K, PQ) if keep_z else no_z,
+             R, S, sh, sw, ph, pw, P, Q, m, _band_rows(m, K, CRS, P, Q, dt.itemsize), nslots, *pv)
         return y, z
     nb = _tile(N, CRS, PQ, dt.itemsize)
     into_y = PQ >= config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
@@ -782,7 +794,7 @@ def _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, params):
     dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else np.empty((0, 0, 0, 0), dtype=dt)
     dws = np.empty((nslots, K, CRS), dtype=dt)
     dbs = np.empty((nslots, K), dtype=np.float64)
-    B = _band_rows(m, CRS, P, Q, dt.itemsize)
+    B = _band_rows(m, K, CRS, P, Q, dt.itemsize)
     _run(kern, (4 if need_dx else 2) * N * K * CRS * PQ, x, weight.reshape(K, CRS), dy.reshape(N, K, PQ),
          z.reshape(N, K, PQ), dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, need_dx, *params)
     dw = dws[0] if nslots == 1 else dws.sum(axis=0)

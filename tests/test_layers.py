@@ -629,10 +629,11 @@ def test_conv2d_gemm_into_output_equals_gemm_buffer(monkeypatch, dtype, images_p
                          ids=["same-width", "strided", "vertical-stride"])
 @pytest.mark.parametrize("act,params", [(None, None), ("relu", None), ("relu", {"negative_slope": 0.1}),
                                         ("threshold", {"threshold": 0.25, "value": -1.0}), ("gelu", None)])
-def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, params):
-    # the fused backward splits one-image chunks into bands of output rows (config.CONV_BAND_BYTES);
-    # every band count, uneven last bands included, gives the NumPy path's gradients (up to the order
-    # of the float32 sums) and the float64 reference's
+def test_conv2d_fused_row_bands(monkeypatch, dtype, geometry, act, params):
+    # the fused kernels split one-image chunks into bands of output rows
+    # (config.CONV_BAND_BYTES_PER_CHANNEL); every band count, uneven last bands included, gives the
+    # NumPy path's gradients (up to the order of the float32 sums) and the float64 reference's, and the
+    # forward the unbanded output
     stride, padding, H, W = geometry
     rng = np.random.default_rng(19)
     x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=H, W=W, K=4, kernel=3)
@@ -654,9 +655,15 @@ def test_conv2d_fused_backward_row_bands(monkeypatch, dtype, geometry, act, para
     monkeypatch.setattr(fa.config, "CONV_NOPYTHON_GEMM", True)
     monkeypatch.setattr(fa.config, "CONV_CHUNK_MIN_COLUMNS", 1)  # one image per chunk
     P = y.shape[2]
-    image = 2 * 27 * P * y.shape[3] * np.dtype(dtype).itemsize  # col and dcol of one image
+    image = 27 * P * y.shape[3] * np.dtype(dtype).itemsize  # the column buffer of one image
     for nbands in (1, 2, 3, P):
-        monkeypatch.setattr(fa.config, "CONV_BAND_BYTES", -(-image // nbands))
+        # K = 4 output channels: the budget per channel that gives this many bands
+        monkeypatch.setattr(fa.config, "CONV_BAND_BYTES_PER_CHANNEL", -(-image // (4 * nbands)))
+        if nbands > 1:
+            y2, z2 = fa.conv2d(x, w, b, stride, padding, activation=act, activation_params=params,
+                               return_preactivation=True)  # the forward goes by the same bands
+            assert_ref(y2, y.astype(np.float64), dtype, f"forward y, {nbands} bands")
+            assert_ref(z2, ref_conv2d(x, w, b, stride, padding), dtype, f"forward z, {nbands} bands")
         for name, got, a, r in zip(("dx", "dweight", "dbias"), grads(), numpy_path, ref):
             assert_ref(got, a.astype(np.float64), dtype, f"{name}, {nbands} bands, NumPy path")
             assert_ref(got, r, dtype, f"{name}, {nbands} bands")
