@@ -73,6 +73,12 @@ CONV_CHUNK_MIN_COLUMNS = 256
 #: GEMM slows down once its column panel outgrows a budget that grows with K (see conv._band_rows).
 CONV_BAND_BYTES_PER_CHANNEL = 10 << 10
 
+#: Convolutions whose output rows have at most this many pixels build their column buffer through
+#: precomputed gather maps (one loop per buffer row) instead of copying image rows: for 4x4 images
+#: 55 against 120 us per chunk of 16 images of 32 channels; for 8x8 the row copies were faster (22 vs
+#: 28 us for 4 images of 16 channels).
+CONV_GATHER_MAX_Q = 4
+
 #: Chunks are dealt to this many slots per Numba thread (each slot allocates its buffers once and owns
 #: one dweight partial in the backward): more than one per thread so that a core slowed by another
 #: process leaves its remaining chunks to the other.

@@ -673,6 +673,28 @@ def test_conv2d_fused_row_bands(monkeypatch, dtype, geometry, act, params):
         assert_ref(db, ref[2], dtype, f"dbias without dx, {nbands} bands")
 
 
+@pytest.mark.skipif(not fa.system.info()["conv GEMM"].startswith("nopython"), reason="no nopython BLAS")
+@pytest.mark.parametrize("kernel,stride,padding", GRID, ids=GRID_IDS)
+def test_conv2d_gather_maps_equal_row_copies(monkeypatch, kernel, stride, padding):
+    # the two ways of building the column buffer of multi-image chunks (config.CONV_GATHER_MAX_Q):
+    # the same buffer, so bit for bit the same forward and backward
+    rng = np.random.default_rng(20)
+    x, w, b = _conv_inputs(rng, np.float32, N=5, C=3, H=7, W=6, K=4, kernel=kernel)
+    try:
+        shape = conv_output_shape(x.shape, w.shape, stride, padding)
+    except ValueError:
+        pytest.skip("the kernel does not fit")
+    dy = rand(rng, shape, np.float32)
+    out = {}
+    for gmax in (0, 10 ** 6):
+        monkeypatch.setattr(fa.config, "CONV_GATHER_MAX_Q", gmax)
+        y, z = fa.conv2d(x, w, b, stride, padding, activation="relu", return_preactivation=True)
+        out[gmax] = (y, z, *fa.conv2d_backward(dy, x, w, stride, padding, preactivation=z, activation="relu"))
+    for a, c in zip(out[0], out[10 ** 6]):
+        np.testing.assert_array_equal(a, c)
+    assert_ref(out[0][1], ref_conv2d(x, w, b, stride, padding), np.float32)
+
+
 # ---------------------------------------------------------------------------------- max_pool2d
 
 POOL_GRID = GRID + [(2, None, 0), (2, None, 1), ((3, 2), (1, 2), (1, 0))]
