@@ -30,7 +30,6 @@ import ctypes
 import sys
 import threading
 
-import numpy as np
 from numba import types
 
 from . import _runtime

@@ -394,9 +394,8 @@ def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, gather
                     for j in range(PQ):
                         dzr[j] = {dv}
                     dbs[sl, k] += _row_sum(dzr)
-            # one image of many pixels goes by bands of B output rows (B = P otherwise), so that its
-            # column and dcol buffers stay in L2 together
-            # (rows lo .. hi-1: the activation's parameters are named p0, p1, ... in generated code)
+            # a large image goes by bands of B output rows (see _band_rows; B = P otherwise): rows
+            # lo .. hi-1 (not p0, p1: the activation's parameters have those names in generated code)
             for lo in range(0, P, B):
                 hi = min(P, lo + B)
                 cols = mm * (hi - lo) * Q
@@ -416,6 +415,7 @@ def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, gather
                     for c in range(C):
                         _col2im_channel(dcol, n0, mm, R, S, sh, sw, ph, pw, P, Q, dx, c, lo, hi)
 """
+
 
 def _fused_backward_kernel(activation, step):
     """The fused backward kernel for ``activation`` (a name or None; ``step``: its derivative is the

@@ -4,7 +4,6 @@ The PyTorch classes below are the reference networks as published (*Deep Learnin
 chapter 8), except that NetResDeep's blocks are independent modules (see fastact.models.NetResDeep).
 """
 
-import os
 import pickle
 
 import numpy as np
