@@ -264,14 +264,14 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a})
     nchunks = (N + m - 1) // m
     keep = z.size != 0
     isz = x.itemsize
+    maps = np.empty((R * S if gather else 0, L), dtype=np.int64)  # once per call, read by every slot
+    if gather:
+        _gather_maps(m, x.shape[1], x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
     for sl in prange(nslots):
         col = np.empty((CRS, LB), dtype=x.dtype)
         g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
         iw = np.empty(8, dtype=np.int32)
         fw = np.empty(2, dtype=x.dtype)
-        maps = np.empty((R * S if gather else 0, L), dtype=np.int64)
-        if gather:
-            _gather_maps(m, x.shape[1], x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
         for ch in range(sl, nchunks, nslots):
             n0 = ch * m
             mm = min(m, N - n0)
@@ -368,17 +368,17 @@ def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, gather
     nslots = dws.shape[0]
     nchunks = (N + m - 1) // m
     isz = x.itemsize
+    LB = m * min(B, P) * Q
+    maps = np.empty((R * S if gather else 0, L), dtype=np.int64)  # once per call, read by every slot
+    if gather:
+        _gather_maps(m, C, x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
     for sl in prange(nslots):
-        LB = m * min(B, P) * Q
         col = np.empty((CRS, LB), dtype=x.dtype)
         dcol = np.empty((CRS if need_dx else 0, LB), dtype=x.dtype)
         dzt = np.empty((K, L), dtype=x.dtype)
         iw = np.empty(8, dtype=np.int32)
         fw = np.empty(2, dtype=x.dtype)
         dw_ptr = dws.ctypes.data + sl * K * CRS * isz
-        maps = np.empty((R * S if gather else 0, L), dtype=np.int64)
-        if gather:
-            _gather_maps(m, C, x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
         beta = 0.0
         for k in range(K):
             dbs[sl, k] = 0.0
