@@ -163,15 +163,31 @@ def scan(act, kwargs, dtype, forward, backward, n_uniform=200):
     for kind in ("forward", "backward"):
         exact = evaluate(act.name, x, params, backward=kind == "backward")
         got = backward(np.ones_like(xd), xd, **kwargs) if kind == "backward" else forward(xd, **kwargs)
-        err = ulp_error(got, exact, dtype)
-        if kind == "backward" and act.derivative_zeros:
-            near = np.zeros(x.shape, dtype=bool)
-            for z in act.derivative_zeros:
-                near |= np.abs(x - z) < NEAR_ZERO_WIDTH
-            floor = np.maximum(np.abs(exact), NEAR_ZERO_SCALE)
-            err_abs = ulp_error(got, exact, dtype) * np.abs(np.spacing(exact.astype(dtype))) \
-                / np.abs(np.spacing(floor.astype(dtype)))
-            err = np.where(near & np.isfinite(err_abs), err_abs, err)
+        err = errors(act, x, got, exact, dtype, kind == "backward")
         i = int(np.argmax(err))
         out[kind] = (float(err[i]), float(x[i]))
     return out
+
+
+def errors(act, x, got, exact, dtype, backward):
+    """:func:`ulp_error` of ``got`` at inputs ``x`` against ``exact``, with :func:`scan`'s rule next to
+    an interior zero of the derivative (``backward``): there in ulps of max(|f'|, 1/2)."""
+    err = ulp_error(got, exact, dtype)
+    if backward and act.derivative_zeros:
+        near = np.zeros(np.shape(x), dtype=bool)
+        for z in act.derivative_zeros:
+            near |= np.abs(np.asarray(x, np.float64) - z) < NEAR_ZERO_WIDTH
+        floor = np.maximum(np.abs(exact), NEAR_ZERO_SCALE)
+        err_abs = err * np.abs(np.spacing(np.asarray(exact).astype(dtype))) \
+            / np.abs(np.spacing(floor.astype(dtype)))
+        err = np.where(near & np.isfinite(err_abs), err_abs, err)
+    return err
+
+
+def dense_float32_sample(n=1 << 17, seed=0):
+    """Random float32 inputs: uniform over [-110, 110] (every exponent range of exp's float32 inputs,
+    the subnormal results between -104 and -87 included) and log-uniform magnitudes 1e-30 .. 1e38."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(-110, 110, n // 2)
+    g = np.exp(rng.uniform(np.log(1e-30), np.log(1e38), n - n // 2)) * rng.choice([-1.0, 1.0], n - n // 2)
+    return np.concatenate([u, g]).astype(np.float32)

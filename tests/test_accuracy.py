@@ -35,15 +35,6 @@ def test_ulp_error_against_mpmath_within_the_table_bound(name, kwargs, dtype):
         assert ulps <= limit, f"{name}{kwargs} {kind} {dtype}: {ulps:.3g} ulps at x = {x!r} (bound {limit})"
 
 
-def _dense_float32_sample(n=1 << 17, seed=0):
-    """Random float32 inputs: uniform over [-110, 110] (every exponent range of exp's float32 inputs,
-    the subnormal results between -104 and -87 included) and log-uniform magnitudes 1e-30 .. 1e38."""
-    rng = np.random.default_rng(seed)
-    u = rng.uniform(-110, 110, n // 2)
-    g = np.exp(rng.uniform(np.log(1e-30), np.log(1e38), n - n // 2)) * rng.choice([-1.0, 1.0], n - n // 2)
-    return np.concatenate([u, g]).astype(np.float32)
-
-
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_float32_dense_sample_within_the_table_bound(name, kwargs):
     # The mpmath grid is dense at kinks, tails and subnormals but has ~200 points elsewhere; the float32
@@ -53,20 +44,14 @@ def test_float32_dense_sample_within_the_table_bound(name, kwargs):
     act = ACTIVATIONS[name]
     f, fb = public(name)
     bound = act.ulp_bounds(*floats_of(act, kwargs))["float32"]
-    x = _dense_float32_sample()
+    x = mpref.dense_float32_sample()
     x64 = x.astype(np.float64)
     for kind, limit in zip(("forward", "backward"), bound):
         if kind == "forward":
             got, exact = f(x, **kwargs), f(x64, **kwargs)
         else:
             got, exact = fb(np.ones_like(x), x, **kwargs), fb(np.ones_like(x64), x64, **kwargs)
-        err = mpref.ulp_error(got, exact, np.float32)
-        if kind == "backward":
-            near = np.zeros(x.shape, dtype=bool)
-            for z in act.derivative_zeros:
-                near |= np.abs(x64 - z) < mpref.NEAR_ZERO_WIDTH
-            floor = np.maximum(np.abs(exact), mpref.NEAR_ZERO_SCALE).astype(np.float32)
-            err = np.where(near, err * np.abs(np.spacing(exact.astype(np.float32))) / np.spacing(floor), err)
+        err = mpref.errors(act, x, got, exact, np.float32, kind == "backward")
         i = int(np.argmax(err))
         assert err[i] <= limit, (f"{name}{kwargs} {kind} float32: {err[i]:.3g} ulps at x = {x[i]!r} "
                                  f"(bound {limit})")
