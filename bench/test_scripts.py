@@ -39,3 +39,8 @@ def test_pool_fastact_alone():
 def test_mpi_throughput_one_process():
     out = _run(BENCH / "mpi_throughput.py", "--steps", "1", "--warmup", "0")
     assert "| digits VGG | 1 |" in out and "| net_res_deep(32, 10) | 1 |" in out
+
+
+def test_float32_paths():
+    out = _run(BENCH / "float32_paths.py", "--n", "1000", "--points", "4096", "--repeat", "1")
+    assert "| sigmoid |" in out and "| tanh' |" in out

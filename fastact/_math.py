@@ -16,8 +16,9 @@ own SIMD loops. So there are two sets of functions:
 * ``fexpf`` / ``fexpf_parts``: exp in float32 arithmetic (16 AVX-512 lanes, 8 with AVX2; within
   about one ulp), for the entries whose float32 kernels are written in float32 itself
   (``Activation.float32``: sigmoid, SiLU's forward, tanh's derivative) and for softmax, where the
-  float64 evaluation left fastact slower than PyTorch: 1.6x faster than ``fexp`` per element here,
-  for up to 2.3-3.2 ulps instead of 1 in those activations.
+  float64 evaluation left fastact slower than PyTorch: those activations run 1.5-1.8x faster per
+  element than evaluated in float64 with ``fexp``, for up to 2.2-3.2 ulps instead of 0.6
+  (``bench/float32_paths.py``).
 
 What makes the fast set vectorisable on this machine (AVX2 + FMA, no AVX-512DQ): no branches (both
 sides are computed and selected), no float64 <-> int64 conversions (rounding by adding 1.5 * 2**52 and

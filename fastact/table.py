@@ -17,9 +17,9 @@ it, and so can a user's own code be.
 """
 
 from . import _codegen
-from ._table import ACTIVATIONS, BY_NAME, NAMES, Activation, Param, get
+from ._table import ACTIVATIONS, BY_NAME, NAMES, Activation, Param, fast_variant, get
 
-__all__ = ["ACTIVATIONS", "BY_NAME", "NAMES", "Activation", "Param", "get", "loop"]
+__all__ = ["ACTIVATIONS", "BY_NAME", "NAMES", "Activation", "Param", "fast_variant", "get", "loop"]
 
 
 def loop(name, backward=False, parallel=False):
