@@ -1,11 +1,13 @@
 """Where should elementwise kernels switch from the serial to the parallel loop?
 
-Times the compiled serial and parallel (both cores) loops of a memory-bound kernel (ReLU) and a
-transcendental one (GELU) over contiguous float32 arrays of 2^10 .. 2^22 elements with
+Times the compiled serial and parallel (both cores) loops of a memory-bound kernel (ReLU), a
+transcendental one (GELU) and the backwards of four non-transcendental activations (ReLU, leaky ReLU,
+ReLU6, hardswish) over contiguous float32 arrays of 2^10 .. 2^22 elements with
 :func:`fastact.benchmark.serial_parallel_times` (no Python driver, the defaults of every parameter), and
 prints the parallel/serial time ratio per size, each kernel's crossover, and for each kind of kernel the
 threshold that minimises the worst slowdown against the better loop over all sizes: the values for
-``fastact.config.PARALLEL_MIN_SIZE`` (memory-bound) and ``PARALLEL_MIN_SIZE_TRANSCENDENTAL``.
+``fastact.config.PARALLEL_MIN_SIZE`` (memory-bound), ``PARALLEL_MIN_SIZE_BACKWARD`` and
+``PARALLEL_MIN_SIZE_TRANSCENDENTAL``.
 
     PYTHONPATH=. python bench/threshold.py [--repeat 15]
 
@@ -17,14 +19,18 @@ import argparse
 
 from fastact import benchmark
 
-KERNELS = ("relu", "gelu")
+#: (label, activation, backward) and the config value each group of labels sets
+KERNELS = (("relu", "relu", False), ("gelu", "gelu", False), ("relu'", "relu", True),
+           ("leaky_relu'", "leaky_relu", True), ("relu6'", "relu6", True), ("hardswish'", "hardswish", True))
+GROUPS = (("PARALLEL_MIN_SIZE", ("relu",)), ("PARALLEL_MIN_SIZE_TRANSCENDENTAL", ("gelu",)),
+          ("PARALLEL_MIN_SIZE_BACKWARD", ("relu'", "leaky_relu'", "relu6'", "hardswish'")))
 EXPONENTS = range(10, 23)
 
 
 def measure(repeat=15):
-    """{name: [(n, serial seconds, parallel seconds), ...]}"""
-    return {name: benchmark.serial_parallel_times(name, [1 << e for e in EXPONENTS], repeat)
-            for name in KERNELS}
+    """{label: [(n, serial seconds, parallel seconds), ...]}"""
+    return {label: benchmark.serial_parallel_times(name, [1 << e for e in EXPONENTS], repeat, backward=bw)
+            for label, name, bw in KERNELS}
 
 
 def crossover(rows):
@@ -67,9 +73,9 @@ def main(argv=None):
     for k, rows in res.items():
         c = crossover(rows)
         print(f"{k}: parallel faster from {c if c else 'never (up to 2^22)'}")
-    # one threshold per kind of kernel: memory-bound (ReLU) and transcendental (GELU)
-    for var, k in (("PARALLEL_MIN_SIZE", "relu"), ("PARALLEL_MIN_SIZE_TRANSCENDENTAL", "gelu")):
-        t, worst = choose({k: res[k]})
+    # one threshold per kind of kernel: memory-bound (ReLU), transcendental (GELU), memory-bound backwards
+    for var, labels in GROUPS:
+        t, worst = choose({k: res[k] for k in labels})
         print(f"{var} = {t} (2^{t.bit_length() - 1}): worst case {worst:.2f}x the better loop")
     return 0
 

@@ -25,8 +25,8 @@ def compute_dtype(*dtypes):
 
 def pair(v, name):
     """``v`` as a pair of ints (``3`` -> ``(3, 3)``); TypeError/ValueError naming ``name`` otherwise."""
-    # the common cases first: every layer call parses three of these (the general checks below take
-    # ~2 us per call, as much as a small pooling kernel)
+    # the common cases first: every layer call parses three of these, and the general checks below
+    # made a pooling backward on 64x64x8x8 ~5 us slower (bench/results/2026-11-25/calls-session-ab.txt)
     if type(v) is int:
         return v, v
     if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
@@ -62,8 +62,8 @@ def check_out(out, shape):
 def row_max(row):
     """Maximum of a 1-D row, NaN if the row holds NaN (max(v, m) would drop it): the shift of every
     log-sum-exp here (softmax, log_softmax, cross-entropy, and fastact.cuda's cross-entropy)."""
-    # four independent running maxima (one is a chain of dependent compare-selects, ~1.3 ns per
-    # element); "v > m or v != v" takes a NaN, and nothing replaces it afterwards
+    # four independent running maxima (one is a chain of dependent compare-selects that cannot
+    # overlap); "v > m or v != v" takes a NaN, and nothing replaces it afterwards
     n = row.size
     m0 = m1 = m2 = m3 = row[0]
     n4 = n - n % 4

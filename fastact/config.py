@@ -20,9 +20,8 @@ import os
 PARALLEL_MIN_SIZE = 1 << 17
 
 #: The backwards of the non-transcendental activations (three arrays, dy * f'(x)) from this many
-#: elements. Measured 2026-11-25 with `benchmark.serial_parallel_times` (float32), serial time /
-#: parallel time at 2^14, 2^15, 2^16, 1e5: relu 0.66, 0.98, 1.33, 1.52; leaky_relu 0.57, 0.88, 1.25,
-#: 1.47; relu6 0.66, 0.98, 1.31, 1.51; hardswish 0.42, 0.59, 1.16, 1.36.
+#: elements: bench/threshold.py on 2026-11-25 (bench/results/2026-11-25/threshold.txt) found the
+#: parallel loop faster from 2^16 for the backwards of relu, leaky_relu, relu6 and hardswish alike.
 PARALLEL_MIN_SIZE_BACKWARD = 1 << 16
 
 #: Transcendental kernels (ELU ~1 ns/element, GELU ~3 ns/element on one core) earn the fork/join back
@@ -74,9 +73,10 @@ CONV_CHUNK_MIN_COLUMNS = 256
 CONV_BAND_BYTES_PER_CHANNEL = 10 << 10
 
 #: Convolutions whose output rows have at most this many pixels build their column buffer through
-#: precomputed gather maps (one loop per buffer row) instead of copying image rows: for 4x4 images
-#: 55 against 120 us per chunk of 16 images of 32 channels; for 8x8 the row copies were faster (22 vs
-#: 28 us for 4 images of 16 channels).
+#: precomputed gather maps (one loop per buffer row) instead of copying image rows: the 4x4 layers ran
+#: 1.33-1.46x faster forward and 1.15-1.2x backward, 16->16 at 8x8 the same either way
+#: (bench/results/2026-11-25/conv-gather-ab.txt); an earlier run of im2col alone on 8x8 images had the
+#: row copies ahead.
 CONV_GATHER_MAX_Q = 4
 
 #: Chunks are dealt to this many slots per Numba thread (each slot allocates its buffers once and owns

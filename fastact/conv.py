@@ -177,8 +177,8 @@ def _gather_maps(m, C, H, W, R, S, sh, sw, ph, pw, P, Q, maps):
 @_runtime.jit()
 def _im2col_gather(x, n0, nb, R, S, P, Q, col, maps):
     # col for images n0 .. n0+nb-1 through _gather_maps' offsets: one branch-free loop per row of col.
-    # For tiny images (rows of 4) the per-row loops of _im2col_row cost more than the copying; this
-    # took 55 against 120 us for a chunk of 16 4x4 images of 32 channels (2026-11-25)
+    # For tiny images (rows of 4) the per-row loops of _im2col_row cost more than the copying
+    # (config.CONV_GATHER_MAX_Q has the measurement)
     N, C, H, W = x.shape
     xf = x.reshape(-1)
     cols = nb * P * Q
@@ -452,9 +452,9 @@ def _band_rows(m, K, CRS, P, Q, itemsize):
     """Output rows per band of a one-image chunk: the fewest equal bands whose column buffer (CRS x
     band pixels) stays within ``K * config.CONV_BAND_BYTES_PER_CHANNEL``; P (one band) for multi-image
     chunks. OpenBLAS's single-thread SGEMM of K x CRS by CRS x columns slows down once that panel
-    outgrows a budget that grows with K (measured 2026-11-25, GFLOP/s at 128 / 256 / 512 / 1024
-    columns: K = 16, CRS = 144: 95 / 104 / 64 / 51; K = 32, CRS = 288: 87 / 83 / 84 / 64; K = 64,
-    CRS = 576: 94 / 93 / 91 / 76)."""
+    outgrows a budget that grows with K (bench/results/2026-11-25/sgemm-panel-sweep.txt, GFLOP/s at
+    128 / 256 / 512 / 1024 columns: K = 16, CRS = 144: 96 / 104 / 76 / 42; K = 32, CRS = 288: 83 / 88 /
+    79 / 68; K = 64, CRS = 576: 97 / 93 / 94 / 75)."""
     if m > 1:
         return P
     budget = K * config.CONV_BAND_BYTES_PER_CHANNEL
