@@ -62,24 +62,13 @@ def pool_index_dtype(kernel_size):
 
 
 @_runtime.jit(parallel=True)
-def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
-    # x (N, C, H, W) -> y (N, C, P, Q)
-    N, C, P, Q = y.shape
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for p in range(P):
-            for q in range(Q):
-                h, w = _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
-                y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -np.inf
-
-
-@_runtime.jit(parallel=True)
 def _max_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, y, idx):
     # x (N, C, H, W) -> y, idx (N, C, P, Q); idx = i * kw + j, the winner's row and column in its
-    # window (argmax_window picks it: one rule for both paths). Every window holds an input element
-    # (padding <= half the window), so h >= 0 always; the guard only mirrors _max_pool_forward.
+    # window (argmax_window picks it: the one rule of every pooling kernel); an empty idx: y only.
+    # Every window holds an input element (padding <= half the window), so h >= 0 always; the guard
+    # keeps an all-padding window at -inf all the same.
     N, C, P, Q = y.shape
+    keep = idx.size != 0
     for nc in _runtime.prange(N * C):
         n = nc // C
         c = nc - n * C
@@ -87,21 +76,24 @@ def _max_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, y, idx):
             for q in range(Q):
                 h, w = _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
                 y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -np.inf
-                idx[n, c, p, q] = (h - (p * sh - ph)) * kw + (w - (q * sw - pw)) if h >= 0 else 0
+                if keep:
+                    idx[n, c, p, q] = (h - (p * sh - ph)) * kw + (w - (q * sw - pw)) if h >= 0 else 0
 
 
-@_runtime.jit(parallel=True)
+_NO_INDICES = np.empty((0, 0, 0, 0), dtype=np.uint8)
+
+
+def _max_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
+    """y (N, C, P, Q) of any window, without the indices."""
+    _max_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, y, _NO_INDICES)
+
+
 def _max_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
-    # dy (N, C, P, Q), x and dx (N, C, H, W); dx zeroed by the caller, overlapping windows accumulate
-    N, C, P, Q = dy.shape
-    for nc in _runtime.prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        for p in range(P):
-            for q in range(Q):
-                h, w = _argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
-                if h >= 0:
-                    dx[n, c, h, w] += dy[n, c, p, q]
+    """dx (zeroed by the caller) from x, for any window: the forward's winners, then the scatter of
+    the backward from indices (one definition of the winner, as the 2x2 path)."""
+    idx = np.empty(dy.shape, dtype=np.int32)
+    _max_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, np.empty(dy.shape, dtype=x.dtype), idx)
+    _max_pool_backward_indices(dy, idx, kh, kw, sh, sw, ph, pw, dx)
 
 
 @_runtime.jit(parallel=True)
