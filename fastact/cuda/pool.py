@@ -19,56 +19,34 @@ from ._device import as_device, cached, kernel, launch_1d, require, zeros
 __all__ = ["max_pool2d", "max_pool2d_backward"]
 
 
-# Kernel bodies, compiled by _kernels() with ``cuda`` and ``dev_argmax`` bound as globals.
+# Kernel bodies, compiled by _kernels() with ``cuda``, ``dev_argmax`` and ``dev_nchw`` bound as globals.
 
-def _k_pool_forward(x, kh, kw, sh, sw, ph, pw, y):
-    # y (N, C, P, Q): one thread per output element
-    N, C, P, Q = y.shape
-    for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
-        q = t % Q
-        p = (t // Q) % P
-        c = (t // (Q * P)) % C
-        n = t // (Q * P * C)
-        h, w = dev_argmax(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
-        y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -math.inf
-
-
-def _k_pool_backward(dy, x, kh, kw, sh, sw, ph, pw, dx):
-    # dx zeroed by the caller; overlapping windows may add into one element: atomics
-    N, C, P, Q = dy.shape
-    for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
-        q = t % Q
-        p = (t // Q) % P
-        c = (t // (Q * P)) % C
-        n = t // (Q * P * C)
-        h, w = dev_argmax(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
-        if h >= 0:
-            cuda.atomic.add(dx, (n, c, h, w), dy[n, c, p, q])
+def _k_nchw(t, C, P, Q):
+    # the (n, c, p, q) of flat output element t (a device function)
+    return t // (Q * P * C), (t // (Q * P)) % C, (t // Q) % P, t % Q
 
 
 def _k_pool_forward_indices(x, kh, kw, sh, sw, ph, pw, y, idx):
-    # y, idx (N, C, P, Q): one thread per output element; idx = i * kw + j in its window
+    # y, idx (N, C, P, Q): one thread per output element; idx = i * kw + j in its window (an empty idx:
+    # y only)
     N, C, P, Q = y.shape
+    keep = idx.size != 0
     for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
-        q = t % Q
-        p = (t // Q) % P
-        c = (t // (Q * P)) % C
-        n = t // (Q * P * C)
+        n, c, p, q = dev_nchw(t, C, P, Q)
         h, w = dev_argmax(x, n, c, p, q, kh, kw, sh, sw, ph, pw)
         y[n, c, p, q] = x[n, c, h, w] if h >= 0 else -math.inf
-        idx[n, c, p, q] = (h - (p * sh - ph)) * kw + (w - (q * sw - pw)) if h >= 0 else 0
+        if keep:
+            idx[n, c, p, q] = (h - (p * sh - ph)) * kw + (w - (q * sw - pw)) if h >= 0 else 0
 
 
 def _k_pool_backward_indices(dy, idx, kh, kw, sh, sw, ph, pw, dx):
-    # dx zeroed by the caller; an index outside its window or in the padding is skipped (a device
-    # kernel cannot raise; the host's shape and dtype checks catch the usual mistakes)
+    # dx zeroed by the caller; windows may overlap (stride below the window): atomics. An index
+    # outside its window or in the padding is skipped (a device kernel cannot raise; the host's shape
+    # and dtype checks catch the usual mistakes)
     N, C, P, Q = dy.shape
     H, W = dx.shape[2], dx.shape[3]
     for t in range(np.int64(cuda.grid(1)), N * C * P * Q, np.int64(cuda.gridsize(1))):
-        q = t % Q
-        p = (t // Q) % P
-        c = (t // (Q * P)) % C
-        n = t // (Q * P * C)
+        n, c, p, q = dev_nchw(t, C, P, Q)
         k = np.int64(idx[n, c, p, q])
         i = k // kw
         h = p * sh - ph + i
@@ -80,10 +58,9 @@ def _k_pool_backward_indices(dy, idx, kh, kw, sh, sw, ph, pw, dx):
 def _kernels():
     def build():
         argmax = kernel(argmax_window.py_func, device=True)
-        return {"forward": kernel(_k_pool_forward, dev_argmax=argmax),
-                "backward": kernel(_k_pool_backward, dev_argmax=argmax),
-                "forward_indices": kernel(_k_pool_forward_indices, dev_argmax=argmax),
-                "backward_indices": kernel(_k_pool_backward_indices)}
+        nchw = kernel(_k_nchw, device=True)
+        return {"forward_indices": kernel(_k_pool_forward_indices, dev_argmax=argmax, dev_nchw=nchw),
+                "backward_indices": kernel(_k_pool_backward_indices, dev_nchw=nchw)}
     return cached("pool", build)
 
 
@@ -129,16 +106,11 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False
     x = as_device(x, "x")
     shape, a = _args(x, kernel_size, stride, padding)
     y = require().device_array(shape, dtype=x.dtype)
-    if not return_indices:
-        if y.size:
-            blocks, threads = launch_1d(y.size)
-            _kernels()["forward"][blocks, threads](x, *a, y)
-        return y
-    idx = require().device_array(shape, dtype=pool_index_dtype(kernel_size))
+    idx = require().device_array(shape if return_indices else (0, 0, 0, 0), dtype=pool_index_dtype(kernel_size))
     if y.size:
         blocks, threads = launch_1d(y.size)
         _kernels()["forward_indices"][blocks, threads](x, *a, y, idx)
-    return y, idx
+    return (y, idx) if return_indices else y
 
 
 def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices=None):
@@ -187,7 +159,8 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
             blocks, threads = launch_1d(dy.size)
             _kernels()["backward_indices"][blocks, threads](dy, indices, *a, dx)
         return dx
-    if dy.size:
+    if dy.size:  # the forward's winners first: one definition of the winner, as on the CPU
+        _, idx = max_pool2d(x, kernel_size, stride, padding, return_indices=True)
         blocks, threads = launch_1d(dy.size)
-        _kernels()["backward"][blocks, threads](dy, x, *a, dx)
+        _kernels()["backward_indices"][blocks, threads](dy, idx, *a, dx)
     return dx
