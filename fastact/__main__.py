@@ -37,6 +37,11 @@ def _train(args):
     return train.run(args)
 
 
+def _warmup(args):
+    from fastact import train
+    return train.run_warmup(args)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +51,11 @@ def main(argv=None):
     from fastact.train import add_arguments
     add_arguments(t)
     t.set_defaults(fn=_train)
+    w = sub.add_parser("warmup", help="compile (into the kernel cache) every kernel that `train` with the "
+                                      "same options will need, and say how long it took: for a Docker "
+                                      "build step or a cluster's login node")
+    add_arguments(w)
+    w.set_defaults(fn=_warmup)
     sub.add_parser("info", help="versions, threading layer, threads, JIT cache, CUDA").set_defaults(fn=_info)
     b = sub.add_parser("bench", help="speed ratios against NumPy (and PyTorch when installed)")
     from fastact.benchmark import add_arguments as add_bench_arguments

@@ -20,9 +20,10 @@ SciPy's OpenBLAS must run those calls on one thread (the parallelism is the ``pr
 switch, nested and concurrent callers counted) and restores the user's setting afterwards. NumPy links a
 different OpenBLAS (``scipy_openblas64_``), which this leaves alone.
 
-When the symbols cannot be set up (SciPy without ``cython_blas``, an unexpected signature), ``AVAILABLE``
-is False, ``REASON`` says why, and the convolution runs its NumPy path (``fastact.system.info()`` shows
-which path is active).
+The symbols are set up by :func:`available`, on the first convolution (importing SciPy's BLAS costs
+0.1 s, which ``import fastact`` does not pay). When they cannot be (SciPy without ``cython_blas``, an
+unexpected signature), ``available()`` is False, ``REASON`` says why, and the convolution runs its NumPy
+path (``fastact.system.info()`` shows which path is active).
 """
 
 import contextlib
@@ -56,6 +57,21 @@ def _capsule(capi, name):
     cap = capi[name]
     sig = get_name(cap)
     return get_ptr(cap, sig), sig.decode()
+
+
+_setup_lock = threading.Lock()
+_setup_done = False
+
+
+def available():
+    """True when the kernels can call BLAS (the symbols are registered on the first call)."""
+    global _setup_done
+    if not _setup_done:
+        with _setup_lock:
+            if not _setup_done:
+                _setup()
+                _setup_done = True
+    return AVAILABLE
 
 
 def _setup():
@@ -148,10 +164,7 @@ def fits(*dims):
     return all(int(d) <= _INT32_MAX for d in dims)
 
 
-_setup()
-
-
-@_runtime.jit()
+@_runtime.jit(inline="always")
 def gemm(transa, transb, M, N, K, A, lda, B, ldb, beta, C, ldc, iw, fw):
     """Row-major ``C (M, N) = op(A) @ op(B) + beta * C`` on this thread, from nopython code.
 

@@ -4,8 +4,8 @@ Shape key: N batch, C input channels, H x W input, K output channels, R x S kern
 nb images per tile. Layouts are PyTorch's: x (N, C, H, W), weight (K, C, R, S), y (N, K, P, Q).
 
 Two ways to run it. By default (when fastact/_gemm.py could set up a BLAS callable from nopython code)
-the whole convolution is one Numba ``prange`` over chunks of images, each chunk doing im2col -> one GEMM
-on its thread -> epilogue (backward: dz = dy * act'(z) and the bias sums -> im2col -> dweight partial
+the whole convolution is one compiled loop over chunks of images, run by both cores, each chunk doing
+im2col -> one GEMM on its thread -> epilogue (backward: dz = dy * act'(z) and the bias sums -> im2col -> dweight partial
 GEMM -> dcol GEMM -> col2im) in cache; see "fused per-chunk kernels" below. Otherwise (the NumPy path), per tile of nb images:
 
 Forward, per tile of nb images:
@@ -240,13 +240,13 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
 
 
 # ------------------------------------------------------------- fused per-chunk kernels (one pool)
-# With a BLAS callable from nopython code (fastact/_gemm.py), a whole convolution is one parallel loop
-# over chunks of m images (one image when it has config.CONV_CHUNK_MIN_COLUMNS output pixels or more):
+# With a BLAS callable from nopython code (fastact/_gemm.py), a whole convolution is one loop over
+# chunks of m images (one image when it has config.CONV_CHUNK_MIN_COLUMNS output pixels or more):
 # each chunk runs im2col into a column buffer of its own (CRS x m*PQ: a few hundred KiB, so it stays in
 # the core's L2), one GEMM on this thread, and the epilogue or the backward's col2im, while the data is
-# still in cache. Only TBB's pool runs; no Python between the images. The chunks are dealt to
-# ``nslots`` slots (a few per thread, so a core slowed by another process hands work to the other); a
-# slot allocates its buffers once, and in the backward owns one dweight and one dbias partial, so the
+# still in cache; no Python between the images. The chunks are dealt to ``nslots`` slots, and
+# the slots to the threads of _runtime.run_slots (a serial kernel per thread: a prange here cost 3x
+# the compile time, see run_slots); a slot allocates its buffers once, and in the backward owns one dweight and one dbias partial, so the
 # reduction order (and the result) does not depend on the scheduling. The backward computes the
 # chunk's dz = dy * act'(z) itself (K x m*PQ, 64 KiB for a 32x32 image of 16 channels: the whole
 # (N, K, P, Q) dz is never allocated). Forward and backward go through a one-image chunk by bands of
@@ -255,7 +255,8 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
 # column buffer and dcol in L2.
 
 _FWD_SRC = """\
-def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a}):
+def {fname}(counter, nslots, x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, maps{a}):
+    # slots taken from counter until nslots; maps: _gather_maps' offsets, or (0, L) for row copies
     N = x.shape[0]
     K, CRS = w2.shape
     PQ = P * Q
@@ -263,15 +264,16 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a})
     LB = m * min(B, P) * Q
     nchunks = (N + m - 1) // m
     keep = z.size != 0
+    gather = maps.shape[0] != 0
     isz = x.itemsize
-    maps = np.empty((R * S if gather else 0, L), dtype=np.int64)  # once per call, read by every slot
-    if gather:
-        _gather_maps(m, x.shape[1], x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
-    for sl in prange(nslots):
-        col = np.empty((CRS, LB), dtype=x.dtype)
-        g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
-        iw = np.empty(8, dtype=np.int32)
-        fw = np.empty(2, dtype=x.dtype)
+    # _im2col_row's arguments as variables: a literal (1 image, row 0) would compile another copy
+    one, row0 = m, P - P
+    col = np.empty((CRS, LB), dtype=x.dtype)  # this thread's buffers, for every slot it takes
+    g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
+    iw = np.empty(8, dtype=np.int32)
+    fw = np.empty(2, dtype=x.dtype)
+    sl = next_slot(counter)
+    while sl < nslots:
         for ch in range(sl, nchunks, nslots):
             n0 = ch * m
             mm = min(m, N - n0)
@@ -281,8 +283,8 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a})
                 for lo in range(0, P, B):
                     hi = min(P, lo + B)
                     for row in range(CRS):
-                        _im2col_row(x, n0, 1, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
-                    gemm(False, False, K, (hi - lo) * Q, CRS, w2.ctypes.data, CRS, col.ctypes.data, LB,
+                        _im2col_row(x, n0, one, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
+                    gemm(0, 0, K, (hi - lo) * Q, CRS, w2.ctypes.data, CRS, col.ctypes.data, LB,
                          0.0, y.ctypes.data + (n0 * K * PQ + lo * Q) * isz, PQ, iw, fw)
                 for k in range(K):
                     bk = b[k]
@@ -303,8 +305,8 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a})
                     _im2col_gather(x, n0, mm, R, S, P, Q, col, maps)
                 else:
                     for row in range(CRS):
-                        _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, 0, P)
-                gemm(False, False, K, mm * PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
+                        _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, row0, P)
+                gemm(0, 0, K, mm * PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
                      g.ctypes.data, L, iw, fw)
                 for i in range(mm):
                     for k in range(K):
@@ -321,6 +323,7 @@ def {fname}(x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, gather, nslots{a})
                             for j in range(PQ):
                                 v = gr[j] + bk
                                 yr[j] = {fv}
+        sl = next_slot(counter)
 """
 
 _fused_lock = threading.Lock()
@@ -337,7 +340,7 @@ def _fused_kernel(key, build):
             fn = _fused.get(key)
             if fn is None:
                 fname, src, glb = build()
-                fn = _fused[key] = _runtime.jit(parallel=True)(_codegen._compile_source(fname, src, glb))
+                fn = _fused[key] = _runtime.jit()(_codegen._compile_source(fname, src, glb))
     return fn
 
 
@@ -352,32 +355,31 @@ def _fused_forward_kernel(activation):
         fname = f"conv_fused_forward_{'identity' if act is None else act.name}"
         src = _FWD_SRC.format(fname=fname, a=_codegen.args(p), fv=_codegen.element(False, p, i="", x="v"))
         return fname, src, {"F": _epilogue._identity_j if act is None else _codegen.scalar(act), "np": np,
-                            "prange": _runtime.prange, "gemm": _gemm.gemm, "_im2col_row": _im2col_row,
-                            "_gather_maps": _gather_maps, "_im2col_gather": _im2col_gather}
+                            "gemm": _gemm.gemm, "next_slot": _runtime.next_slot,
+                            "_im2col_row": _im2col_row, "_im2col_gather": _im2col_gather}
     return _fused_kernel(("forward", None if act is None else act.name), build)
 
 
 _BWD_SRC = """\
-def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, gather, need_dx{a}):
-    # dws (nslots, K, CRS), dbs (nslots, K): slot sl's dweight and dbias partials over its chunks;
-    # dx (N, C, H, W) zeroed, accumulated
+def {fname}(counter, nslots, x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, maps,
+             need_dx{a}):
+    # slots taken from counter until nslots; dws (nslots, K, CRS), dbs (nslots, K): slot sl's
+    # dweight and dbias partials over its chunks; dx (N, C, H, W) zeroed, accumulated; maps as forward
     N, C = x.shape[0], x.shape[1]
     K, CRS = w2.shape
     PQ = P * Q
     L = m * PQ
-    nslots = dws.shape[0]
     nchunks = (N + m - 1) // m
     isz = x.itemsize
     LB = m * min(B, P) * Q
-    maps = np.empty((R * S if gather else 0, L), dtype=np.int64)  # once per call, read by every slot
-    if gather:
-        _gather_maps(m, C, x.shape[2], x.shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
-    for sl in prange(nslots):
-        col = np.empty((CRS, LB), dtype=x.dtype)
-        dcol = np.empty((CRS if need_dx else 0, LB), dtype=x.dtype)
-        dzt = np.empty((K, L), dtype=x.dtype)
-        iw = np.empty(8, dtype=np.int32)
-        fw = np.empty(2, dtype=x.dtype)
+    gather = maps.shape[0] != 0
+    col = np.empty((CRS, LB), dtype=x.dtype)  # this thread's buffers, for every slot it takes
+    dcol = np.empty((CRS if need_dx else 0, LB), dtype=x.dtype)
+    dzt = np.empty((K, L), dtype=x.dtype)
+    iw = np.empty(8, dtype=np.int32)
+    fw = np.empty(2, dtype=x.dtype)
+    sl = next_slot(counter)
+    while sl < nslots:
         dw_ptr = dws.ctypes.data + sl * K * CRS * isz
         beta = 0.0
         for k in range(K):
@@ -406,14 +408,15 @@ def {fname}(x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, gather
                         _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
                 a = dzt.ctypes.data + lo * Q * isz  # the band's columns of dz (lo is 0 when mm > 1)
                 # dweight partial (K, CRS) += dz (K, cols) @ col.T (cols, CRS)
-                gemm(False, True, K, CRS, cols, a, L, col.ctypes.data, LB, beta, dw_ptr, CRS, iw, fw)
+                gemm(0, 1, K, CRS, cols, a, L, col.ctypes.data, LB, beta, dw_ptr, CRS, iw, fw)
                 beta = 1.0
                 if need_dx:
                     # dcol (CRS, cols) = weight.T (CRS, K) @ dz (K, cols), scattered back by col2im
-                    gemm(True, False, CRS, cols, K, w2.ctypes.data, CRS, a, L, 0.0, dcol.ctypes.data, LB,
+                    gemm(1, 0, CRS, cols, K, w2.ctypes.data, CRS, a, L, 0.0, dcol.ctypes.data, LB,
                          iw, fw)
                     for c in range(C):
                         _col2im_channel(dcol, n0, mm, R, S, sh, sw, ph, pw, P, Q, dx, c, lo, hi)
+        sl = next_slot(counter)
 """
 
 
@@ -436,15 +439,15 @@ def _fused_backward_kernel(activation, step):
             dv = _codegen.element(True, p, i="[j]", x="zr", dy="dyr")
         fname = f"conv_fused_backward_{'identity' if variant is None else variant}"
         src = _BWD_SRC.format(fname=fname, a=_codegen.args(p), dv=dv)
-        return fname, src, {"D": d, "np": np, "prange": _runtime.prange, "gemm": _gemm.gemm,
-                            "_im2col_row": _im2col_row, "_col2im_channel": _col2im_channel,
-                            "_row_sum": _row_sum, "_gather_maps": _gather_maps,
+        return fname, src, {"D": d, "np": np, "gemm": _gemm.gemm, "next_slot": _runtime.next_slot,
+                            "_im2col_row": _im2col_row,
+                            "_col2im_channel": _col2im_channel, "_row_sum": _row_sum,
                             "_im2col_gather": _im2col_gather}
     return _fused_kernel(("backward", variant), build)
 
 
 def _use_fused(N, C, K, CRS, PQ, m):
-    return (config.CONV_NOPYTHON_GEMM and _gemm.AVAILABLE
+    return (config.CONV_NOPYTHON_GEMM and _gemm.available()
             and _gemm.fits(N * PQ, C * PQ, K * PQ, CRS * m * PQ, K * m * PQ))
 
 
@@ -475,15 +478,23 @@ def _chunking(N, PQ):
     return m, int(max(1, min(nchunks, config.CONV_SLOTS_PER_THREAD * numba.get_num_threads())))
 
 
-def _run(kernel, flops, *args):
-    """``kernel`` (a _ParallelKernel) on the thread pool when the work pays for it, with SciPy's BLAS on
-    one thread meanwhile."""
+def _maps(m, x_shape, R, S, sh, sw, ph, pw, P, Q):
+    """The gather maps of a multi-image chunk of small images (see ``_gather``), computed once per call
+    and read by every slot; an empty (0, m*P*Q) array where the kernel copies rows instead."""
+    gather = _gather(m, Q)
+    maps = np.empty((R * S if gather else 0, m * P * Q), dtype=np.int64)
+    if gather:
+        _gather_maps(m, x_shape[1], x_shape[2], x_shape[3], R, S, sh, sw, ph, pw, P, Q, maps)
+    return maps
+
+
+def _run(kernel, flops, nslots, *args):
+    """``kernel(counter, nslots, *args)`` over its slots: on the worker threads of
+    ``_runtime.run_slots`` when the work pays for it, else on this thread; SciPy's BLAS on one thread
+    meanwhile. The slots' partial results do not depend on which thread ran them, so both ways give
+    the same bits."""
     with _gemm.single_threaded():
-        if flops >= config.CONV_PARALLEL_MIN_FLOPS:
-            with _runtime.parallel_slot() as ok:
-                if ok:
-                    return kernel.parallel(*args)
-        return kernel.serial(*args)
+        _runtime.run_slots(kernel, nslots, args, flops >= config.CONV_PARALLEL_MIN_FLOPS)
 
 
 # ---------------------------------------------------------------------------------------- workspace
@@ -691,9 +702,9 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
     m, nslots = _chunking(N, PQ)
     if _use_fused(N, C, K, CRS, PQ, m):
         kern = _fused_forward_kernel(activation)
-        _run(kern, 2 * N * K * CRS * PQ, x, w2, b, y.reshape(N, K, PQ), z.reshape(N, K, PQ) if keep_z else no_z,
-             R, S, sh, sw, ph, pw, P, Q, m, _band_rows(m, K, CRS, P, Q, dt.itemsize), _gather(m, Q), nslots,
-             *pv)
+        _run(kern, 2 * N * K * CRS * PQ, nslots, x, w2, b, y.reshape(N, K, PQ),
+             z.reshape(N, K, PQ) if keep_z else no_z, R, S, sh, sw, ph, pw, P, Q, m,
+             _band_rows(m, K, CRS, P, Q, dt.itemsize), _maps(m, x.shape, R, S, sh, sw, ph, pw, P, Q), *pv)
         return y, z
     nb = _tile(N, CRS, PQ, dt.itemsize)
     into_y = PQ >= config.CONV_GEMM_INTO_OUTPUT_MIN_PQ
@@ -852,8 +863,9 @@ def _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, params):
     dws = np.empty((nslots, K, CRS), dtype=dt)
     dbs = np.empty((nslots, K), dtype=np.float64)
     B = _band_rows(m, K, CRS, P, Q, dt.itemsize)
-    _run(kern, (4 if need_dx else 2) * N * K * CRS * PQ, x, weight.reshape(K, CRS), dy.reshape(N, K, PQ),
-         z.reshape(N, K, PQ), dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, _gather(m, Q), need_dx, *params)
+    _run(kern, (4 if need_dx else 2) * N * K * CRS * PQ, nslots, x, weight.reshape(K, CRS),
+         dy.reshape(N, K, PQ), z.reshape(N, K, PQ), dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B,
+         _maps(m, x.shape, R, S, sh, sw, ph, pw, P, Q), need_dx, *params)
     dw = dws[0] if nslots == 1 else dws.sum(axis=0)
     return dx if need_dx else None, dw.reshape(weight.shape), dbs.sum(axis=0).astype(dt)
 

@@ -229,21 +229,72 @@ def _pdoc(params):
     return "".join(lines)
 
 
-def _example(act):
-    """(points, forward values, derivative values) for a docstring example, as NumPy would print them.
+#: Each activation's docstring example: (points, forward values, derivative values), as NumPy prints
+#: them rounded to 4 decimals. Literal, so that importing fastact evaluates nothing (computing them
+#: from the table's functions compiled GELU's erfc at import: 0.5 s). tests/test_doctests.py checks
+#: them against the float64 references, and the doctests check the compiled kernels against them.
+EXAMPLES = {
+    'relu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0. , 0. , 0. , 0.5, 2. ])',
+        'array([0., 0., 0., 1., 1.])'),
+    'leaky_relu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.02 , -0.005,  0.   ,  0.5  ,  2.   ])',
+        'array([0.01, 0.01, 0.01, 1.  , 1.  ])'),
+    'relu6': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0. , 0. , 0. , 0.5, 2. ])',
+        'array([0., 0., 0., 1., 1.])'),
+    'hardtanh': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-1. , -0.5,  0. ,  0.5,  1. ])',
+        'array([0., 1., 1., 1., 0.])'),
+    'threshold': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0. , 0. , 0. , 0.5, 2. ])',
+        'array([0., 0., 0., 1., 1.])'),
+    'elu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.8647, -0.3935,  0.    ,  0.5   ,  2.    ])',
+        'array([0.1353, 0.6065, 1.    , 1.    , 1.    ])'),
+    'celu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.8647, -0.3935,  0.    ,  0.5   ,  2.    ])',
+        'array([0.1353, 0.6065, 1.    , 1.    , 1.    ])'),
+    'selu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-1.5202, -0.6918,  0.    ,  0.5254,  2.1014])',
+        'array([0.2379, 1.0663, 1.7581, 1.0507, 1.0507])'),
+    'gelu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.0455, -0.1543,  0.    ,  0.3457,  1.9545])',
+        'array([-0.0852,  0.1325,  0.5   ,  0.8675,  1.0852])'),
+    'silu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.2384, -0.1888,  0.    ,  0.3112,  1.7616])',
+        'array([-0.0908,  0.26  ,  0.5   ,  0.74  ,  1.0908])'),
+    'mish': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.2525, -0.2207,  0.    ,  0.3752,  1.944 ])',
+        'array([-0.1084,  0.2895,  0.6   ,  0.8864,  1.0693])'),
+    'hardswish': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.3333, -0.2083,  0.    ,  0.2917,  1.6667])',
+        'array([-0.1667,  0.3333,  0.5   ,  0.6667,  1.1667])'),
+    'hardsigmoid': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0.1667, 0.4167, 0.5   , 0.5833, 0.8333])',
+        'array([0.1667, 0.1667, 0.1667, 0.1667, 0.1667])'),
+    'sigmoid': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0.1192, 0.3775, 0.5   , 0.6225, 0.8808])',
+        'array([0.105, 0.235, 0.25 , 0.235, 0.105])'),
+    'tanh': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.964 , -0.4621,  0.    ,  0.4621,  0.964 ])',
+        'array([0.0707, 0.7864, 1.    , 0.7864, 0.0707])'),
+    'softsign': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([-0.6667, -0.3333,  0.    ,  0.3333,  0.6667])',
+        'array([0.1111, 0.4444, 1.    , 0.4444, 0.1111])'),
+    'softplus': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
+        'array([0.1269, 0.4741, 0.6931, 0.9741, 2.1269])',
+        'array([0.1192, 0.3775, 0.5   , 0.6225, 0.8808])'),
+}
 
-    The values come from the table's scalar functions run as plain Python (``math``'s libm, no Numba),
-    so the doctest checks the compiled kernel against the definition it was compiled from.
-    """
-    lo, hi = act.domain
-    pts = [-2.0, -0.5, 0.0, 0.5, 2.0] if (lo <= -2.0 and hi >= 2.0) else [lo / 2, 0.0, hi / 2]
-    defaults = [float(p.to_float(p.default)) for p in act.params]
-    bdefaults = [float(p.to_float(p.default)) for p in act.backward_params]
-    f = [act.forward.py_func(v, *defaults) for v in pts]
-    d = [act.derivative.py_func(v, *defaults, *bdefaults) for v in pts]
-    with np.printoptions(legacy=False):
-        return (repr(pts), repr(np.round(np.array(f, dtype=float), 4)),
-                repr(np.round(np.array(d, dtype=float), 4)))
+
+def _example(act):
+    """(points, forward values, derivative values) of ``act``'s docstring example."""
+    try:
+        return EXAMPLES[act.name]
+    except KeyError:
+        raise KeyError(f"activation {act.name!r} has no docstring example: add it to "
+                       f"fastact.elementwise.EXAMPLES (tests/test_doctests.py prints the values)") from None
 
 
 # ------------------------------------------------------------------------ the small-array fast path

@@ -45,7 +45,7 @@ def _gemm_path():
     from . import _gemm
     if not config.CONV_NOPYTHON_GEMM:
         return "np.matmul per tile (config.CONV_NOPYTHON_GEMM is False)"
-    if _gemm.AVAILABLE:
+    if _gemm.available():
         return f"nopython BLAS inside the parallel loop ({_gemm.LIBRARY}, one thread per call)"
     return f"np.matmul per tile ({_gemm.REASON})"
 

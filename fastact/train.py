@@ -154,7 +154,31 @@ def build(cfg):
     return model, opt
 
 
-def evaluate(model, x, y, batch_size=256, comm=None, with_loss=False):
+#: the batch size of the per-epoch evaluation
+EVAL_BATCH = 256
+
+
+def warm_up(cfg, n_train, n_test, nranks=1, notice=None):
+    """Compile (or load from the kernel cache) every kernel of the run ``cfg`` on ``n_train`` training and
+    ``n_test`` test images, on a throwaway copy of its model (:func:`fastact.warmup.warm_up`); returns
+    its :class:`fastact.warmup.Report`. With ``nranks`` > 1, the batch sizes are one rank's share."""
+    from . import warmup
+
+    def make_job():
+        model, opt = build(cfg)
+        return model, opt, nn.CrossEntropyLoss()
+
+    def share(sizes):
+        return sorted({s for b in sizes for s in (b // nranks, -(-b // nranks)) if s > 0})
+
+    train = share(warmup.batch_sizes(n_train, cfg["batch_size"]))
+    test = warmup.batch_sizes(-(-n_test // nranks), EVAL_BATCH)
+    return warmup.warm_up(make_job, (cfg["in_channels"], cfg["input_size"], cfg["input_size"]),
+                          train_batches=train, eval_batches=test, num_classes=cfg["num_classes"],
+                          dtype=cfg["dtype"], notice=notice)
+
+
+def evaluate(model, x, y, batch_size=EVAL_BATCH, comm=None, with_loss=False):
     """Test accuracy (and, ``with_loss``, the mean cross-entropy) of ``model`` in eval mode. With an
     MPI ``comm``, each rank evaluates its contiguous slice of (x, y) and the sums and counts are
     added with one allreduce, so every rank returns the whole set's figures."""
@@ -312,6 +336,38 @@ def _run_distributed(args):
         distributed.abort(1, comm)
 
 
+def _data(cfg, args):
+    """(x_train, y_train, x_test, y_test) of the run: its data set, classes and ``--limit``."""
+    xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
+    if cfg["classes"] is not None:
+        labels = data.class_indices(cfg["dataset"], cfg["classes"])
+        xtr, ytr = data.select_classes(xtr, ytr, labels)
+        xte, yte = data.select_classes(xte, yte, labels)
+    if args.limit:
+        xtr, ytr = xtr[:args.limit], ytr[:args.limit]
+    if len(ytr) == 0:
+        raise data.DataError(f"no training images of the classes {cfg['classes']} in {cfg['dataset']}")
+    return xtr, ytr, xte, yte
+
+
+def run_warmup(args):
+    """``python -m fastact warmup [train's options]``: compile every kernel of that training run into the
+    kernel cache (a throwaway step and evaluation per batch size; nothing is trained or written but the
+    cache) and print how many kernels it compiled and how long that took."""
+    t0 = time.perf_counter()
+    try:
+        cfg = _config(args)
+        xtr, ytr, xte, yte = _data(cfg, args)
+    except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
+        print(f"fastact warmup: error: {exc}", file=sys.stderr)
+        return 2
+    report = warm_up(cfg, len(ytr), len(yte))
+    print(f"fastact warmup: {report.summary()}; {time.perf_counter() - t0:.1f} s in all")
+    for t, name in report.per_kernel[:8]:
+        print(f"  {t:6.2f} s  {name}")
+    return 0
+
+
 def _setup(args, comm):
     """Config, model, optimizer, resumed state and data; raises the user-facing errors. With ``comm``,
     rank 0 alone reads the checkpoint (the caller broadcasts it)."""
@@ -331,15 +387,7 @@ def _setup(args, comm):
     if args.resume and lead:
         expect = {k: v.shape for k, v in model.state_dict().items()}
         loaded = checkpoint.load(args.resume, expect_model=expect)
-    xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
-    if cfg["classes"] is not None:
-        labels = data.class_indices(cfg["dataset"], cfg["classes"])
-        xtr, ytr = data.select_classes(xtr, ytr, labels)
-        xte, yte = data.select_classes(xte, yte, labels)
-    if args.limit:
-        xtr, ytr = xtr[:args.limit], ytr[:args.limit]
-    if len(ytr) == 0:
-        raise data.DataError(f"no training images of the classes {cfg['classes']} in {cfg['dataset']}")
+    xtr, ytr, xte, yte = _data(cfg, args)
     if comm is not None:
         n, batch = comm.Get_size(), cfg["batch_size"]
         if batch % n:
@@ -401,6 +449,18 @@ def _run(args, comm=None):
                               else os.path.join("runs", f"train-{cfg['dataset']}"
                                                f"{'' if cfg['model'] == 'vgg' else '-' + cfg['model']}.png"))
     nbatches = -(-len(ytr) // cfg["batch_size"])
+    # every kernel compiled (or loaded) before the first epoch, so that its images/s and ETA are the
+    # training's; a cold cache says so (after 0.75 s) and how long it took
+    noticed = []
+
+    def notice(line):
+        noticed.append(line)
+        say(f"fastact train: {line}", flush=True)
+
+    report = warm_up(cfg, len(ytr), len(yte), 1 if comm is None else comm.Get_size(),
+                     notice=notice if lead else None)
+    if noticed:
+        say(f"fastact train: {report.summary()}; later runs load them", flush=True)
     act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))] \
         if isinstance(model, nn.Sequential) else []
     for epoch in range(start, cfg["epochs"] + 1):

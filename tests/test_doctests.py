@@ -35,3 +35,23 @@ def test_every_public_function_has_an_example():
     missing = [n for n in fastact.__all__ if callable(getattr(fastact, n)) and not isinstance(
         getattr(fastact, n), type) and ">>>" not in (getattr(fastact, n).__doc__ or "")]
     assert not missing, f"public functions without a docstring example: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(fastact.table.ACTIVATIONS))
+def test_docstring_example_values_match_the_reference(name):
+    """The literal example values (fastact.elementwise.EXAMPLES) against the float64 NumPy/SciPy
+    reference of the table, written independently of the kernels the doctests run."""
+    import ast
+
+    import numpy as np
+
+    from fastact import elementwise
+    act = fastact.table.ACTIVATIONS[name]
+    points, fvals, dvals = elementwise.EXAMPLES[name]
+    x = np.array(ast.literal_eval(points))
+    p = [float(q.to_float(q.default)) for q in act.params]
+    b = [float(q.to_float(q.default)) for q in act.backward_params]
+    with np.printoptions(legacy=False):
+        want = (repr(np.round(act.reference(x, *p), 4) + 0.0),
+                repr(np.round(act.reference_derivative(x, *p, *b), 4) + 0.0))
+    assert (fvals, dvals) == want, f"EXAMPLES[{name!r}] should be {(points, *want)!r}"
