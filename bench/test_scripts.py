@@ -44,3 +44,13 @@ def test_mpi_throughput_one_process():
 def test_float32_paths():
     out = _run(BENCH / "float32_paths.py", "--n", "1000", "--points", "4096", "--repeat", "1")
     assert "| sigmoid |" in out and "| tanh' |" in out
+
+
+def test_startup():
+    out = _run(BENCH / "startup.py", "--repeat", "1", "--epochs", "1", "--no-torch", timeout=600)
+    assert "fastact train, cold" in out and "Compile cost of the default job" in out
+
+
+def test_slots():
+    out = _run(BENCH / "slots.py", "--repeat", "2")
+    assert "run_slots, calling thread + helper" in out and "forward MFLOP" in out

@@ -43,7 +43,7 @@ __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAY
 #: submodules imported on first attribute access (``fastact.ufuncs``, ``fastact.capi``, ...): most
 #: programs never need them, and some cost a second to import (capi builds cfuncs, cuda numba-cuda)
 _LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "jit", "plots", "system", "table",
-                    "train", "ufuncs")
+                    "train", "ufuncs", "warmup")
 
 
 def __getattr__(name):

@@ -1,4 +1,5 @@
-"""Command line: ``python -m fastact {train,info,bench,plot}`` (also installed as the ``fastact`` script)."""
+"""Command line: ``python -m fastact {train,warmup,info,bench,plot}`` (also installed as the ``fastact``
+script)."""
 
 import argparse
 import os

@@ -79,11 +79,12 @@ CONV_BAND_BYTES_PER_CHANNEL = 10 << 10
 #: row copies ahead.
 CONV_GATHER_MAX_Q = 4
 
-#: Chunks are dealt to this many slots per Numba thread (each slot allocates its buffers once and owns
-#: one dweight partial in the backward): more than one per thread so that a core slowed by another
-#: process leaves its remaining chunks to the other.
+#: Chunks are dealt to this many slots per Numba thread (each slot owns one dweight partial in the
+#: backward; threads take slots from a shared counter): more than one per thread so that a core slowed
+#: by another process leaves its remaining slots to the other.
 CONV_SLOTS_PER_THREAD = 4
 
-#: The fused convolution runs serially below this many FLOPs (a TBB fork/join costs 3-6 us, ~0.5 MFLOP
-#: of GEMM on one core).
+#: The fused convolution runs on one thread below this many FLOPs (handing slots to a helper thread costs
+#: ~20 us, ~1-2 MFLOP of GEMM on one core; at 4.7 MFLOP two threads still took 0.83x the time forward
+#: and 0.71x backward, bench/startup.py's notes in docs/performance.md).
 CONV_PARALLEL_MIN_FLOPS = 4_000_000

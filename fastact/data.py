@@ -21,8 +21,8 @@ import pickle
 
 import numpy as np
 
-__all__ = ["load", "load_digits", "load_mnist", "load_cifar10", "read_idx", "batches", "DATASETS",
-           "CLASSES", "class_indices", "select_classes"]
+__all__ = ["load", "load_digits", "read_digits", "load_mnist", "load_cifar10", "read_idx", "batches",
+           "DATASETS", "CLASSES", "class_indices", "select_classes"]
 
 #: class names per data set, in label order (CIFAR-10's from its ``batches.meta``)
 CLASSES = {"digits": tuple("0123456789"), "mnist": tuple("0123456789"),
@@ -40,12 +40,50 @@ def _standardise(x_train, x_test):
     return ((x_train - mean) / std).astype(np.float32), ((x_test - mean) / std).astype(np.float32)
 
 
+def _digits_file():
+    """Path of the digits CSV that scikit-learn ships, found without importing scikit-learn (whose
+    import costs 1.2 s here, three times fastact's), or None."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def read_digits():
+    """scikit-learn's digits as ``sklearn.datasets.load_digits`` reads them, without its 1.2 s import.
+
+    Returns
+    -------
+    images : ndarray, shape (1797, 8, 8), float64
+        Pixel values 0..16.
+    labels : ndarray, shape (1797,), int
+
+    >>> images, labels = read_digits()
+    >>> images.shape, int(images.max()), labels[:5].tolist()
+    ((1797, 8, 8), 16, [0, 1, 2, 3, 4])
+    """
+    path = _digits_file()
+    if path is None:  # another layout of scikit-learn: its own loader
+        try:
+            from sklearn.datasets import load_digits as sk_digits
+        except ImportError:
+            raise DataError("the digits data set comes with scikit-learn, which is not installed "
+                            "(pip install scikit-learn)") from None
+        d = sk_digits()
+        return d.images, d.target
+    with gzip.open(path, "rt") as fh:
+        data = np.loadtxt(fh, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 def load_digits(test_fraction=0.2, seed=0):
     """scikit-learn's digits as (N, 1, 8, 8), split with a seeded permutation."""
-    from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    x = d.images.astype(np.float32)[:, None, :, :] / 16.0
-    y = d.target.astype(np.int64)
+    images, target = read_digits()
+    x = images.astype(np.float32)[:, None, :, :] / 16.0
+    y = target.astype(np.int64)
     perm = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
     test, train = perm[:n_test], perm[n_test:]

@@ -27,6 +27,23 @@ Example: a GELU-gated product, fused into one parallel pass (docs/jit.md times i
 >>> np.allclose(gelu_gate(a, b, np.empty(3)), a * fastact.gelu(b))
 True
 
+Slot kernels: ``run_slots(kernel, nslots, args)`` runs a serial ``@njit(nogil=True)`` kernel on every
+core, each thread taking the next slot from an atomic counter with ``next_slot(counter)``, as fastact's
+convolution does. It compiles the loop once (a ``parallel=True`` kernel compiles its body twice, and a
+serial twin for small calls a third time: 3x the compile time for the convolution), and the result
+does not depend on which thread ran which slot when each slot writes only its own part:
+
+>>> @njit(nogil=True)
+... def row_sums(counter, nslots, x, out):
+...     sl = fj.next_slot(counter)
+...     while sl < nslots:          # slot sl: row sl
+...         out[sl] = x[sl].sum()
+...         sl = fj.next_slot(counter)
+>>> x = np.arange(12.0).reshape(4, 3); out = np.empty(4)
+>>> fj.run_slots(row_sums, 4, (x, out))
+>>> out
+array([ 3., 12., 21., 30.])
+
 The layer functions (convolution, pooling, linear) are not here: they validate shapes, choose tiles
 and allocate outputs in Python before their kernels run, so they are called as ``fastact.conv2d`` and
 friends, not from nopython code.
@@ -37,12 +54,13 @@ import math
 from numba import njit
 
 from . import _codegen
+from ._runtime import next_slot, run_slots
 from ._table import ACTIVATIONS
 
 GELU_NONE = 0.0
 GELU_TANH = 1.0
 
-__all__ = ["GELU_NONE", "GELU_TANH"]
+__all__ = ["GELU_NONE", "GELU_TANH", "next_slot", "run_slots"]
 
 _SRC = """\
 def {fname}(v{sig}):

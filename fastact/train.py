@@ -99,7 +99,9 @@ def add_arguments(p):
                         "(a rank died or hangs; default 300)")
 
 
-def _config(args):
+def config_from_args(args):
+    """The run's configuration (the dict that checkpoints store) from ``train``'s parsed options: the
+    data set's and model's defaults for every option not given; ValueError for a bad combination."""
     model = getattr(args, "model", "vgg")
     ref = MODEL_PRESETS.get(model)
     dataset = args.dataset or (ref["dataset"] if ref else "digits")
@@ -336,7 +338,7 @@ def _run_distributed(args):
         distributed.abort(1, comm)
 
 
-def _data(cfg, args):
+def load_data(cfg, args):
     """(x_train, y_train, x_test, y_test) of the run: its data set, classes and ``--limit``."""
     xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
     if cfg["classes"] is not None:
@@ -356,8 +358,8 @@ def run_warmup(args):
     cache) and print how many kernels it compiled and how long that took."""
     t0 = time.perf_counter()
     try:
-        cfg = _config(args)
-        xtr, ytr, xte, yte = _data(cfg, args)
+        cfg = config_from_args(args)
+        xtr, ytr, xte, yte = load_data(cfg, args)
     except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
         print(f"fastact warmup: error: {exc}", file=sys.stderr)
         return 2
@@ -371,7 +373,7 @@ def run_warmup(args):
 def _setup(args, comm):
     """Config, model, optimizer, resumed state and data; raises the user-facing errors. With ``comm``,
     rank 0 alone reads the checkpoint (the caller broadcasts it)."""
-    cfg = _config(args)
+    cfg = config_from_args(args)
     lead = comm is None or comm.Get_rank() == 0
     loaded = None
     if args.resume and lead:
@@ -387,7 +389,7 @@ def _setup(args, comm):
     if args.resume and lead:
         expect = {k: v.shape for k, v in model.state_dict().items()}
         loaded = checkpoint.load(args.resume, expect_model=expect)
-    xtr, ytr, xte, yte = _data(cfg, args)
+    xtr, ytr, xte, yte = load_data(cfg, args)
     if comm is not None:
         n, batch = comm.Get_size(), cfg["batch_size"]
         if batch % n:

@@ -1,7 +1,8 @@
 """Compile the kernels of a training job before it starts: ``python -m fastact warmup``.
 
 fastact's kernels are compiled by Numba for the machine that runs them, the first time each is needed,
-and kept in an on-disk cache (``fastact.config.CACHE_DIR``; docs/jit.md, "The kernel cache"). A job's
+and kept in an on-disk cache (``fastact.config.CACHE_DIR``; the README's notes say where and how it is
+keyed, docs/performance.md what a first run costs). A job's
 first run therefore starts with a few seconds of compilation, and every later run on the same machine
 loads the machine code instead. :func:`warm_up` runs one training step and one evaluation of a
 throwaway copy of the job's model at each batch size the job will use, so that every kernel the job
