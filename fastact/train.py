@@ -452,15 +452,16 @@ def _run(args, comm=None):
                                                f"{'' if cfg['model'] == 'vgg' else '-' + cfg['model']}.png"))
     nbatches = -(-len(ytr) // cfg["batch_size"])
     # every kernel compiled (or loaded) before the first epoch, so that its images/s and ETA are the
-    # training's; a cold cache says so (after 0.75 s) and how long it took
+    # training's; the first kernel that compiles says so, and the end how many took how long
     noticed = []
 
     def notice(line):
         noticed.append(line)
         say(f"fastact train: {line}", flush=True)
 
-    report = warm_up(cfg, len(ytr), len(yte), 1 if comm is None else comm.Get_size(),
-                     notice=notice if lead else None)
+    if start <= cfg["epochs"]:
+        report = warm_up(cfg, len(ytr), len(yte), 1 if comm is None else comm.Get_size(),
+                         notice=notice if lead else None)
     if noticed:
         say(f"fastact train: {report.summary()}; later runs load them", flush=True)
     act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))] \

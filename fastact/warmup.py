@@ -31,11 +31,6 @@ from . import _runtime
 
 __all__ = ["Report", "warm_up", "batch_sizes", "compile_counter"]
 
-#: after this many seconds of warm-up, :func:`warm_up` says that it is compiling (a warm cache loads a
-#: default job's kernels in ~0.3 s, so the line never shows then)
-NOTICE_AFTER = 0.75
-
-
 @dataclass
 class Report:
     """What :func:`warm_up` did: ``kernels`` compiled (not loaded from the cache), in ``seconds`` all
@@ -53,9 +48,11 @@ class Report:
 class compile_counter:
     """Context manager counting Numba compilations inside it: ``.events`` is a list of ``(seconds,
     kernel name)`` of the outermost compilations (a kernel's own callees are part of its time), and
-    ``.count`` their number. Loading a kernel from the on-disk cache is not a compilation."""
+    ``.count`` their number. Loading a kernel from the on-disk cache is not a compilation.
+    ``on_first(name)``, if given, is called when the first compilation starts."""
 
-    def __init__(self):
+    def __init__(self, on_first=None):
+        self.on_first = on_first
         self.events = []
         self._depth = 0
         self._lock = threading.Lock()
@@ -72,6 +69,9 @@ class compile_counter:
             def on_start(self, ev):
                 with counter._lock:
                     counter._depth += 1
+                    first, counter.on_first = counter.on_first, None
+                if first is not None:
+                    first(getattr(getattr(ev.data["dispatcher"], "py_func", None), "__name__", "?"))
                 self.starts[id(ev.data["dispatcher"]), str(ev.data["args"])] = time.perf_counter()
 
             def on_end(self, ev):
@@ -125,8 +125,9 @@ def warm_up(make_job, input_shape, *, train_batches, eval_batches, num_classes, 
         Labels are drawn from ``range(num_classes)``.
     dtype : numpy dtype, default float32
     notice : callable, optional
-        Called with one line of text once the warm-up has taken ``NOTICE_AFTER`` seconds (it is then
-        compiling): ``train`` prints it. Nothing is called when the cache is warm.
+        Called with one line of text when the first kernel starts compiling ("compiling kernels for
+        this CPU (first run only; cached in DIR) ..."): ``train`` prints it. Not called when every
+        kernel was compiled or is in the cache.
 
     Returns
     -------
@@ -134,36 +135,32 @@ def warm_up(make_job, input_shape, *, train_batches, eval_batches, num_classes, 
     """
     dtype = np.dtype(dtype)
     cache = _runtime.cache_path() or ""
-    timer = None
+    on_first = None
     if notice is not None:
         where = f"cached in {cache}" if cache else "the kernel cache is disabled"
-        timer = threading.Timer(NOTICE_AFTER, notice,
-                                [f"compiling kernels for this CPU (first run only; {where}) ..."])
-        timer.daemon = True
-        timer.start()
+        line = f"compiling kernels for this CPU (first run only; {where}) ..."
+
+        def on_first(name):
+            notice(line)
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
-    try:
-        with compile_counter() as counter:
-            model, opt, loss_fn = make_job()
-            for n in train_batches:
-                model.train()
-                if hasattr(model, "activity"):
-                    model.activity = {}  # the job's dead-unit bookkeeping runs kernels of its own
-                x = rng.standard_normal((n, *input_shape)).astype(dtype)
-                y = rng.integers(0, num_classes, n)
-                loss_fn(model(x), y)
-                opt.zero_grad()
-                model.backward(loss_fn.backward(), need_input_grad=False)
-                opt.step()
+    with compile_counter(on_first) as counter:
+        model, opt, loss_fn = make_job()
+        for n in train_batches:
+            model.train()
             if hasattr(model, "activity"):
-                model.activity = None
-            model.eval()
-            for n in eval_batches:
-                model(rng.standard_normal((n, *input_shape)).astype(dtype))
-    finally:
-        if timer is not None:
-            timer.cancel()
+                model.activity = {}  # the job's dead-unit bookkeeping runs kernels of its own
+            x = rng.standard_normal((n, *input_shape)).astype(dtype)
+            y = rng.integers(0, num_classes, n)
+            loss_fn(model(x), y)
+            opt.zero_grad()
+            model.backward(loss_fn.backward(), need_input_grad=False)
+            opt.step()
+        if hasattr(model, "activity"):
+            model.activity = None
+        model.eval()
+        for n in eval_batches:
+            model(rng.standard_normal((n, *input_shape)).astype(dtype))
     per_kernel = sorted(counter.events, reverse=True)
     return Report(kernels=counter.count, seconds=time.perf_counter() - t0, cache_dir=cache,
                   per_kernel=per_kernel)

@@ -81,16 +81,25 @@ def test_warm_up_leaves_the_job_as_it_would_have_run():
         assert np.array_equal(a, b)
 
 
-def test_warm_up_notice_only_when_slow(monkeypatch):
+def test_warm_up_notice_only_when_compiling():
     said = []
-    monkeypatch.setattr(warmup, "NOTICE_AFTER", 0.0)
+    warmup.warm_up(_job, (1, 4, 4), train_batches=[2], eval_batches=[2], num_classes=3)
     warmup.warm_up(_job, (1, 4, 4), train_batches=[2], eval_batches=[2], num_classes=3, notice=said.append)
-    threading.Event().wait(0.05)  # the timer thread
-    assert said and said[0].startswith("compiling kernels for this CPU (first run only; ")
-    monkeypatch.setattr(warmup, "NOTICE_AFTER", 60.0)
-    said.clear()
-    warmup.warm_up(_job, (1, 4, 4), train_batches=[2], eval_batches=[2], num_classes=3, notice=said.append)
-    assert not said
+    assert not said  # everything compiled already: nothing to announce
+
+
+def test_compile_counter_announces_the_first_compilation():
+    from numba import njit as _njit
+
+    @_njit
+    def fresh(v):  # a new function: its first call compiles
+        return v + 1
+    firsts = []
+    with warmup.compile_counter(firsts.append) as counter:
+        fresh(1.0)
+        fresh(2.0)
+        fresh(3)
+    assert firsts == ["fresh"] and counter.count == 2 and counter.events[0][1] == "fresh"
 
 
 @pytest.mark.parametrize("n, batch, sizes", [(0, 32, []), (10, 32, [10]), (64, 32, [32]),
