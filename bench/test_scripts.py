@@ -54,3 +54,14 @@ def test_startup():
 def test_slots():
     out = _run(BENCH / "slots.py", "--repeat", "2")
     assert "run_slots, calling thread + helper" in out and "forward MFLOP" in out
+
+
+def test_step_ab():
+    out = _run(BENCH / "step_ab.py", BENCH.parent, "--repeat", "1", "--only", "digits")
+    assert "| digits 1x8x8 |" in out and "this / other" in out
+
+
+def test_compile_profile():
+    done = subprocess.run([sys.executable, str(BENCH / "compile_profile.py"), "info"], capture_output=True,
+                          text=True, timeout=300, cwd=BENCH.parent)
+    assert done.returncode == 0 and "top-level compilations" in done.stderr, done.stderr

@@ -128,10 +128,10 @@ def parallel_slot():
 class _Worker:
     """One helper thread that runs jobs handed over by a pair of locks.
 
-    A round trip (hand over, run nothing, wait) costs ~19-25 us here, against ~5-11 us for a TBB
-    fork/join: Python wakes a sleeping thread through the OS, and the job then needs the GIL, whose
-    hand-over wakes a thread the same way. Spinning on a flag before sleeping saved 4 us of it
-    (measured), not worth a core spinning after every call.
+    A round trip (hand over, run almost nothing, wait) costs 20-40 us here, against ~5 us for a TBB
+    fork/join (bench/slots.py): Python wakes a sleeping thread through the OS, and the job then needs
+    the GIL, whose hand-over wakes a thread the same way. Spinning on a flag before sleeping saved 4
+    of ~25 us in a trial, not worth a core spinning after every call.
     """
 
     def __init__(self):
@@ -209,8 +209,8 @@ def run_slots(kernel, nslots, args, parallel=True):
 
     Why not a ``prange`` over the slots: Numba compiles a ``parallel=True`` kernel's loop body twice
     (into the parfor's function, then again linked into the caller), and the serial twin that small
-    calls need a third time; the convolution's slot loop took 9 s to compile that way, against 3.4 s as
-    one serial kernel (bench/startup.py). Each slot owns its partial results, so the result does not
+    calls need a third time; the convolution's forward took 6.3 s + 5.0 s (its serial twin) to compile
+    that way, against 3.0 s as one serial kernel (bench/compile_profile.py, docs/performance.md). Each slot owns its partial results, so the result does not
     depend on which thread ran which slot. Another Python thread calling meanwhile finds the helpers
     busy and runs its slots on its own thread.
     """
@@ -374,4 +374,3 @@ def jit(parallel=False, **options):
             return _ParallelKernel(fn, options)
         return njit(fn, cache=caching_enabled(), **options)
     return deco
-

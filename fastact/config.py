@@ -84,7 +84,6 @@ CONV_GATHER_MAX_Q = 4
 #: by another process leaves its remaining slots to the other.
 CONV_SLOTS_PER_THREAD = 4
 
-#: The fused convolution runs on one thread below this many FLOPs (handing slots to a helper thread costs
-#: ~20 us, ~1-2 MFLOP of GEMM on one core; at 4.7 MFLOP two threads still took 0.83x the time forward
-#: and 0.71x backward, bench/startup.py's notes in docs/performance.md).
+#: The fused convolution runs on one thread below this many FLOPs: handing slots to a helper thread
+#: costs 20-40 us (bench/slots.py), and at 4.7 MFLOP two threads and one take about the same time.
 CONV_PARALLEL_MIN_FLOPS = 4_000_000

@@ -266,6 +266,8 @@ def {fname}(counter, nslots, x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, m
     keep = z.size != 0
     gather = maps.shape[0] != 0
     isz = x.itemsize
+    # _im2col_row's arguments as variables: a literal (1 image, row 0) would compile another copy
+    one, row0 = m, P - P
     col = np.empty((CRS, LB), dtype=x.dtype)  # this thread's buffers, for every slot it takes
     g = np.empty((K, L if m > 1 else 0), dtype=x.dtype)
     iw = np.empty(8, dtype=np.int32)
@@ -275,38 +277,52 @@ def {fname}(counter, nslots, x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, m
         for ch in range(sl, nchunks, nslots):
             n0 = ch * m
             mm = min(m, N - n0)
-            # One image (m == 1): by bands of B output rows (B = P: the whole image), each GEMM
-            # straight into its columns of the NCHW output block y[n0] (K, PQ), then the epilogue in
-            # place. Small images (m > 1): one band, one GEMM for the chunk into g (K, mm*PQ), then
-            # the epilogue writes each image.
-            if gather:
-                _im2col_gather(x, n0, mm, R, S, P, Q, col, maps)
-            for lo in range(0, P, B):
-                hi = min(P, lo + B)
-                if not gather:
+            if m == 1:
+                # by bands of B output rows (B = P: the whole image), each GEMM straight into its
+                # columns of the NCHW output block y[n0] (K, PQ), then the epilogue in place
+                for lo in range(0, P, B):
+                    hi = min(P, lo + B)
                     for row in range(CRS):
-                        _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
-                if m == 1:
-                    dst, ldc = y.ctypes.data + (n0 * K * PQ + lo * Q) * isz, PQ
-                else:
-                    dst, ldc = g.ctypes.data, L
-                gemm(0, 0, K, mm * (hi - lo) * Q, CRS, w2.ctypes.data, CRS, col.ctypes.data, LB, 0.0,
-                     dst, ldc, iw, fw)
-            for i in range(mm):
+                        _im2col_row(x, n0, one, R, S, sh, sw, ph, pw, P, Q, col, row, lo, hi)
+                    gemm(0, 0, K, (hi - lo) * Q, CRS, w2.ctypes.data, CRS, col.ctypes.data, LB,
+                         0.0, y.ctypes.data + (n0 * K * PQ + lo * Q) * isz, PQ, iw, fw)
                 for k in range(K):
                     bk = b[k]
-                    yr = y[n0 + i, k]
-                    gr = yr if m == 1 else g[k, i * PQ:(i + 1) * PQ]
+                    yr = y[n0, k]
                     if keep:
-                        zr = z[n0 + i, k]
+                        zr = z[n0, k]
                         for j in range(PQ):
-                            v = gr[j] + bk
+                            v = yr[j] + bk
                             zr[j] = v
                             yr[j] = {fv}
                     else:
                         for j in range(PQ):
-                            v = gr[j] + bk
+                            v = yr[j] + bk
                             yr[j] = {fv}
+            else:
+                # small images: one GEMM for the chunk (K, mm*PQ), the epilogue writes each image
+                if gather:
+                    _im2col_gather(x, n0, mm, R, S, P, Q, col, maps)
+                else:
+                    for row in range(CRS):
+                        _im2col_row(x, n0, mm, R, S, sh, sw, ph, pw, P, Q, col, row, row0, P)
+                gemm(0, 0, K, mm * PQ, CRS, w2.ctypes.data, CRS, col.ctypes.data, L, 0.0,
+                     g.ctypes.data, L, iw, fw)
+                for i in range(mm):
+                    for k in range(K):
+                        bk = b[k]
+                        gr = g[k, i * PQ:(i + 1) * PQ]
+                        yr = y[n0 + i, k]
+                        if keep:
+                            zr = z[n0 + i, k]
+                            for j in range(PQ):
+                                v = gr[j] + bk
+                                zr[j] = v
+                                yr[j] = {fv}
+                        else:
+                            for j in range(PQ):
+                                v = gr[j] + bk
+                                yr[j] = {fv}
         sl = next_slot(counter)
 """
 

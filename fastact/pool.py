@@ -19,10 +19,9 @@ All kernels run in parallel over the N*C images; a backward scatters within one 
 threads write the same element.
 """
 
-import numba
 import numpy as np
 
-from . import _runtime, config
+from . import _runtime
 from ._util import compute_dtype as _compute_dtype
 from ._util import argmax_window as _argmax_window
 from ._util import pair as _pair
@@ -130,113 +129,86 @@ def _pick(a, b):
 
 
 # The 2x2 fast paths (the VGG case: 2x2 window, stride 2, no padding) without the window loops and
-# bounds checks, over 1-D row views (unit stride known to the compiler): the forward, which also
-# records the indices when it is given an array for them, and the backward from the indices (the
-# backward without indices runs the forward, then the backward: one definition of the winner, and
-# faster than searching again). Both are slot kernels (fastact.jit.run_slots): compiled once, run on
-# one thread or all, the same bits either way (no slot reads what another writes).
+# bounds checks, over 1-D row views (unit stride known to the compiler): the forward, the forward that
+# also records the indices, and the backward from the indices (the backward without indices runs the
+# second, then the third: one definition of the winner, and faster than searching again).
 
-_SLOTS_PER_THREAD = 2
-
-
-def _run_2x2(kernel, nitems, work, *args):
-    """``kernel(counter, nslots, *args)`` over ``nitems`` rows of work, on every thread from
-    ``config.PARALLEL_MIN_SIZE`` elements of ``work`` (the arrays' sizes added) on."""
-    nslots = max(1, min(nitems, _SLOTS_PER_THREAD * numba.get_num_threads()))
-    _runtime.run_slots(kernel, nslots, args, work >= config.PARALLEL_MIN_SIZE)
-
-
-@_runtime.jit()
-def _max_pool_2x2_forward(counter, nslots, x, y, idx):
-    # x (N, C, H, W) -> y (N, C, P, Q), P = H // 2, Q = W // 2; idx (N, C, P, Q) 0..3 = a, b (row
-    # 2p), d, e (row 2p + 1) when idx is not empty. Slot sl: output rows [sl * T / nslots, ...) of the
-    # T = N*C*P. With indices, a running maximum in row-major order with _pick's rule (ties keep the
-    # first, a NaN once met stays): each step is a compare and two selects, which vectorise.
+@_runtime.jit(parallel=True)
+def _max_pool_2x2_forward(x, y):
+    # x (N, C, H, W) -> y (N, C, P, Q), P = H // 2, Q = W // 2
     N, C, P, Q = y.shape
-    T = N * C * P
-    keep = idx.size != 0
-    sl = _runtime.next_slot(counter)
-    while sl < nslots:
-        for ncp in range(sl * T // nslots, (sl + 1) * T // nslots):
-            nc = ncp // P
-            p = ncp - nc * P
-            n = nc // C
-            c = nc - n * C
-            r0 = x[n, c, 2 * p]
-            r1 = x[n, c, 2 * p + 1]
-            yr = y[n, c, p]
-            if not keep:
-                for q in range(Q):
-                    m = _pick(_pick(r0[2 * q], r0[2 * q + 1]), r1[2 * q])
-                    yr[q] = _pick(m, r1[2 * q + 1])
-                continue
-            ir = idx[n, c, p]
-            for q in range(Q):
-                m = r0[2 * q]
-                b = r0[2 * q + 1]
-                t = (m >= b) | (m != m)
-                m = m if t else b
-                k = np.uint8(0) if t else np.uint8(1)
-                d = r1[2 * q]
-                t = (m >= d) | (m != m)
-                m = m if t else d
-                k = k if t else np.uint8(2)
-                e = r1[2 * q + 1]
-                t = (m >= e) | (m != m)
-                yr[q] = m if t else e
-                ir[q] = k if t else np.uint8(3)
-        sl = _runtime.next_slot(counter)
+    for ncp in _runtime.prange(N * C * P):
+        nc = ncp // P
+        p = ncp - nc * P
+        n = nc // C
+        c = nc - n * C
+        r0 = x[n, c, 2 * p]
+        r1 = x[n, c, 2 * p + 1]
+        yr = y[n, c, p]
+        for q in range(Q):
+            m = _pick(_pick(r0[2 * q], r0[2 * q + 1]), r1[2 * q])
+            yr[q] = _pick(m, r1[2 * q + 1])
 
 
-@_runtime.jit()
-def _max_pool_2x2_backward_indices(counter, nslots, dy, idx, dx, bad):
+@_runtime.jit(parallel=True)
+def _max_pool_2x2_forward_indices(x, y, idx):
+    # x (N, C, H, W) -> y, idx (N, C, P, Q); idx 0..3 = a, b (row 2p), d, e (row 2p + 1).
+    # A running maximum in row-major order with _pick's rule (ties keep the first, a NaN once met
+    # stays): each step is a compare and two selects, which vectorise, not a branch.
+    N, C, P, Q = y.shape
+    for ncp in _runtime.prange(N * C * P):
+        nc = ncp // P
+        p = ncp - nc * P
+        n = nc // C
+        c = nc - n * C
+        r0 = x[n, c, 2 * p]
+        r1 = x[n, c, 2 * p + 1]
+        yr = y[n, c, p]
+        ir = idx[n, c, p]
+        for q in range(Q):
+            m = r0[2 * q]
+            b = r0[2 * q + 1]
+            t = (m >= b) | (m != m)
+            m = m if t else b
+            k = np.uint8(0) if t else np.uint8(1)
+            d = r1[2 * q]
+            t = (m >= d) | (m != m)
+            m = m if t else d
+            k = k if t else np.uint8(2)
+            e = r1[2 * q + 1]
+            t = (m >= e) | (m != m)
+            yr[q] = m if t else e
+            ir[q] = k if t else np.uint8(3)
+
+
+@_runtime.jit(parallel=True)
+def _max_pool_2x2_backward_indices(dy, idx, dx):
     # dy, idx (N, C, P, Q) -> dx (N, C, H, W), over one flat image at a time (it sits in L1): zeroed
     # in one contiguous sweep, then one store per output at row 2p + k // 2, column 2q + k % 2
-    # (windows do not overlap: a store, not an add), 3-6x faster than four selected stores per window
-    # (stride 2: they do not vectorise). The bits of k are masked, so a wrong index (> 3) stays
-    # inside its image; slot sl counts them in bad[sl] (the caller raises) instead of branching.
+    # (windows do not overlap: a store, not an add). Measured 3-6x faster than the earlier backward's
+    # four selected stores per window (stride 2: they do not vectorise) after its four compares. The bits
+    # of k are masked, so a wrong index (> 3) stays inside its image; it is counted (the caller
+    # raises) instead of branched on.
     N, C, P, Q = dy.shape
     H, W = dx.shape[2], dx.shape[3]
     dxf = dx.reshape(N * C, H * W)
     dyf = dy.reshape(N * C, P * Q)
     idf = idx.reshape(N * C, P * Q)
-    T = N * C
-    sl = _runtime.next_slot(counter)
-    while sl < nslots:
+    bad = 0
+    for nc in _runtime.prange(N * C):
+        d = dxf[nc]
+        g = dyf[nc]
+        ii = idf[nc]
+        for t in range(H * W):
+            d[t] = 0.0
         nbad = 0
-        for nc in range(sl * T // nslots, (sl + 1) * T // nslots):
-            d = dxf[nc]
-            g = dyf[nc]
-            ii = idf[nc]
-            for t in range(H * W):
-                d[t] = 0.0
-            for p in range(P):
-                for q in range(Q):
-                    k = np.int64(ii[p * Q + q])
-                    nbad += k > 3
-                    d[(2 * p + ((k >> 1) & 1)) * W + 2 * q + (k & 1)] = g[p * Q + q]
-        bad[sl] = nbad
-        sl = _runtime.next_slot(counter)
-
-
-def _pool_2x2_forward(x, y, idx=None):
-    """The 2x2 forward into y (and idx, when given)."""
-    N, C, P, _ = y.shape
-    idx = _NO_INDICES_2X2 if idx is None else idx
-    _run_2x2(_max_pool_2x2_forward, N * C * P, x.size + y.size + idx.size, x, y, idx)
-
-
-def _pool_2x2_backward(dy, idx, dx):
-    """The 2x2 backward from the indices into dx (zeroed here); returns how many indices were > 3."""
-    N, C = dy.shape[:2]
-    nslots = max(1, min(N * C, _SLOTS_PER_THREAD * numba.get_num_threads()))
-    bad = np.zeros(nslots, dtype=np.int64)
-    _runtime.run_slots(_max_pool_2x2_backward_indices, nslots, (dy, idx, dx, bad),
-                       dy.size + idx.size + dx.size >= config.PARALLEL_MIN_SIZE)
-    return int(bad.sum())
-
-
-_NO_INDICES_2X2 = np.empty((0, 0, 0, 0), dtype=np.uint8)
+        for p in range(P):
+            for q in range(Q):
+                k = np.int64(ii[p * Q + q])
+                nbad += k > 3
+                d[(2 * p + ((k >> 1) & 1)) * W + 2 * q + (k & 1)] = g[p * Q + q]
+        bad += nbad
+    return bad
 
 
 def _is_2x2(a):
@@ -295,14 +267,14 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False
     if not return_indices:
         if y.size:
             if _is_2x2(a):
-                _pool_2x2_forward(xc, y)
+                _max_pool_2x2_forward(xc, y)
             else:
                 _max_pool_forward(xc, *a, y)
         return y
     idx = np.empty(shape, dtype=pool_index_dtype(kernel_size))
     if y.size:
         if _is_2x2(a):
-            _pool_2x2_forward(xc, y, idx)
+            _max_pool_2x2_forward_indices(xc, y, idx)
         else:
             _max_pool_forward_indices(xc, *a, y, idx)
     return y, idx
@@ -369,7 +341,7 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
         a = _window(kernel_size, stride, padding)
         if dy.size and _is_2x2(a):
             dx = np.empty(x_shape, dtype=dt)
-            bad = _pool_2x2_backward(dyc, idx, dx)  # zeroes dx itself
+            bad = _max_pool_2x2_backward_indices(dyc, idx, dx)  # zeroes dx itself
         else:
             dx = np.zeros(x_shape, dtype=dt)
             bad = _max_pool_backward_indices(dyc, idx, *a, dx) if dy.size else 0
@@ -383,9 +355,9 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
     dt = _compute_dtype(xc.dtype, dy.dtype)  # the winner is found in x's own dtype, as the forward
     if dy.size and _is_2x2(a):
         idx = np.empty(shape, dtype=np.uint8)
-        _pool_2x2_forward(xc, np.empty(shape, dtype=xc.dtype), idx)
+        _max_pool_2x2_forward_indices(xc, np.empty(shape, dtype=xc.dtype), idx)
         dx = np.empty(xc.shape, dtype=dt)
-        _pool_2x2_backward(np.ascontiguousarray(dy, dtype=dt), idx, dx)
+        _max_pool_2x2_backward_indices(np.ascontiguousarray(dy, dtype=dt), idx, dx)
         return dx
     dx = np.zeros(xc.shape, dtype=dt)
     if dy.size:

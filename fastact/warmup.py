@@ -2,9 +2,8 @@
 
 fastact's kernels are compiled by Numba for the machine that runs them, the first time each is needed,
 and kept in an on-disk cache (``fastact.config.CACHE_DIR``; the README's notes say where and how it is
-keyed, docs/performance.md what a first run costs). A job's
-first run therefore starts with a few seconds of compilation, and every later run on the same machine
-loads the machine code instead. :func:`warm_up` runs one training step and one evaluation of a
+keyed, docs/performance.md what a first run costs). A job's first run therefore starts with seconds of
+compilation, and every later run on the same machine loads the machine code instead. :func:`warm_up` runs one training step and one evaluation of a
 throwaway copy of the job's model at each batch size the job will use, so that every kernel the job
 needs is compiled (or loaded) before the first timed step: ``python -m fastact train`` calls it before
 its first epoch (the progress bar's images/s and ETA then exclude compilation), and ``python -m
@@ -30,6 +29,7 @@ import numpy as np
 from . import _runtime
 
 __all__ = ["Report", "warm_up", "batch_sizes", "compile_counter"]
+
 
 @dataclass
 class Report:
