@@ -128,7 +128,7 @@ def parallel_slot():
 class _Worker:
     """One helper thread that runs jobs handed over by a pair of locks.
 
-    A round trip (hand over, run almost nothing, wait) costs 20-40 us here, against ~5 us for a TBB
+    A round trip (hand over, run almost nothing, wait) costs ~19 us here, against ~4 us for a TBB
     fork/join (bench/slots.py): Python wakes a sleeping thread through the OS, and the job then needs
     the GIL, whose hand-over wakes a thread the same way. Spinning on a flag before sleeping saved 4
     of ~25 us in a trial, not worth a core spinning after every call.

@@ -85,5 +85,5 @@ CONV_GATHER_MAX_Q = 4
 CONV_SLOTS_PER_THREAD = 4
 
 #: The fused convolution runs on one thread below this many FLOPs: handing slots to a helper thread
-#: costs 20-40 us (bench/slots.py), and at 4.7 MFLOP two threads and one take about the same time.
+#: costs ~20 us (bench/slots.py: 19 us), and at 4.7 MFLOP two threads and one take about the same time.
 CONV_PARALLEL_MIN_FLOPS = 4_000_000
