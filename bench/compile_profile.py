@@ -49,8 +49,8 @@ def main(argv):
     print(f"import fastact {t1 - t0:.2f} s; the command {t2 - t1:.2f} s; {len(top)} top-level "
           f"compilations, {sum(r[0] for r in top):.2f} s", file=sys.stderr)
     for t, outer, parallel, name, args in sorted(records, reverse=True):
-        print(f"{t:7.3f} s  {'top-level' if outer else 'nested   '}  {'parallel' if parallel else 'serial  '}  "
-              f"{name}  {args[:100]}", file=sys.stderr)
+        kind = f"{'top-level' if outer else 'nested   '}  {'parallel' if parallel else 'serial  '}"
+        print(f"{t:7.3f} s  {kind}  {name}  {args[:100]}", file=sys.stderr)
     return 0
 
 

@@ -5,8 +5,8 @@ nb images per tile. Layouts are PyTorch's: x (N, C, H, W), weight (K, C, R, S), 
 
 Two ways to run it. By default (when fastact/_gemm.py could set up a BLAS callable from nopython code)
 the whole convolution is one compiled loop over chunks of images, run by both cores, each chunk doing
-im2col -> one GEMM on its thread -> epilogue (backward: dz = dy * act'(z) and the bias sums -> im2col -> dweight partial
-GEMM -> dcol GEMM -> col2im) in cache; see "fused per-chunk kernels" below. Otherwise (the NumPy path), per tile of nb images:
+im2col -> one GEMM on its thread -> epilogue (backward: dz = dy * act'(z) and the bias sums -> im2col
+-> dweight partial GEMM -> dcol GEMM -> col2im) in cache; see "fused per-chunk kernels" below. Otherwise (the NumPy path), per tile of nb images:
 
 Forward, per tile of nb images:
   1. im2col writes col (C*R*S, nb*P*Q) from x (parallel over the C*R*S rows; each row is a shifted copy
@@ -244,10 +244,11 @@ def _col2im(dcol, n0, nb, R, S, sh, sw, ph, pw, P, Q, dx):
 # chunks of m images (one image when it has config.CONV_CHUNK_MIN_COLUMNS output pixels or more):
 # each chunk runs im2col into a column buffer of its own (CRS x m*PQ: a few hundred KiB, so it stays in
 # the core's L2), one GEMM on this thread, and the epilogue or the backward's col2im, while the data is
-# still in cache; no Python between the images. The chunks are dealt to ``nslots`` slots, and
-# the slots to the threads of _runtime.run_slots (a serial kernel per thread: a prange here cost 3x
-# the compile time, see run_slots); a slot allocates its buffers once, and in the backward owns one dweight and one dbias partial, so the
-# reduction order (and the result) does not depend on the scheduling. The backward computes the
+# still in cache; no Python between the images. The chunks are dealt to ``nslots`` slots, which the
+# threads of _runtime.run_slots take one at a time (a serial kernel on each thread: as a prange the
+# kernel cost 3x the compile time, see run_slots); a thread allocates its buffers once, and in the
+# backward a slot owns one dweight and one dbias partial, so the reduction order (and the result)
+# does not depend on the scheduling. The backward computes the
 # chunk's dz = dy * act'(z) itself (K x m*PQ, 64 KiB for a 32x32 image of 16 channels: the whole
 # (N, K, P, Q) dz is never allocated). Forward and backward go through a one-image chunk by bands of
 # output rows (config.CONV_BAND_BYTES_PER_CHANNEL, see _band_rows), which keeps the GEMM's column

@@ -196,3 +196,21 @@ def test_cli_cold_train_says_it_compiles_then_warmup_finds_it_done(tmp_path):
     assert notice and done and notice[0] < done[0] < first_epoch, out
     out = _python(run % (["warmup"] + args[:4]), env={"FASTACT_CACHE_DIR": str(cache)})
     assert out.startswith("fastact warmup: 0 kernels compiled in "), out
+
+
+def test_train_compiles_nothing_after_its_warm_up():
+    """The warm-up covers every kernel of a training run: its epochs and evaluation compile nothing."""
+    import argparse
+
+    from fastact import train
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    args = p.parse_args(["--limit", "70", "--batch-size", "32"])
+    cfg = train.config_from_args(args)
+    xtr, ytr, xte, yte = train.load_data(cfg, args)
+    train.warm_up(cfg, len(ytr), len(yte))
+    model, opt = train.build(cfg)
+    with warmup.compile_counter() as counter:
+        train.train_epoch(model, opt, nn.CrossEntropyLoss(), xtr, ytr, cfg, 1)
+        train.evaluate(model, xte, yte)
+    assert counter.count == 0, counter.events
