@@ -44,7 +44,10 @@ def _warmup(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastact", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fastact", description="fastact's command line: train a CNN with no framework (train), compile "
+        "a training run's kernels ahead of time (warmup), describe this installation (info), time fastact "
+        "against NumPy and PyTorch (bench), draw the documentation's figures (plot).")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a CNN: VGG-style (default, on the bundled digits set) or a "
                                      "reference ResNet of fastact.models on CIFAR-10; data-parallel "

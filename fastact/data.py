@@ -241,6 +241,10 @@ def select_classes(x, y, labels):
 
 def batches(x, y, batch_size, *, shuffle=True, seed=0, epoch=0):
     """Yield (x_batch, y_batch); the order depends only on (seed, epoch), so a resumed run repeats it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(f"batches: x has {len(x)} items but y has {len(y)}")
     n = len(y)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     for i in range(0, n, batch_size):

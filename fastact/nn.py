@@ -662,11 +662,31 @@ class Flatten(Module):
 
 
 class Activation(Module):
-    """An elementwise activation of the table as a module (subclassed per activation below)."""
+    """An elementwise activation of the table as a module (subclassed per activation below).
+
+    ``Activation(name, *params, **params)`` builds the module of the activation ``name``:
+    ``nn.Activation("gelu", approximate="tanh")`` is ``nn.GELU(approximate="tanh")``.
+
+    >>> from fastact import nn
+    >>> nn.Activation("leaky_relu", 0.2)
+    LeakyReLU(negative_slope=0.2)
+    """
 
     name = None
 
+    def __new__(cls, *args, **kwargs):
+        if cls is not Activation:
+            return super().__new__(cls)
+        if not args or not isinstance(args[0], str):
+            raise TypeError("nn.Activation(name, *params) takes the activation's name first, e.g. "
+                            "nn.Activation('gelu') (or its module, nn.GELU())")
+        inst = super().__new__(ACTIVATION_MODULES[_table.get(args[0]).name])  # ValueError naming it
+        object.__setattr__(inst, "_named", True)  # __init__ drops the name from its arguments
+        return inst
+
     def __init__(self, *args, inplace=False, **kwargs):
+        if self.__dict__.pop("_named", False):
+            args = args[1:]
         super().__init__()
         act = _table.get(self.name)
         names = act.param_names

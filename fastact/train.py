@@ -25,6 +25,7 @@ rank aborts the whole job, and a collective that outlives ``--mpi-timeout`` seco
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -63,6 +64,13 @@ _RESUME_KEYS = ("dataset", "model", "cfg", "hidden", "in_channels", "input_size"
 _LEGACY = {"model": "vgg", "classes": None, "n_chans1": None, "n_blocks": None}
 
 
+def _defaults(key):
+    """``train --help``'s text for a default that depends on the data set and model."""
+    per_set = ", ".join(f"{d} {PRESETS[d][key]}" for d in PRESETS)
+    per_model = ", ".join(f"{m} {MODEL_PRESETS[m][key]}" for m in MODEL_PRESETS)
+    return f"per data set for vgg: {per_set}; {per_model}"
+
+
 def add_arguments(p):
     p.add_argument("--model", choices=MODELS, default="vgg",
                    help="vgg (default; shaped per data set) or a reference network of fastact.models "
@@ -74,20 +82,27 @@ def add_arguments(p):
     p.add_argument("--n-chans1", type=int, default=32, help="net_*: channels of conv1 (default 32)")
     p.add_argument("--n-blocks", type=int, default=10, help="net_res_deep: residual blocks (default 10)")
     p.add_argument("--data-dir", help="directory holding the MNIST IDX files or the CIFAR-10 batches")
-    p.add_argument("--epochs", type=int, help="default: per data set (digits 12)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["sgd", "adam"])
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--activation", default="relu", help="any elementwise activation of fastact, or prelu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--epochs", type=int, help="epochs to train, >= 1 (default: " + _defaults("epochs") + ")")
+    p.add_argument("--batch-size", type=int, help="images per step, >= 1 (default: " + _defaults("batch_size")
+                   + ")")
+    p.add_argument("--lr", type=float, help="learning rate, > 0 (default: " + _defaults("lr") + ")")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: " + _defaults("optimizer"))
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, 0 <= m < 1 (default 0.9)")
+    p.add_argument("--activation", default="relu", help="any elementwise activation of fastact, or prelu "
+                   "(default relu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the batch order "
+                   "(default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="precision of the weights and the computation (default float32)")
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     p.add_argument("--plot", metavar="PATH", help="training-curve PNG (default: beside the checkpoint, "
                    "else runs/train-<dataset>[-<model>].png)")
-    p.add_argument("--limit", type=int, help="use only the first N training images (quick runs)")
+    p.add_argument("--limit", type=int, help="use only the first N training images, N >= 1 (quick runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--keep-going", action="store_true",
+                   help="keep training after a step whose loss is NaN or infinite (by default training "
+                        "stops there with an error, leaving the last checkpoint as it was)")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI: run under mpiexec -n N (needs the mpi extra, mpi4py); "
                         "--batch-size is the global batch, split evenly over the N ranks")
@@ -101,7 +116,9 @@ def add_arguments(p):
 
 def config_from_args(args):
     """The run's configuration (the dict that checkpoints store) from ``train``'s parsed options: the
-    data set's and model's defaults for every option not given; ValueError for a bad combination."""
+    data set's and model's defaults for every option not given; ValueError for a value out of range
+    (:func:`check_args`) or a bad combination."""
+    check_args(args)
     model = getattr(args, "model", "vgg")
     ref = MODEL_PRESETS.get(model)
     dataset = args.dataset or (ref["dataset"] if ref else "digits")
@@ -127,13 +144,41 @@ def config_from_args(args):
                activation=args.activation, classes=classes, n_chans1=n_chans1, n_blocks=n_blocks,
                seed=args.seed, dtype=args.dtype,
                num_classes=len(data.CLASSES[dataset]) if classes is None else len(classes),
-               epochs=args.epochs or preset["epochs"], batch_size=args.batch_size or preset["batch_size"],
-               lr=args.lr or preset["lr"], optimizer=args.optimizer or preset["optimizer"],
-               momentum=args.momentum)
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["lr"] <= 0:
-        raise ValueError(f"epochs and batch size must be >= 1 and lr > 0 (got {cfg['epochs']}, "
-                         f"{cfg['batch_size']}, {cfg['lr']})")
+               epochs=_given(args.epochs, preset["epochs"]),
+               batch_size=_given(args.batch_size, preset["batch_size"]), lr=_given(args.lr, preset["lr"]),
+               optimizer=args.optimizer or preset["optimizer"], momentum=args.momentum)
     return cfg
+
+
+def _given(value, default):
+    """The user's value when they gave one (0 included), else the default."""
+    return default if value is None else value
+
+
+def check_args(args):
+    """ValueError naming the option for every value ``train`` cannot use as given (before any work):
+    a value the user gave is used as it is or refused, never replaced by a default."""
+    def bad(flag, want, value):
+        raise ValueError(f"{flag} must be {want}, got {value!r}")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--limit", getattr(args, "limit", None))):
+        if value is not None and value < 1:
+            bad(flag, "at least 1", value)
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        bad("--lr", "a finite number > 0", args.lr)
+    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        bad("--momentum", "a finite number in [0, 1)", args.momentum)
+    for flag, value in (("--n-chans1", getattr(args, "n_chans1", 1)), ("--n-blocks", getattr(args, "n_blocks", 1))):
+        if value < 1:
+            bad(flag, "at least 1", value)
+    timeout = getattr(args, "mpi_timeout", 1.0)
+    if not (math.isfinite(timeout) and timeout > 0):
+        bad("--mpi-timeout", "a finite number of seconds > 0", timeout)
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step's loss was NaN or infinite; the message names the epoch, the step and the likely
+    causes."""
 
 
 def build(cfg):
@@ -213,8 +258,11 @@ def _fail_point():
     return int(parts[0]), int(parts[1]), len(parts) > 2 and parts[2] == "hang"
 
 
-def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None, step0=0):
+def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None, step0=0, keep_going=False):
     """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer).
+
+    A step whose loss is NaN or infinite raises :class:`TrainingDiverged` before it changes the
+    weights, unless ``keep_going``.
 
     With an MPI ``comm`` (data-parallel): each global batch is split into the ranks' contiguous
     slices, the gradients are averaged over the ranks before every step, and the returned figures
@@ -241,6 +289,8 @@ def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None,
                                    f"step {step}")
         logits = model(xb.astype(cfg["dtype"], copy=False))
         loss = loss_fn(logits, yb)
+        if not (keep_going or math.isfinite(loss)):
+            raise TrainingDiverged(_diverged(loss, cfg, epoch, step - step0, -(-len(y) // cfg["batch_size"]), x))
         opt.zero_grad()
         dlogits = loss_fn.backward()
         if len(yb) * nranks != global_n:
@@ -274,6 +324,18 @@ def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None,
         total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen], comm)
         correct, seen = int(correct), int(seen)
     return total_loss / seen, correct / seen, seen / (time.perf_counter() - t0), dead
+
+
+def _diverged(loss, cfg, epoch, step, nsteps, x):
+    """The message of a TrainingDiverged: where, and what likely caused it."""
+    nonfinite = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    causes = [f"a learning rate too large for this model (lr {cfg['lr']}"
+              + (f", momentum {cfg['momentum']})" if cfg["optimizer"] == "sgd" else ")")]
+    if nonfinite:
+        causes.insert(0, f"the training data, which holds {nonfinite} NaN or infinite values")
+    return (f"the loss was {loss} at epoch {epoch}, step {step} of {nsteps}: training stopped before "
+            f"that step changed the weights (a checkpoint written after an earlier epoch is as it was). "
+            f"Likely cause: {' or '.join(causes)}. --keep-going trains on regardless.")
 
 
 def plot_history(history, path, title):
@@ -312,6 +374,9 @@ def run(args):
     except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
         print(f"fastact train: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"fastact train: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run_distributed(args):
@@ -345,7 +410,7 @@ def load_data(cfg, args):
         labels = data.class_indices(cfg["dataset"], cfg["classes"])
         xtr, ytr = data.select_classes(xtr, ytr, labels)
         xte, yte = data.select_classes(xte, yte, labels)
-    if args.limit:
+    if args.limit is not None:
         xtr, ytr = xtr[:args.limit], ytr[:args.limit]
     if len(ytr) == 0:
         raise data.DataError(f"no training images of the classes {cfg['classes']} in {cfg['dataset']}")
@@ -474,7 +539,8 @@ def _run(args, comm=None):
                             file=sys.stdout, dynamic_ncols=True)
         t0 = time.perf_counter()
         loss, acc, rate, dead = train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch, progress, comm,
-                                            step0=(epoch - start) * nbatches)
+                                            step0=(epoch - start) * nbatches,
+                                            keep_going=getattr(args, "keep_going", False))
         if progress is not None:
             progress.close()
         if comm is not None:

@@ -1,0 +1,91 @@
+"""The command line honours or refuses every value it is given, and training stops loudly when it
+diverges (a NaN or infinite loss) instead of printing "loss nan" to the end."""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from fastact import data, nn, train
+from fastact.__main__ import main
+
+
+@pytest.mark.parametrize("command", ["train", "warmup"])
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-1"), ("--batch-size", "0"),
+                                         ("--lr", "0"), ("--lr", "-0.1"), ("--lr", "nan"), ("--lr", "inf"),
+                                         ("--momentum", "5"), ("--momentum", "-0.1"), ("--momentum", "nan"),
+                                         ("--limit", "0"), ("--limit", "-5"), ("--n-chans1", "0")])
+def test_out_of_range_values_are_refused_naming_the_flag(command, flag, value, capsys, tmp_path):
+    code = main([command, flag, value, "--plot", str(tmp_path / "c.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and value in err, err
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_given_values_are_used_not_replaced_by_defaults():
+    cfg = train.config_from_args(_args("--epochs", "1", "--batch-size", "7", "--lr", "0.5", "--momentum", "0"))
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["momentum"]) == (1, 7, 0.5, 0.0)
+    cfg = train.config_from_args(_args())
+    assert (cfg["epochs"], cfg["batch_size"], cfg["lr"]) == (12, 32, 2e-3)
+
+
+def test_help_texts_say_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "warmup" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--batch-size", "--lr", "--seed", "--dtype", "--keep-going"):
+        assert flag in out
+    assert "digits 32" in out and "digits 0.002" in out and "(default 0)" in out
+
+
+def _job():
+    """(cfg, model, optimizer, x, y): 64 digits in batches of 16."""
+    args = _args("--limit", "64", "--batch-size", "16")
+    cfg = train.config_from_args(args)
+    model, opt = train.build(cfg)
+    x, y, _, _ = train.load_data(cfg, args)
+    return cfg, model, opt, x.copy(), y
+
+
+def test_a_nan_loss_stops_training_before_the_step_and_names_the_cause():
+    cfg, model, opt, x, y = _job()
+    x[40, 0, 3, 3] = np.nan  # one NaN pixel: its batch (not the first of the shuffled order) diverges
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(train.TrainingDiverged, match=r"at epoch 1, step \d+ of 4: .*1 NaN or infinite value"):
+        train.train_epoch(model, opt, nn.CrossEntropyLoss(), x, y, cfg, 1)
+    after = model.state_dict()
+    assert all(np.isfinite(v).all() for v in after.values())  # the diverging step changed nothing
+    assert any(not np.array_equal(before[k], after[k]) for k in before)  # the earlier steps did train
+    cfg, model, opt, _, y = _job()
+    train.train_epoch(model, opt, nn.CrossEntropyLoss(), x, y, cfg, 1, keep_going=True)  # no raise
+
+
+def test_cli_diverging_run_exits_nonzero(capsys, tmp_path):
+    code = main(["train", "--optimizer", "sgd", "--lr", "1e30", "--limit", "64", "--epochs", "2", "--quiet",
+                 "--plot", str(tmp_path / "c.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "at epoch 1, step" in err and "lr 1e+30" in err and "--keep-going" in err, err
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_batches_refuses_a_bad_batch_size(bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        list(data.batches(np.zeros((4, 1)), np.zeros(4), bad))
+
+
+def test_activation_by_name():
+    assert type(nn.Activation("gelu")) is nn.GELU
+    assert nn.Activation("gelu", approximate="tanh").params == nn.GELU(approximate="tanh").params
+    with pytest.raises(ValueError, match="unknown activation 'relu7'"):
+        nn.Activation("relu7")
+    with pytest.raises(TypeError, match="activation's name first"):
+        nn.Activation()
