@@ -24,6 +24,7 @@ the plot; a checkpoint holds the global state, so ``--resume`` works with any N.
 rank aborts the whole job, and a collective that outlives ``--mpi-timeout`` seconds does too.
 """
 
+import argparse
 import json
 import math
 import os
@@ -57,9 +58,17 @@ MODEL_PRESETS = {
 }
 MODELS = ("vgg",) + tuple(MODEL_PRESETS)
 
-#: the fields of a run that a resumed run must share with its checkpoint
+#: the fields of a run that a resumed run shares with its checkpoint (``--resume`` takes them from it;
+#: an option that would change one is refused)
 _RESUME_KEYS = ("dataset", "model", "cfg", "hidden", "in_channels", "input_size", "activation", "classes",
-                "n_chans1", "n_blocks", "optimizer", "lr", "batch_size", "seed", "dtype", "num_classes")
+                "n_chans1", "n_blocks", "optimizer", "batch_size", "seed", "dtype", "num_classes")
+#: what ``--resume`` lets an option change: train for more epochs, go on at another learning rate or
+#: momentum
+_RESUME_OVERRIDES = ("epochs", "lr", "momentum")
+#: the options' defaults where they do not depend on the data set and model (the parser's defaults are
+#: None, so that ``--resume`` can tell an option given from one left out)
+OPTION_DEFAULTS = dict(model="vgg", n_chans1=32, n_blocks=10, momentum=0.9, activation="relu", seed=0,
+                       dtype="float32")
 #: their values in checkpoints written before the field existed (every such run was a VGG on all classes)
 _LEGACY = {"model": "vgg", "classes": None, "n_chans1": None, "n_blocks": None}
 
@@ -72,30 +81,30 @@ def _defaults(key):
 
 
 def add_arguments(p):
-    p.add_argument("--model", choices=MODELS, default="vgg",
+    p.add_argument("--model", choices=MODELS,
                    help="vgg (default; shaped per data set) or a reference network of fastact.models "
                         "(3x32x32 input: needs cifar10, the default for them)")
     p.add_argument("--dataset", choices=sorted(data.DATASETS),
                    help="default: digits for vgg, cifar10 for the reference networks")
     p.add_argument("--classes", help="comma-separated class names to train on, relabelled 0..k-1 in "
                    "this order (default: all; airplane,bird for the reference networks)")
-    p.add_argument("--n-chans1", type=int, default=32, help="net_*: channels of conv1 (default 32)")
-    p.add_argument("--n-blocks", type=int, default=10, help="net_res_deep: residual blocks (default 10)")
+    p.add_argument("--n-chans1", type=int, help="net_*: channels of conv1 (default 32)")
+    p.add_argument("--n-blocks", type=int, help="net_res_deep: residual blocks (default 10)")
     p.add_argument("--data-dir", help="directory holding the MNIST IDX files or the CIFAR-10 batches")
     p.add_argument("--epochs", type=int, help="epochs to train, >= 1 (default: " + _defaults("epochs") + ")")
     p.add_argument("--batch-size", type=int, help="images per step, >= 1 (default: " + _defaults("batch_size")
                    + ")")
     p.add_argument("--lr", type=float, help="learning rate, > 0 (default: " + _defaults("lr") + ")")
     p.add_argument("--optimizer", choices=["sgd", "adam"], help="default: " + _defaults("optimizer"))
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, 0 <= m < 1 (default 0.9)")
-    p.add_argument("--activation", default="relu", help="any elementwise activation of fastact, or prelu "
-                   "(default relu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the batch order "
-                   "(default 0)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+    p.add_argument("--momentum", type=float, help="SGD momentum, 0 <= m < 1 (default 0.9)")
+    p.add_argument("--activation", help="any elementwise activation of fastact, or prelu (default relu)")
+    p.add_argument("--seed", type=int, help="seed of the initial weights and of the batch order (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"],
                    help="precision of the weights and the computation (default float32)")
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
-    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint, with its "
+                   "configuration; --epochs (to train on), --lr and --momentum may change, other options "
+                   "only repeat it")
     p.add_argument("--plot", metavar="PATH", help="training-curve PNG (default: beside the checkpoint, "
                    "else runs/train-<dataset>[-<model>].png)")
     p.add_argument("--limit", type=int, help="use only the first N training images, N >= 1 (quick runs)")
@@ -119,7 +128,8 @@ def config_from_args(args):
     data set's and model's defaults for every option not given; ValueError for a value out of range
     (:func:`check_args`) or a bad combination."""
     check_args(args)
-    model = getattr(args, "model", "vgg")
+    opt = {k: _given(getattr(args, k, None), v) for k, v in OPTION_DEFAULTS.items()}
+    model = opt["model"]
     ref = MODEL_PRESETS.get(model)
     dataset = args.dataset or (ref["dataset"] if ref else "digits")
     preset = dict(PRESETS[dataset])
@@ -128,25 +138,25 @@ def config_from_args(args):
         if dataset != ref["dataset"]:
             raise ValueError(f"--model {model} takes 3x32x32 images: it needs --dataset {ref['dataset']}, "
                              f"not {dataset}")
-        if args.activation != "relu":
+        if opt["activation"] != "relu":
             raise ValueError(f"--model {model} is a fixed architecture with ReLU; --activation "
-                             f"{args.activation} applies to --model vgg only")
+                             f"{opt['activation']} applies to --model vgg only")
         preset.update({k: ref[k] for k in ("epochs", "batch_size", "lr", "optimizer")})
         preset.update(cfg=None, hidden=None)
         classes = classes or ref["classes"]
     if classes is not None:
         labels = data.class_indices(dataset, classes)  # DataError naming the valid names
         classes = [data.CLASSES[dataset][i] for i in labels]
-    n_chans1 = getattr(args, "n_chans1", 32) if ref else None
-    n_blocks = getattr(args, "n_blocks", 10) if model == "net_res_deep" else None
+    n_chans1 = opt["n_chans1"] if ref else None
+    n_blocks = opt["n_blocks"] if model == "net_res_deep" else None
     cfg = dict(dataset=dataset, model=model, cfg=preset["cfg"], hidden=preset["hidden"],
                in_channels=preset["in_channels"], input_size=preset["input_size"],
-               activation=args.activation, classes=classes, n_chans1=n_chans1, n_blocks=n_blocks,
-               seed=args.seed, dtype=args.dtype,
+               activation=opt["activation"], classes=classes, n_chans1=n_chans1, n_blocks=n_blocks,
+               seed=opt["seed"], dtype=opt["dtype"],
                num_classes=len(data.CLASSES[dataset]) if classes is None else len(classes),
                epochs=_given(args.epochs, preset["epochs"]),
                batch_size=_given(args.batch_size, preset["batch_size"]), lr=_given(args.lr, preset["lr"]),
-               optimizer=args.optimizer or preset["optimizer"], momentum=args.momentum)
+               optimizer=args.optimizer or preset["optimizer"], momentum=opt["momentum"])
     return cfg
 
 
@@ -166,10 +176,12 @@ def check_args(args):
             bad(flag, "at least 1", value)
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         bad("--lr", "a finite number > 0", args.lr)
-    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
-        bad("--momentum", "a finite number in [0, 1)", args.momentum)
-    for flag, value in (("--n-chans1", getattr(args, "n_chans1", 1)), ("--n-blocks", getattr(args, "n_blocks", 1))):
-        if value < 1:
+    momentum = getattr(args, "momentum", None)
+    if momentum is not None and not (math.isfinite(momentum) and 0 <= momentum < 1):
+        bad("--momentum", "a finite number in [0, 1)", momentum)
+    for flag, value in (("--n-chans1", getattr(args, "n_chans1", None)),
+                        ("--n-blocks", getattr(args, "n_blocks", None))):
+        if value is not None and value < 1:
             bad(flag, "at least 1", value)
     timeout = getattr(args, "mpi_timeout", 1.0)
     if not (math.isfinite(timeout) and timeout > 0):
@@ -435,21 +447,51 @@ def run_warmup(args):
     return 0
 
 
+def resume_config(args, saved):
+    """The configuration of ``--resume``: the checkpoint's (``saved``, its header's ``config``), with
+    the options given on this command line that may change (``_RESUME_OVERRIDES``) applied; an option
+    that would change anything else raises CheckpointError naming it."""
+    saved = {k: saved.get(k, _LEGACY.get(k)) for k in set(_RESUME_KEYS) | set(_RESUME_OVERRIDES)}
+    # the options as the checkpoint's run gave them, then this command line's on top
+    ns = argparse.Namespace(**vars(args))
+    for key in ("dataset", "model", "n_chans1", "n_blocks", "epochs", "batch_size", "lr", "optimizer",
+                "momentum", "activation", "seed", "dtype"):
+        if getattr(args, key, None) is None and saved.get(key) is not None:
+            setattr(ns, key, saved[key])
+    if getattr(args, "classes", None) is None and saved["classes"] is not None:
+        ns.classes = ",".join(saved["classes"])
+    # an option given that differs from the run's is named as such (before it can fail as a
+    # combination with the run's other options)
+    given = {k: getattr(args, k) for k in ("dataset", "model", "n_chans1", "n_blocks", "batch_size",
+                                            "optimizer", "activation", "seed", "dtype")
+             if getattr(args, k, None) is not None and getattr(args, k) != saved.get(k)}
+    try:
+        cfg = config_from_args(ns)
+    except ValueError:
+        if not given:
+            raise
+        cfg = dict(saved, **given)
+    diff = [k for k in _RESUME_KEYS if saved[k] != cfg.get(k)]
+    if diff:
+        raise checkpoint.CheckpointError(
+            f"{args.resume} was written by a different run: " +
+            ", ".join(f"{k} {saved[k]!r} (now {cfg.get(k)!r})" for k in diff) +
+            "; --resume continues that run (leave those options out), or start a new one without it")
+    return cfg
+
+
 def _setup(args, comm):
     """Config, model, optimizer, resumed state and data; raises the user-facing errors. With ``comm``,
-    rank 0 alone reads the checkpoint (the caller broadcasts it)."""
-    cfg = config_from_args(args)
+    every rank reads the checkpoint's header (its configuration) and rank 0 alone its arrays (the
+    caller broadcasts them)."""
     lead = comm is None or comm.Get_rank() == 0
     loaded = None
-    if args.resume and lead:
+    if args.resume:
+        check_args(args)
         header, _ = checkpoint.read_header(args.resume)   # validates before any large read
-        saved = header.get("config", {})
-        saved = {k: saved.get(k, _LEGACY.get(k)) for k in _RESUME_KEYS}
-        diff = [k for k in _RESUME_KEYS if saved[k] != cfg.get(k)]
-        if diff:
-            raise checkpoint.CheckpointError(
-                f"{args.resume} was written by a different run: " +
-                ", ".join(f"{k} {saved[k]!r} (now {cfg.get(k)!r})" for k in diff))
+        cfg = resume_config(args, header.get("config", {}))
+    else:
+        cfg = config_from_args(args)
     model, opt = build(cfg)
     if args.resume and lead:
         expect = {k: v.shape for k, v in model.state_dict().items()}
@@ -498,6 +540,11 @@ def _run(args, comm=None):
         opt.load_state_dict(ostate)
         history = header["history"]
         start = header["epoch"] + 1
+        if start > cfg["epochs"]:
+            acc = f" (final test accuracy {history[-1]['test_acc']:.2%})" if history else ""
+            say(f"fastact train: the run in {args.resume} finished its {header['epoch']} epochs{acc}; "
+                f"--epochs N with N > {header['epoch']} trains it on")
+            return 0
     if comm is not None:
         distributed.broadcast_parameters(model, comm=comm)  # every rank starts from rank 0's weights
     if cfg["model"] == "vgg":

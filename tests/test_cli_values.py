@@ -89,3 +89,25 @@ def test_activation_by_name():
         nn.Activation("relu7")
     with pytest.raises(TypeError, match="activation's name first"):
         nn.Activation()
+
+
+def test_resume_takes_the_run_from_the_checkpoint(tmp_path, monkeypatch, capsys):
+    """--resume needs no option repeated; --epochs and --lr may change, other options only repeat the
+    run's; a finished run says so."""
+    from fastact import checkpoint
+    monkeypatch.chdir(tmp_path)
+    common = ["--limit", "64", "--quiet"]
+    assert main(["train", *common, "--activation", "gelu", "--batch-size", "16", "--epochs", "1",
+                 "--checkpoint", "ck.npz"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "ck.npz", "--epochs", "2", "--lr", "0.001", "--checkpoint", "ck.npz",
+                 *common]) == 0
+    out = capsys.readouterr().out
+    assert "gelu" in out and "batch 16" in out and "lr=0.001" in out and "epoch 2:" in out
+    header = checkpoint.read_header("ck.npz")[0]
+    assert [h["epoch"] for h in header["history"]] == [1, 2] and header["config"]["lr"] == 0.001
+    assert main(["train", "--resume", "ck.npz", "--activation", "relu", "--epochs", "3", *common]) == 2
+    err = capsys.readouterr().err
+    assert "activation 'gelu' (now 'relu')" in err and "--resume continues that run" in err
+    assert main(["train", "--resume", "ck.npz", "--activation", "gelu", "--batch-size", "16", *common]) == 0
+    assert "finished its 2 epochs" in capsys.readouterr().out
