@@ -79,10 +79,14 @@ def read_digits():
     return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
-def load_digits(test_fraction=0.2, seed=0):
-    """scikit-learn's digits as (N, 1, 8, 8), split with a seeded permutation."""
+def load_digits(test_fraction=0.2, seed=0, rgb32=False):
+    """scikit-learn's digits as (N, 1, 8, 8), split with a seeded permutation; with ``rgb32``, as
+    (N, 3, 32, 32): each pixel a 4x4 block, the same in the three channels, the input the reference
+    networks of :mod:`fastact.models` take (``python -m fastact train --model net_res --dataset digits``)."""
     images, target = read_digits()
     x = images.astype(np.float32)[:, None, :, :] / 16.0
+    if rgb32:
+        x = np.repeat(np.repeat(np.repeat(x, 3, axis=1), 4, axis=2), 4, axis=3)
     y = target.astype(np.int64)
     perm = np.random.default_rng(seed).permutation(len(y))
     n_test = int(round(len(y) * test_fraction))
@@ -119,13 +123,31 @@ def read_idx(path):
         return np.frombuffer(data, dtype=dt).reshape(tuple(int(d) for d in dims))
 
 
+#: where the files of the data sets that do not ship come from, and the layout the loaders read
+SOURCES = {
+    "mnist": "MNIST's four IDX files as the MNIST database publishes them (train-images-idx3-ubyte, "
+             "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz; "
+             "Fashion-MNIST's files have the same names and format) in one directory",
+    "cifar10": "CIFAR-10's python version (the archive cifar-10-python.tar.gz from the CIFAR-10 page of "
+               "the University of Toronto, unpacked): the directory cifar-10-batches-py, holding "
+               "data_batch_1 .. data_batch_5 and test_batch, or the directory that contains it",
+}
+
+
 def load_mnist(data_dir):
-    """MNIST (or Fashion-MNIST) from the four IDX files in ``data_dir``, as (N, 1, 28, 28)."""
+    """MNIST (or Fashion-MNIST) from the four IDX files in ``data_dir``, as (N, 1, 28, 28).
+
+    ``data_dir`` holds ``SOURCES["mnist"]``; DataError naming the missing file otherwise."""
     if not data_dir:
-        raise DataError("--data-dir is required for mnist (a directory holding the IDX files)")
+        raise DataError(f"load_mnist needs data_dir: {SOURCES['mnist']}")
     f = lambda name: read_idx(os.path.join(data_dir, name))
-    xtr, ytr = f("train-images-idx3-ubyte"), f("train-labels-idx1-ubyte")
-    xte, yte = f("t10k-images-idx3-ubyte"), f("t10k-labels-idx1-ubyte")
+    try:
+        xtr, ytr = f("train-images-idx3-ubyte"), f("train-labels-idx1-ubyte")
+        xte, yte = f("t10k-images-idx3-ubyte"), f("t10k-labels-idx1-ubyte")
+    except DataError as exc:
+        if str(exc).startswith("missing file"):
+            raise DataError(f"{exc}; mnist reads {SOURCES['mnist']}") from None
+        raise
     if xtr.ndim != 3 or len(xtr) != len(ytr) or xte.ndim != 3 or len(xte) != len(yte):
         raise DataError(f"{data_dir}: image and label files disagree ({xtr.shape} vs {ytr.shape}, "
                         f"{xte.shape} vs {yte.shape})")
@@ -172,13 +194,20 @@ def _cifar_batch(path):
 
 
 def load_cifar10(data_dir):
-    """CIFAR-10 from its python batches in ``data_dir``, as (N, 3, 32, 32)."""
+    """CIFAR-10 from its python batches in ``data_dir``, as (N, 3, 32, 32).
+
+    ``data_dir`` is ``SOURCES["cifar10"]``; DataError naming the missing file otherwise."""
     if not data_dir:
-        raise DataError("--data-dir is required for cifar10 (the cifar-10-batches-py directory)")
+        raise DataError(f"load_cifar10 needs data_dir: {SOURCES['cifar10']}")
     sub = os.path.join(data_dir, "cifar-10-batches-py")
     root = sub if os.path.isdir(sub) else data_dir
-    parts = [_cifar_batch(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
-    xte, yte = _cifar_batch(os.path.join(root, "test_batch"))
+    try:
+        parts = [_cifar_batch(os.path.join(root, f"data_batch_{i}")) for i in range(1, 6)]
+        xte, yte = _cifar_batch(os.path.join(root, "test_batch"))
+    except DataError as exc:
+        if str(exc).startswith("missing file"):
+            raise DataError(f"{exc}; cifar10 reads {SOURCES['cifar10']}") from None
+        raise
     xtr = np.concatenate([p[0] for p in parts])
     ytr = np.concatenate([p[1] for p in parts])
     a, b = _standardise(xtr.astype(np.float32) / 255, xte.astype(np.float32) / 255)

@@ -192,9 +192,7 @@ RESULT_FILES = ("activations.md", "conv.txt")
 def _digits_as_cifar(seed=0):
     """scikit-learn's digits as 3x32x32 images (each pixel a 4x4 block, the same in the three channels)."""
     from . import data
-    xtr, ytr, xte, yte = data.load_digits(seed=seed)
-    up = lambda x: np.repeat(np.repeat(np.repeat(x, 3, axis=1), 4, axis=2), 4, axis=3)
-    return up(xtr), ytr, up(xte), yte
+    return data.load_digits(seed=seed, rgb32=True)
 
 
 def resnet_loss(outdir, data_dir=None, epochs=6, batch_size=64, seed=0,

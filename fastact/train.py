@@ -2,9 +2,10 @@
 
 ``--model vgg`` (the default) is a small VGG-style ``nn.Sequential`` shaped per data set (``PRESETS``);
 ``--model net_depth|net_res|net_res_deep`` are the reference networks of :mod:`fastact.models` for
-3x32x32 images, so they need ``--dataset cifar10`` (the default for them). They are the PyTorch classes,
-built with one output per class: by default the two classes they were written for (``--classes
-airplane,bird``), or any two or more CIFAR-10 classes, all ten included. Their training defaults are in
+3x32x32 images: ``--dataset cifar10`` (the default for them), or ``--dataset digits``, scikit-learn's
+digits shown as 3x32x32 images (no download). They are the PyTorch classes, built with one output per
+class: on CIFAR-10 by default the two classes they were written for (``--classes airplane,bird``), or
+any two or more CIFAR-10 classes, all ten included; on the digits all ten. Their training defaults are in
 ``MODEL_PRESETS``.
 
 Per epoch it shows a progress bar (loss, accuracy, images/s), then the test accuracy and, for the VGG
@@ -83,9 +84,10 @@ def _defaults(key):
 def add_arguments(p):
     p.add_argument("--model", choices=MODELS,
                    help="vgg (default; shaped per data set) or a reference network of fastact.models "
-                        "(3x32x32 input: needs cifar10, the default for them)")
+                        "(3x32x32 input: cifar10, their default, or digits shown as 3x32x32 images)")
     p.add_argument("--dataset", choices=sorted(data.DATASETS),
-                   help="default: digits for vgg, cifar10 for the reference networks")
+                   help="default: digits for vgg, cifar10 for the reference networks; mnist and cifar10 "
+                        "read their files from --data-dir")
     p.add_argument("--classes", help="comma-separated class names to train on, relabelled 0..k-1 in "
                    "this order (default: all; airplane,bird for the reference networks)")
     p.add_argument("--n-chans1", type=int, help="net_*: channels of conv1 (default 32)")
@@ -135,15 +137,16 @@ def config_from_args(args):
     preset = dict(PRESETS[dataset])
     classes = getattr(args, "classes", None)
     if ref:
-        if dataset != ref["dataset"]:
-            raise ValueError(f"--model {model} takes 3x32x32 images: it needs --dataset {ref['dataset']}, "
-                             f"not {dataset}")
+        if dataset not in ("cifar10", "digits"):
+            raise ValueError(f"--model {model} takes 3x32x32 images: it needs --dataset cifar10, or digits "
+                             f"(scikit-learn's digits shown as 3x32x32 images, no download), not {dataset}")
         if opt["activation"] != "relu":
             raise ValueError(f"--model {model} is a fixed architecture with ReLU; --activation "
                              f"{opt['activation']} applies to --model vgg only")
         preset.update({k: ref[k] for k in ("epochs", "batch_size", "lr", "optimizer")})
-        preset.update(cfg=None, hidden=None)
-        classes = classes or ref["classes"]
+        preset.update(cfg=None, hidden=None, in_channels=3, input_size=32)
+        if dataset == ref["dataset"]:
+            classes = classes or ref["classes"]
     if classes is not None:
         labels = data.class_indices(dataset, classes)  # DataError naming the valid names
         classes = [data.CLASSES[dataset][i] for i in labels]
@@ -416,8 +419,15 @@ def _run_distributed(args):
 
 
 def load_data(cfg, args):
-    """(x_train, y_train, x_test, y_test) of the run: its data set, classes and ``--limit``."""
-    xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
+    """(x_train, y_train, x_test, y_test) of the run: its data set (the digits as 3x32x32 images for the
+    reference networks), classes and ``--limit``."""
+    if cfg["dataset"] in data.SOURCES and not args.data_dir:
+        raise data.DataError(f"--dataset {cfg['dataset']} reads its files from --data-dir DIR: "
+                             f"{data.SOURCES[cfg['dataset']]}")
+    if cfg["dataset"] == "digits" and cfg["input_size"] == 32:
+        xtr, ytr, xte, yte = data.load_digits(seed=cfg["seed"], rgb32=True)
+    else:
+        xtr, ytr, xte, yte = data.load(cfg["dataset"], args.data_dir, cfg["seed"])
     if cfg["classes"] is not None:
         labels = data.class_indices(cfg["dataset"], cfg["classes"])
         xtr, ytr = data.select_classes(xtr, ytr, labels)

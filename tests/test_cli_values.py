@@ -111,3 +111,26 @@ def test_resume_takes_the_run_from_the_checkpoint(tmp_path, monkeypatch, capsys)
     assert "activation 'gelu' (now 'relu')" in err and "--resume continues that run" in err
     assert main(["train", "--resume", "ck.npz", "--activation", "gelu", "--batch-size", "16", *common]) == 0
     assert "finished its 2 epochs" in capsys.readouterr().out
+
+
+def test_reference_nets_train_offline_on_the_digits(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "net_res_deep", "--dataset", "digits", "--n-chans1", "4", "--n-blocks",
+                 "1", "--limit", "40", "--epochs", "1", "--batch-size", "20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "digits (40 train" in out and "net_res_deep(n_chans1=4, n_blocks=1)" in out
+    x = data.load_digits(rgb32=True)[0]
+    assert x.shape[1:] == (3, 32, 32) and np.array_equal(x[:, 0, ::4, ::4], data.load_digits()[0][:, 0])
+
+
+@pytest.mark.parametrize("dataset, name", [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1")])
+def test_data_errors_say_where_the_files_come_from(dataset, name, tmp_path, capsys):
+    assert main(["train", "--dataset", dataset]) == 2  # no --data-dir
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and name in err
+    loader = {"mnist": data.load_mnist, "cifar10": data.load_cifar10}[dataset]
+    with pytest.raises(data.DataError) as exc:
+        loader(None)
+    assert "--" not in str(exc.value) and name in str(exc.value)  # Python's errors name no CLI flag
+    with pytest.raises(data.DataError, match=f"missing file.*{dataset} reads"):
+        loader(str(tmp_path))

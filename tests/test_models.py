@@ -404,8 +404,8 @@ def test_cli_reference_nets_checkpoint_and_resume(tmp_path, monkeypatch, capsys,
 def test_cli_reference_net_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     d = _write_cifar(tmp_path / "cifar")
-    assert _cli("--model", "net_res", "--dataset", "digits") == 2
-    assert "needs --dataset cifar10" in capsys.readouterr().err
+    assert _cli("--model", "net_res", "--dataset", "mnist") == 2
+    assert "needs --dataset cifar10, or digits" in capsys.readouterr().err
     assert _cli("--model", "net_res", "--data-dir", d, "--classes", "airplane,plane") == 2
     assert "unknown cifar10 class" in capsys.readouterr().err
     assert _cli("--model", "net_depth", "--data-dir", d, "--activation", "gelu") == 2
