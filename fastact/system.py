@@ -29,15 +29,10 @@ def cache_dir():
 
 
 def _cuda_status():
-    try:
-        from .cuda import _device  # numba-cuda imported with fastact's NumPy 2.5 fix
-        cuda = _device._import_cuda()
-        if cuda.is_available():
-            name = cuda.get_current_device().name
-            return f"available ({name.decode() if isinstance(name, bytes) else name})"  # bytes before numba-cuda 0.2x
-        return "not available (no GPU or driver)"
-    except Exception as exc:  # numba-cuda missing or broken: say so, never fail
-        return f"not available ({type(exc).__name__})"
+    """``fastact.cuda.status()`` as one line: "available on ..." or "not available: why"."""
+    from .cuda import _device
+    ok, why = _device.status()
+    return f"available {why}" if ok else f"not available: {why}"
 
 
 def _gemm_path():

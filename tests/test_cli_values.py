@@ -134,3 +134,16 @@ def test_data_errors_say_where_the_files_come_from(dataset, name, tmp_path, caps
     assert "--" not in str(exc.value) and name in str(exc.value)  # Python's errors name no CLI flag
     with pytest.raises(data.DataError, match=f"missing file.*{dataset} reads"):
         loader(str(tmp_path))
+
+
+def test_info_and_cuda_status_agree_in_words():
+    """`python -m fastact info` gives fastact.cuda's own answer, as words (no exception class names)."""
+    import re
+
+    from fastact import cuda, system
+    ok, why = cuda.status()
+    line = system.info()["CUDA"]
+    assert ok == cuda.is_available() and line.startswith("available" if ok else "not available")
+    assert why in line and not re.search(r"\b[A-Z][a-z]+(Error|Exception)\b", line)
+    if not ok:
+        assert "pip install 'fastact[cuda]'" in why or "no NVIDIA GPU" in why or "driver" in why

@@ -17,14 +17,15 @@ All kernels use grid-stride loops with 64-bit indices. Without a GPU, set ``NUMB
 to run them on Numba's CUDA simulator (slow: for tests on small arrays).
 
 Needs the ``cuda`` extra (``pip install 'fastact[cuda]'``, i.e. numba-cuda); without it, or without a GPU,
-:func:`is_available` is False and every other function raises a ``RuntimeError`` that says why.
+:func:`is_available` is False, :func:`status` says why in words, and every other function raises a
+``RuntimeError`` that says the same.
 
 The launch settings ``THREADS_PER_BLOCK``, ``MAX_BLOCKS`` and ``TILE`` may be set on this package
 (``fastact.cuda.TILE = 8``); they are read at each launch.
 """
 
 from . import elementwise as _elementwise
-from ._device import MAX_BLOCKS, THREADS_PER_BLOCK, TILE, is_available, to_device
+from ._device import MAX_BLOCKS, THREADS_PER_BLOCK, TILE, is_available, status, to_device
 from .conv import conv2d, conv2d_backward
 from .elementwise import *  # noqa: F401,F403  (every activation and its backward)
 from .gemm import matmul
@@ -33,6 +34,6 @@ from .loss import cross_entropy
 from .net import DeviceNet
 from .pool import max_pool2d, max_pool2d_backward
 
-__all__ = ["is_available", "to_device", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
+__all__ = ["is_available", "status", "to_device", "conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward",
            "linear", "linear_backward", "matmul", "cross_entropy", "DeviceNet", "THREADS_PER_BLOCK",
            "MAX_BLOCKS", "TILE", *_elementwise.__all__]

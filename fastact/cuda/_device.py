@@ -45,15 +45,53 @@ def _import_cuda():
     # (seen on the H100 test machine with NumPy 2.5.2).
     if not hasattr(np, "row_stack"):
         np.row_stack = np.vstack
+    import importlib.util
     try:
+        # numba-cuda replaces the numba.cuda that older Numba releases bundle; fastact's kernels need
+        # the former (numba.cuda.core is its own), the latter fails in them with a ModuleNotFoundError
+        if importlib.util.find_spec("numba.cuda.core") is None:
+            raise ImportError("numba.cuda.core")
         from numba import cuda
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise RuntimeError("fastact.cuda needs numba-cuda: pip install 'fastact[cuda]'") from e
+    except ImportError as e:
+        raise RuntimeError("fastact.cuda needs the cuda extra (numba-cuda): pip install 'fastact[cuda]'") \
+            from e
     return cuda
 
 
+def status():
+    """``(available, why)``: whether the kernels can run, and in words what runs them or what is missing
+    (``python -m fastact info`` prints it).
+
+    Examples
+    --------
+    >>> from fastact import cuda
+    >>> ok, why = cuda.status()
+    >>> ok == cuda.is_available() and isinstance(why, str)
+    True
+    """
+    try:
+        cuda = _import_cuda()
+    except RuntimeError as exc:
+        return False, str(exc)
+    try:
+        if not cuda.is_available():
+            return False, "no NVIDIA GPU or driver was found"
+    except Exception as exc:  # noqa: BLE001  (a broken driver raises its own errors: say what it said)
+        return False, f"the CUDA driver failed: {exc}"
+    from numba import config
+    if getattr(config, "ENABLE_CUDASIM", False):
+        return True, "on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1: correct but slow, for tests)"
+    try:
+        name = cuda.get_current_device().name
+        name = name.decode() if isinstance(name, bytes) else name  # bytes before numba-cuda 0.2x
+    except Exception:  # noqa: BLE001  (the name is a courtesy)
+        name = "an NVIDIA GPU"
+    return True, f"on {name}"
+
+
 def is_available():
-    """True when numba-cuda is installed and a GPU (or Numba's CUDA simulator) can run kernels.
+    """True when numba-cuda is installed and a GPU (or Numba's CUDA simulator) can run kernels
+    (:func:`status` says why not).
 
     Examples
     --------
@@ -61,10 +99,7 @@ def is_available():
     >>> cuda.is_available() in (True, False)
     True
     """
-    try:
-        return bool(_import_cuda().is_available())
-    except Exception:  # a broken driver or install raises its own errors: it is simply unavailable
-        return False
+    return status()[0]
 
 
 def require():
