@@ -2,7 +2,6 @@
 script)."""
 
 import argparse
-import os
 import sys
 
 
@@ -20,16 +19,19 @@ def _bench(args):
 
 def _plot(args):
     from fastact import plots
+    results, note = None, None
     try:
         results = plots.find_results(args.results)
     except FileNotFoundError as exc:
-        results, missing = None, exc
+        if args.results is not None:  # asked for and not there: nothing to draw them from
+            print(f"fastact plot: error: {exc}", file=sys.stderr)
+            return 2
+        note = f"speedup.png and conv_gflops.png need benchmark results, and {exc}"
     for path in plots.all_figures(args.out, quick=args.quick, results=results,
                                   with_results=results is not None):
         print(path)
-    if results is None:
-        print(f"fastact plot: {missing}; speedup.png and conv_gflops.png were not made", file=sys.stderr)
-        return 1
+    if note:
+        print(f"fastact plot: {note}", file=sys.stderr)
     return 0
 
 
@@ -66,12 +68,15 @@ def main(argv=None):
     add_bench_arguments(b)
     b.set_defaults(fn=_bench)
     p = sub.add_parser("plot", help="regenerate every figure of the documentation")
-    p.add_argument("--out", default=os.path.join("docs", "images"), help="directory (default docs/images)")
+    p.add_argument("--out", default="fastact-figures",
+                   help="directory to write the figures to (default ./fastact-figures; a source checkout "
+                        "regenerates its own with --out docs/images --results bench/results)")
     p.add_argument("--quick", action="store_true", help="short training for the demo (a smoke test)")
     p.add_argument("--results", metavar="DIR",
                    help="benchmark results for speedup.png and conv_gflops.png: a directory holding "
-                        "activations.md and conv.txt, or one whose newest subdirectory does "
-                        "(default: bench/results under the current directory)")
+                        "activations.md and conv.txt, or one whose newest subdirectory does (default: "
+                        "bench/results under the current directory; without any, those two figures are "
+                        "left out)")
     p.set_defaults(fn=_plot)
     args = parser.parse_args(argv)
     return args.fn(args)

@@ -147,3 +147,13 @@ def test_info_and_cuda_status_agree_in_words():
     assert why in line and not re.search(r"\b[A-Z][a-z]+(Error|Exception)\b", line)
     if not ok:
         assert "pip install 'fastact[cuda]'" in why or "no NVIDIA GPU" in why or "driver" in why
+
+
+def test_readme_lists_the_table_as_it_is():
+    import pathlib
+    import re
+
+    import fastact as fa
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    listed = text.split("The activations of the table, `fa.ACTIVATIONS`:", 1)[1].split(" (and ", 1)[0]
+    assert tuple(re.findall(r"`(\w+)`", listed)) == fa.ACTIVATIONS

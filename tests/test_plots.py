@@ -53,15 +53,23 @@ def test_results_are_found_from_a_date_directory_or_its_parent(tmp_path, monkeyp
         plots.find_results(str(tmp_path / "empty"))
 
 
-def test_plot_without_results_makes_the_other_figures_and_fails_clearly(tmp_path, monkeypatch, capsys):
+def test_plot_without_results_makes_the_other_figures_and_says_so(tmp_path, monkeypatch, capsys):
+    """Without benchmark results `plot` draws what it can, where --out says (by default
+    ./fastact-figures, never a path of the source tree), says what it left out, and exits 0; results
+    asked for with --results and not found are an error."""
     made = []
-    monkeypatch.setattr(plots, "gallery", lambda out: made.append("gallery") or ["activations.png"])
-    monkeypatch.setattr(plots, "relu_fit", lambda out, **kw: made.append("relu_fit") or ["relu_fit.gif"])
+    monkeypatch.setattr(plots, "gallery", lambda out: made.append(out) or [f"{out}/activations.png"])
+    monkeypatch.setattr(plots, "relu_fit", lambda out, **kw: made.append(out) or [f"{out}/relu_fit.gif"])
     monkeypatch.chdir(tmp_path)
-    assert main(["plot", "--out", str(tmp_path / "img"), "--quick"]) == 1
+    assert main(["plot", "--out", str(tmp_path / "img"), "--quick"]) == 0
     out, err = capsys.readouterr()
-    assert made == ["gallery", "relu_fit"] and "relu_fit.gif" in out
+    assert made == [str(tmp_path / "img")] * 2 and "relu_fit.gif" in out
     assert "no benchmark results" in err and "speedup.png" in err
+    assert main(["plot", "--quick"]) == 0 and made[-1] == "fastact-figures"
+    assert not (tmp_path / "docs").exists()
+    capsys.readouterr()
+    assert main(["plot", "--quick", "--results", str(tmp_path / "nowhere")]) == 2
+    assert "no benchmark results" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):
         plots.all_figures(str(tmp_path / "img"), results=str(tmp_path))
 
@@ -72,3 +80,14 @@ def test_performance_tables_are_parsed():
     assert ("gelu", "1e7") in ratios and ratios[("gelu", "1e7")][0] > 1
     rows, sgemm = plots._read_conv_table(os.path.join(root, "conv.txt"))
     assert len(rows) >= 16 and sgemm
+
+
+def test_figures_are_the_same_bytes_for_the_same_inputs(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = plots.gallery(str(tmp_path / "a")) + plots.relu_fit(str(tmp_path / "a"), epochs=50, frames=2)
+    b = plots.gallery(str(tmp_path / "b")) + plots.relu_fit(str(tmp_path / "b"), epochs=50, frames=2)
+    assert [os.path.basename(p) for p in a] == [os.path.basename(p) for p in b]
+    for p, q in zip(a, b):
+        with open(p, "rb") as fa, open(q, "rb") as fb:
+            assert fa.read() == fb.read(), os.path.basename(p)
