@@ -57,7 +57,7 @@ from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d
 
 __all__ = ["Parameter", "Module", "Sequential", "Residual", "Conv2d", "Linear", "BatchNorm2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Flatten", "Activation", "PReLU",
-           "CrossEntropyLoss", "ACTIVATION_MODULES", "init"]
+           "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "init"]
 
 
 class Parameter:
@@ -766,12 +766,36 @@ def _is_plain_relu(m):
         m.params == {p.name: p.default for p in _table.get("relu").params}
 
 
+def can_die(module):
+    """True when the activation module's derivative is exactly zero on a whole range of inputs (ReLU and
+    ReLU6 at and below 0, hardtanh outside its range, threshold, hardsigmoid, hardswish below -3): a
+    unit whose input stays there gets no gradient and learns nothing, it is "dead". False for
+    activations whose derivative is never zero on [-10, 10] (Leaky ReLU, PReLU, ELU, GELU, SiLU, ...).
+
+    >>> from fastact import nn
+    >>> nn.can_die(nn.ReLU()), nn.can_die(nn.ReLU(negative_slope=0.01)), nn.can_die(nn.GELU())
+    (True, False, False)
+    """
+    if not isinstance(module, Activation):
+        return False
+    key = (module.name, tuple(sorted(module.params.items())))
+    hit = _CAN_DIE.get(key)
+    if hit is None:
+        z = np.linspace(-10.0, 10.0, 4001)
+        hit = _CAN_DIE[key] = bool(np.any(module._bwd(np.ones_like(z), z, **module.params) == 0))
+    return hit
+
+
+_CAN_DIE = {}
+
+
 class Sequential(Module):
     """Modules in order, keyed "0", "1", ...; a Conv2d/Linear followed by an activation runs fused.
 
-    ``activity``: when set to a dict, forward records for every activation output a boolean mask of
-    the units (channel x position) that were positive for at least one sample, keyed by module index;
-    the trainer uses it to report dead units.
+    ``activity``: when set to a dict, training-mode forward records, for every activation module that
+    :func:`can_die`, a boolean mask of its units (channel x position) whose derivative was nonzero for
+    at least one sample, keyed by module index (units whose mask stays False got no gradient: dead).
+    The trainer uses it to report dead units.
     """
 
     def __init__(self, *modules):
@@ -823,11 +847,21 @@ class Sequential(Module):
                 act = mods[j]
                 x = mods[i].forward(x, activation=act.name, activation_params=act.params)
                 out_index = j
-            if self.activity is not None and isinstance(mods[out_index], (Activation, PReLU)):
-                fired = np.any(x > 0, axis=0)
-                prev = self.activity.get(out_index)
-                self.activity[out_index] = fired if prev is None else (prev | fired)
+            if self.activity is not None and self.training and can_die(mods[out_index]):
+                self._record_activity(mods, i, j, out_index, x)
         return x
+
+    def _record_activity(self, mods, i, j, out_index, y):
+        act = mods[out_index]
+        if j is not None and isinstance(mods[i], BatchNorm2d):
+            alive = np.any(y > 0, axis=0)  # the plain ReLU BatchNorm fuses: relu'(z) = 1 iff y > 0
+        else:
+            # the pre-activation: a fused Conv2d/Linear keeps it for its backward, a lone activation
+            # its input
+            z = act._saved[0] if j is None else mods[i]._saved[1]
+            alive = np.any(act._bwd(np.ones_like(z), z, **act.params) != 0, axis=0)
+        prev = self.activity.get(out_index)
+        self.activity[out_index] = alive if prev is None else (prev | alive)
 
     def backward(self, dy, need_input_grad=True):
         mods = list(self._modules.values())

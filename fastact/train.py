@@ -9,9 +9,11 @@ any two or more CIFAR-10 classes, all ten included; on the digits all ten. Their
 ``MODEL_PRESETS``.
 
 Per epoch it shows a progress bar (loss, accuracy, images/s), then the test accuracy and, for the VGG
-model, the dead-unit report: for every activation layer, the fraction of its units (channel x position)
-that were never positive for any training image during the epoch -- the "dying ReLU" users of the ReLU
-family watch for. At the end it prints the final test accuracy and writes the training curves as a PNG.
+model, the dead-unit report: for every activation layer whose derivative can be zero (ReLU, ReLU6,
+hardtanh, threshold, hardsigmoid, hardswish; ``nn.can_die``), the fraction of its units (channel x
+position) whose derivative was zero for every training image during the epoch, so that they learned
+nothing -- the "dying ReLU" users of the ReLU family watch for. GELU, SiLU, Leaky ReLU, PReLU and the
+other smooth or leaky activations always pass some gradient: no report for them. At the end it prints the final test accuracy and writes the training curves as a PNG.
 Checkpoints hold the whole ``state_dict()`` (BatchNorm running statistics and ``num_batches_tracked``
 included), so ``--resume`` continues any model exactly.
 
@@ -369,7 +371,7 @@ def plot_history(history, path, title):
     for k in layers:
         axes[2].plot(ep, [h["dead"].get(k, np.nan) for h in history], "o-", label=f"layer {k}")
     if layers:
-        axes[2].set(title="dead units (never fired in the epoch)", xlabel="epoch", ylim=(-0.02, 1.02))
+        axes[2].set(title="dead units (zero gradient all epoch)", xlabel="epoch", ylim=(-0.02, 1.02))
         axes[2].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
@@ -586,8 +588,11 @@ def _run(args, comm=None):
                          notice=notice if lead else None)
     if noticed:
         say(f"fastact train: {report.summary()}; later runs load them", flush=True)
-    act_layers = [i for i, m in enumerate(model) if isinstance(m, (nn.Activation, nn.PReLU))] \
-        if isinstance(model, nn.Sequential) else []
+    # the dead-unit report covers the activations whose gradient can be zero (ReLU, ReLU6, hardtanh...);
+    # a GELU, SiLU or Leaky ReLU unit always passes some gradient
+    act_layers = [i for i, m in enumerate(model) if nn.can_die(m)] if isinstance(model, nn.Sequential) else []
+    if isinstance(model, nn.Sequential) and not act_layers:
+        say(f"fastact train: no dead-unit report: the gradient of {cfg['activation']} is never zero")
     for epoch in range(start, cfg["epochs"] + 1):
         progress = None
         if not args.quiet and lead:
@@ -610,7 +615,8 @@ def _run(args, comm=None):
         dead_txt = ", ".join(f"layer {k} ({type(model[int(k)]).__name__}): {v:.1%}"
                              for k, v in dead.items() if int(k) in act_layers)
         say(f"epoch {epoch}: loss {loss:.4f}, train acc {acc:.2%}, test acc {test_acc:.2%}, "
-            f"{rate:.0f} images/s" + (f"; dead units: {dead_txt}" if act_layers else ""))
+            f"{rate:.0f} images/s" + (f"; dead units (zero gradient for every training image): {dead_txt}"
+                                       if dead_txt else ""))
         if args.checkpoint and lead:
             checkpoint.save(args.checkpoint, dict(config=cfg, epoch=epoch, history=history),
                             model.state_dict(), opt.state_dict())

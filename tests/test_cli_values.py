@@ -157,3 +157,33 @@ def test_readme_lists_the_table_as_it_is():
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     listed = text.split("The activations of the table, `fa.ACTIVATIONS`:", 1)[1].split(" (and ", 1)[0]
     assert tuple(re.findall(r"`(\w+)`", listed)) == fa.ACTIVATIONS
+
+
+def test_dead_units_are_those_without_gradient():
+    """A ReLU6 unit stuck above 6 is dead as surely as one below 0; a GELU unit never is, and gets no
+    report."""
+    from fastact import models
+    lin = nn.Linear(2, 3)
+    lin.weight.data[:] = [[1.0, 0.0], [-1.0, 0.0], [100.0, 0.0]]  # unit 0 alive, 1 below 0, 2 above 6
+    lin.bias.data[:] = 0.0
+    net = nn.Sequential(lin, nn.ReLU6())
+    net.train()
+    net.activity = {}
+    net(np.array([[0.5, 0.0], [1.0, 1.0]]))
+    assert net.activity[1].tolist() == [True, False, False]
+    assert nn.can_die(nn.ReLU6()) and not nn.can_die(nn.GELU()) and not nn.can_die(nn.PReLU())
+    gelu = models.vgg([4, "M"], in_channels=1, num_classes=3, input_size=4, hidden=(), activation="gelu")
+    gelu.train()
+    gelu.activity = {}
+    gelu(np.ones((2, 1, 4, 4), np.float32))
+    assert gelu.activity == {}
+
+
+def test_cli_dead_unit_report_says_what_it_measures(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--limit", "64", "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "dead units (zero gradient for every training image): layer 1 (ReLU)" in out
+    assert main(["train", "--limit", "64", "--epochs", "1", "--quiet", "--activation", "silu"]) == 0
+    out = capsys.readouterr().out
+    assert "no dead-unit report: the gradient of silu is never zero" in out and "dead units (" not in out
