@@ -447,7 +447,11 @@ def run_warmup(args):
     cache) and print how many kernels it compiled and how long that took."""
     t0 = time.perf_counter()
     try:
-        cfg = config_from_args(args)
+        if args.resume:  # the run the checkpoint continues
+            check_args(args)
+            cfg = resume_config(args, checkpoint.read_header(args.resume)[0].get("config", {}))
+        else:
+            cfg = config_from_args(args)
         xtr, ytr, xte, yte = load_data(cfg, args)
     except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
         print(f"fastact warmup: error: {exc}", file=sys.stderr)

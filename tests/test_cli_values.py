@@ -187,3 +187,14 @@ def test_cli_dead_unit_report_says_what_it_measures(tmp_path, monkeypatch, capsy
     assert main(["train", "--limit", "64", "--epochs", "1", "--quiet", "--activation", "silu"]) == 0
     out = capsys.readouterr().out
     assert "no dead-unit report: the gradient of silu is never zero" in out and "dead units (" not in out
+
+
+def test_warmup_for_a_resumed_run_takes_its_configuration(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--limit", "64", "--epochs", "1", "--quiet", "--activation", "elu",
+                 "--checkpoint", "ck.npz"]) == 0
+    capsys.readouterr()
+    assert main(["warmup", "--resume", "ck.npz", "--limit", "64"]) == 0
+    assert capsys.readouterr().out.startswith("fastact warmup: 0 kernels compiled")  # elu's, as trained
+    assert main(["warmup", "--resume", "ck.npz", "--activation", "relu"]) == 2  # the run's, not a new one
+    assert "activation 'elu' (now 'relu')" in capsys.readouterr().err
