@@ -16,7 +16,6 @@ Medians of ``--repeat`` samples, each the second of two back-to-back calls.
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 from numba import njit, prange
@@ -47,14 +46,9 @@ def _sum_prange(a, out):
 
 
 def median_us(fn, repeat):
+    """Median microseconds of ``repeat`` samples, each the second of two back-to-back calls."""
     fn()
-    ts = []
-    for _ in range(repeat):
-        fn()
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e6
+    return statistics.median(benchmark.time_pair(fn) for _ in range(repeat)) * 1e6
 
 
 def main(argv=None):

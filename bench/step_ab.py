@@ -24,29 +24,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def step_fn(lib, spec, batch):
-    """A zero-argument callable running one SGD step of ``lib`` (a fastact package) on a fixed batch."""
-    import numpy as np
-    if spec.get("model") == "net_res_deep":
-        model = lib.models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
-    else:
-        model = lib.models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                               hidden=(128,), num_classes=10, seed=0)
-    opt = lib.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = lib.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, spec["in_channels"], spec["input_size"], spec["input_size"]))
-    x = x.astype(np.float32)
-    y = rng.integers(0, spec.get("num_classes", 10), batch)
-
-    def step():
-        loss_fn(model(x), y)
-        opt.zero_grad()
-        model.backward(loss_fn.backward(), need_input_grad=False)
-        opt.step()
-    return step
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", help="the other checkout (a directory holding fastact/)")
@@ -71,7 +48,7 @@ def main(argv=None):
         for name, spec in sr.NETS.items():
             if args.only and not name.startswith(args.only):
                 continue
-            a, b = step_fn(fastact, spec, sr.BATCH), step_fn(fastact_base, spec, sr.BATCH)
+            a, b = sr.fastact_step(spec, fastact), sr.fastact_step(spec, fastact_base)
             for _ in range(3):
                 a()
                 b()

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 import fastact
-from fastact import benchmark, models, nn, optim
+from fastact import benchmark, nn
 
 BATCH = 64
 NETS = {
@@ -52,12 +52,13 @@ def batch(spec, seed=0):
     return x.astype(np.float32), rng.integers(0, spec.get("num_classes", 10), BATCH)
 
 
-def fastact_model(spec):
-    """The fastact net of a spec (seed 0, float32)."""
+def fastact_model(spec, lib=fastact):
+    """The net of a spec (seed 0, float32), built by ``lib`` (fastact, or another checkout's package:
+    bench/step_ab.py)."""
     if spec.get("model") == "net_res_deep":
-        return models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
-    return models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                      hidden=(128,), num_classes=10, seed=0)
+        return lib.models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
+    return lib.models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                          hidden=(128,), num_classes=10, seed=0)
 
 
 def torch_net_res_deep(torch, n_chans1, n_blocks, num_classes):
@@ -90,11 +91,12 @@ def torch_net_res_deep(torch, n_chans1, n_blocks, num_classes):
     return NetResDeep()
 
 
-def fastact_step(spec):
-    """A zero-argument callable running one fastact training step on a fixed batch."""
-    model = fastact_model(spec)
-    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
+def fastact_step(spec, lib=fastact):
+    """A zero-argument callable running one training step of ``lib`` (see fastact_model) on a fixed
+    batch."""
+    model = fastact_model(spec, lib)
+    opt = lib.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = lib.nn.CrossEntropyLoss()
     x, y = batch(spec)
 
     def step():

@@ -130,8 +130,8 @@ class _Worker:
 
     A round trip (hand over, run almost nothing, wait) costs ~19 us here, against ~4 us for a TBB
     fork/join (bench/slots.py): Python wakes a sleeping thread through the OS, and the job then needs
-    the GIL, whose hand-over wakes a thread the same way. Spinning on a flag before sleeping saved 4
-    of ~25 us in a trial, not worth a core spinning after every call.
+    the GIL, whose hand-over wakes a thread the same way. Spinning on a flag before sleeping was
+    tried and saved little (the job still waits for the GIL), not worth a core spinning after every call.
     """
 
     def __init__(self):
@@ -209,9 +209,10 @@ def run_slots(kernel, nslots, args, parallel=True):
 
     Why not a ``prange`` over the slots: Numba compiles a ``parallel=True`` kernel's loop body twice
     (into the parfor's function, then again linked into the caller), and the serial twin that small
-    calls need a third time; the convolution's forward took 6.3 s + 5.0 s (its serial twin) to compile
-    that way, against 3.0 s as one serial kernel (bench/compile_profile.py, docs/performance.md). Each slot owns its partial results, so the result does not
-    depend on which thread ran which slot. Another Python thread calling meanwhile finds the helpers
+    calls need a third time; the convolution's forward took 9.1 s + 6.5 s (its serial twin) to compile
+    that way, against 4.2 s as one serial kernel in the same profile (bench/compile_profile.py,
+    bench/results/2026-12-07/compile_profile-{before,after}.txt). Each slot owns its partial results, so
+    the result does not depend on which thread ran which slot. Another Python thread calling meanwhile finds the helpers
     busy and runs its slots on its own thread.
     """
     counter = np.zeros(1, dtype=np.int64)

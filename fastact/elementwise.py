@@ -231,8 +231,8 @@ def _pdoc(params):
 
 #: Each activation's docstring example: (points, forward values, derivative values), as NumPy prints
 #: them rounded to 4 decimals: the float64 references' values (:func:`docstring_example` computes them
-#: for an entry not listed here), written out so that importing fastact evaluates nothing (the references of
-#: GELU and others import scipy.special, 0.2 s). tests/test_doctests.py checks them against the
+#: for an entry not listed here), written out so that importing fastact evaluates nothing (the
+#: references of GELU and others import scipy.special). tests/test_doctests.py checks them against the
 #: references, and the doctests check the compiled kernels against them.
 EXAMPLES = {
     'relu': ('[-2.0, -0.5, 0.0, 0.5, 2.0]',
