@@ -98,9 +98,7 @@ def elementwise(act, backward, arrays, values, out):
     pvals = [spec.to_float(v) for spec, v in zip(specs, values)]  # ValueError/TypeError now, not lazily
     arrays = [a if is_duck(a) else np.asarray(a) for a in arrays]
     scalar = all(isinstance(v, _SCALARS) or (not is_duck(v) and np.ndim(v) == 0) for v in pvals)
-    arr_dtypes = [_dtype_of(v) if is_duck(v) else np.asarray(v).dtype
-                  for v in pvals if is_duck(v) or np.ndim(v)]
-    dt = _compute_dtype(*(_dtype_of(a) for a in arrays), *arr_dtypes)
+    dt = _compute_dtype(*(_dtype_of(a) for a in arrays))  # parameters are cast to it, as for NumPy
     duck = next(a for a in [*arrays, *pvals] if is_duck(a))
     _check_no_numpy_out(out, f"fastact.{fname}", duck)
     dask_only = all(_is_dask(a) or not is_duck(a) for a in [*arrays, *pvals]) and (out is None or _is_dask(out))
@@ -219,7 +217,7 @@ def prelu(x, weight, axis, out):
     if is_duck(weight):
         raise TypeError(f"fastact.prelu: weight must be a NumPy array, got {_type_name(weight)}")
     w = np.asarray(weight)
-    dt = _compute_dtype(x.dtype, w.dtype)
+    dt = _compute_dtype(x.dtype)  # the weight is cast to x's dtype, as for NumPy input
     from .elementwise import _prelu_layout
     _prelu_layout(_ShapeOnly(x.shape), w, axis)  # ValueError naming the shapes, now
     if w.size > 1:

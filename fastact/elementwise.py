@@ -151,9 +151,10 @@ def _apply(act, backward, arrays, values, out):
         return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
     if _duck.any_duck(pvals):  # a duck array as a parameter: the result is a duck array too
         return _duck.elementwise(act, backward, arrays, values, out)
-    # Array-valued parameters: the real ufunc broadcasts them against the inputs. Scalar parameters
-    # (Python floats, the None -> inf defaults) do not promote x's dtype, as on the scalar path above.
-    dt = _compute_dtype(*(a.dtype for a in arrays), *(np.asarray(v).dtype for v in pvals if np.ndim(v)))
+    # Array-valued parameters: the real ufunc broadcasts them against the inputs. Parameters are cast
+    # to the inputs' compute dtype, as scalars are on the path above and as the C kernels do: float32
+    # in, float32 out, whatever the parameters' dtype.
+    dt = _compute_dtype(*(a.dtype for a in arrays))
     args = [a.astype(dt, copy=False) for a in arrays] + [np.asarray(v, dtype=dt) for v in pvals]
     if out is not None:
         _check_out(out, np.broadcast_shapes(*(a.shape for a in args)))
@@ -171,14 +172,15 @@ _DOC = """{title}.
     ----------
     x : array_like
         Input of any shape; float32 and float64 are computed natively, float16 in float32, integers in
-        float64.
+        float64. Parameters (scalars or arrays) are cast to that dtype.
 {pdoc}    out : ndarray, optional
         Where to write the result (may be ``x`` itself); must have the result's shape.
 
     Returns
     -------
     ndarray
-        ``f(x)``, same shape (and, for float inputs, same dtype) as ``x``; a scalar for 0-d input.
+        ``f(x)``, same shape as ``x``; float32 for float32 or float16 input, float64 for float64 or
+        integer input, whatever the parameters' dtype; a scalar for 0-d input.
         A Dask array (or another NEP 13 array type, such as xarray's) gives that type, lazily where
         it is lazy, with the same values.
 
@@ -469,7 +471,7 @@ def prelu(x, weight, axis=1, *, out=None):
         return _duck.prelu(x, weight, axis, out)  # Dask: lazy, per chunk
     x = np.asarray(x)
     w = np.asarray(weight)
-    dt = _compute_dtype(x.dtype, w.dtype)
+    dt = _compute_dtype(x.dtype)  # the weight is cast to it, as every activation's parameters are
     outer, C, inner = _prelu_layout(x, w, axis)
     if out is not None:
         _check_out(out, x.shape)
@@ -488,7 +490,8 @@ def prelu_backward(dy, x, weight, axis=1, *, out=None):
     """Gradients of :func:`prelu`: returns ``(dx, dweight)``.
 
     ``dx = dy * (1 if x > 0 else weight[c])``; ``dweight[c]`` sums ``dy * x`` over the elements of
-    channel ``c`` with ``x <= 0``. ``dweight`` has ``weight``'s shape and accumulates in float64.
+    channel ``c`` with ``x <= 0``. ``dweight`` has ``weight``'s shape and ``dx``'s dtype (accumulated in
+    float64).
 
     Examples
     --------
@@ -509,7 +512,7 @@ def prelu_backward(dy, x, weight, axis=1, *, out=None):
     w = np.asarray(weight)
     if dy.shape != x.shape:
         raise ValueError(f"prelu_backward: dy has shape {dy.shape} but x has shape {x.shape}")
-    dt = _compute_dtype(dy.dtype, x.dtype, w.dtype)
+    dt = _compute_dtype(dy.dtype, x.dtype)
     outer, C, inner = _prelu_layout(x, w, axis)
     if out is not None:
         _check_out(out, x.shape)

@@ -478,11 +478,30 @@ def test_complex_input_is_a_type_error():
         fastact.relu(np.array([1 + 1j]))
 
 
-def test_mixed_float_dtypes_follow_numpy_promotion():
+def test_mixed_float_inputs_follow_numpy_promotion():
     x32 = np.linspace(-2, 2, 7, dtype=np.float32)
     assert fastact.gelu_backward(np.ones(7, np.float64), x32).dtype == np.float64
     assert fastact.gelu_backward(np.ones(7, np.float32), x32).dtype == np.float32
-    assert fastact.relu(x32, negative_slope=np.float64(0.1)).dtype == np.float32  # scalar: x's dtype
+
+
+def test_parameters_are_cast_to_the_inputs_dtype():
+    """float32 in, float32 out, whatever the parameters' dtype: scalars and arrays alike, as the C
+    kernels (double parameters, cast to the kernel's type) compute."""
+    x32 = np.linspace(-2, 2, 7, dtype=np.float32)
+    slope64 = np.array([[0.1]])
+    for slope in (np.float64(0.1), 0.1, slope64, np.full(7, 0.1)):
+        y = fastact.relu(x32, negative_slope=slope)
+        assert y.dtype == np.float32, type(slope)
+        np.testing.assert_array_equal(y.reshape(-1), fastact.relu(x32, negative_slope=0.1))
+    assert fastact.leaky_relu_backward(x32, x32, slope64).dtype == np.float32
+    assert fastact.prelu(x32.reshape(1, 7), np.full(7, 0.1)).dtype == np.float32
+    dx, dw = fastact.prelu_backward(x32.reshape(1, 7), x32.reshape(1, 7), np.full(7, 0.1))
+    assert dx.dtype == dw.dtype == np.float32 and dw.shape == (7,)
+    # float16 computes in float32, integers in float64, with or without array parameters
+    assert fastact.relu(x32.astype(np.float16), negative_slope=slope64).dtype == np.float32
+    assert fastact.relu(np.arange(-3, 3), negative_slope=np.float32([0.5])).dtype == np.float64
+    # the NumPy ufuncs themselves keep NumPy's promotion (the float64 parameter picks the float64 loop)
+    assert ufuncs.leaky_relu(x32, slope64).dtype == np.float64
 
 
 # ---------------------------------------------------------------------------------- aliases, ufuncs

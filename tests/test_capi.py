@@ -158,6 +158,19 @@ def test_c_code_runs_every_kernel_through_its_pointer(clib, name, dtype):
         np.testing.assert_array_equal(dx[r], fb(dy[r], x[r], **kw), err_msg=f"{name} backward row {r}")
 
 
+def test_readme_ctypes_example_matches_the_python_function_bit_for_bit(clib):
+    """kernels/README.md's example: per-row float64 slopes on float32 rows give what
+    fastact.leaky_relu gives for the same float64 slopes (both cast them to float32)."""
+    x = np.random.default_rng(0).standard_normal((4, 1000)).astype(np.float32)
+    y = np.empty_like(x)
+    slopes = np.array([[0.01], [0.1], [0.2], [0.3]])
+    clib.fastact_apply_rows_f32(capi.address("leaky_relu", "float32"), x.ctypes.data, y.ctypes.data,
+                                4, 1000, slopes.ctypes.data, 1)
+    want = fastact.leaky_relu(x, slopes)
+    assert want.dtype == np.float32
+    np.testing.assert_array_equal(y, want)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_c_finite_difference_check_of_every_backward(clib, name):
     act = ACTIVATIONS[name]
