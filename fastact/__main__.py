@@ -45,7 +45,8 @@ def _warmup(args):
     return train.run_warmup(args)
 
 
-def main(argv=None):
+def build_parser():
+    """The ``python -m fastact`` argument parser (its subcommands and every option)."""
     parser = argparse.ArgumentParser(
         prog="fastact", description="fastact's command line: train a CNN with no framework (train), compile "
         "a training run's kernels ahead of time (warmup), describe this installation (info), time fastact "
@@ -78,7 +79,11 @@ def main(argv=None):
                         "bench/results under the current directory; without any, those two figures are "
                         "left out)")
     p.set_defaults(fn=_plot)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     return args.fn(args)
 
 

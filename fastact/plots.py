@@ -36,6 +36,15 @@ def _plt():
     return plt
 
 
+def _save(fig, path, source, results=None):
+    """Save a figure with what drew it in the PNG's metadata (``Source``; ``Results``: the benchmark
+    run it plots, relative to the working directory), so that a figure can be traced to its run."""
+    meta = {"Source": source}
+    if results is not None:
+        meta["Results"] = os.path.relpath(results).replace(os.sep, "/")
+    fig.savefig(path, dpi=80, metadata=meta)
+
+
 def _curves(act, x):
     from . import elementwise as ew
     f = getattr(ew, act.name)(x)
@@ -73,7 +82,7 @@ def gallery(outdir):
                  fontsize=11)
     fig.tight_layout()
     paths = [os.path.join(outdir, "activations.png")]
-    fig.savefig(paths[0], dpi=80)
+    _save(fig, paths[0], "fastact.plots.gallery (python -m fastact plot)")
     plt.close(fig)
 
     from . import elementwise as ew
@@ -90,7 +99,7 @@ def gallery(outdir):
         ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(os.path.join(outdir, "gelu_vs_relu.png"))
-    fig.savefig(paths[1], dpi=80)
+    _save(fig, paths[1], "fastact.plots.gallery (python -m fastact plot)")
     plt.close(fig)
     return paths
 
@@ -161,7 +170,7 @@ def relu_fit(outdir, epochs=3000, frames=40):
         b.set_xlabel("hidden unit")
         fig.tight_layout()
         path = os.path.join(outdir, f"relu_fit_{key}.png")
-        fig.savefig(path, dpi=80)
+        _save(fig, path, f"fastact.plots.relu_fit, {epochs} epochs (python -m fastact plot)")
         plt.close(fig)
         paths.append(path)
         if key == "cos":
@@ -245,7 +254,8 @@ def resnet_loss(outdir, data_dir=None, epochs=6, batch_size=64, seed=0,
     fig.tight_layout()
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, "resnet_loss.png")
-    fig.savefig(path, dpi=80)
+    _save(fig, path, f"fastact.plots.resnet_loss on {what}, {epochs} epochs, batch {batch_size}, seed {seed} "
+                     "(docs/examples/resnet_loss.py)")
     plt.close(fig)
     return [path]
 
@@ -316,6 +326,12 @@ def _read_conv_table(path):
     return rows, sgemm
 
 
+def _machine(md):
+    """"2 cores, AMD EPYC (avx2, fma)" from the machine table at the top of a bench Markdown file."""
+    rows = dict(re.findall(r"^\| (cpu|cores) \| ([^|]*?) \|", open(md, encoding="utf-8").read(), re.M))
+    return f"{rows.get('cores', '?')} cores, {rows.get('cpu', 'unknown CPU')}"
+
+
 def performance(outdir, results=None):
     """speedup.png and conv_gflops.png from a results directory (:func:`find_results` of ``results``);
     returns their paths."""
@@ -341,10 +357,11 @@ def performance(outdir, results=None):
         ax.set_title(f"speed-up over {peer} (above 1: fastact faster)", fontsize=10)
     a.set_ylabel("peer time / fastact time")
     b.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"forward activations, {os.path.basename(results)}, 2-core EPYC", fontsize=10)
+    fig.suptitle(f"forward activations, {os.path.basename(results)}, {_machine(md)}", fontsize=10)
     fig.tight_layout()
     paths.append(os.path.join(outdir, "speedup.png"))
-    fig.savefig(paths[-1], dpi=80)
+    _save(fig, paths[-1], "fastact.plots.performance from activations.md (python -m fastact bench "
+                          "--markdown)", results)
     plt.close(fig)
 
     rows, sgemm = _read_conv_table(os.path.join(results, "conv.txt"))
@@ -360,7 +377,7 @@ def performance(outdir, results=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths.append(os.path.join(outdir, "conv_gflops.png"))
-    fig.savefig(paths[-1], dpi=80)
+    _save(fig, paths[-1], "fastact.plots.performance from conv.txt (python bench/conv_report.py)", results)
     plt.close(fig)
     return paths
 
