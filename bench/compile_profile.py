@@ -9,7 +9,7 @@ compiles) and prints, slowest first, each compilation: seconds, whether the kern
 functions it calls), so a callee's seconds are also inside its caller's; ``top-level`` lines are the
 outermost ones, whose seconds add up to the command's compile time. It uses nothing but
 ``python -m fastact``'s entry point and Numba's event API, so it profiles any checkout of fastact
-(``PYTHONPATH=/path/to/checkout``), older ones included: that is how docs/performance.md compares
+(``PYTHONPATH=/path/to/checkout``), older ones included: that is how the CHANGELOG compares
 the compile cost of two versions.
 """
 

@@ -14,8 +14,8 @@ blocks of conv3x3 + BatchNorm + ReLU + skip at 16x16, 2 classes), against the Py
 ``NetResDeep`` written out below (:func:`torch_net_res_deep`) with the same state dict.
 
 A step is forward, cross-entropy, zero_grad, backward, ``SGD(lr=0.01, momentum=0.9).step()``, the same
-work in both libraries (PyTorch with 2 threads, the machine's cores). The nets and their PyTorch step
-times on two machines are in docs/performance.md ("Floors and peers"). fastact and PyTorch samples are
+work in both libraries (PyTorch with 2 threads, the machine's cores). docs/performance.md ("Training step") shows
+a run of it. fastact and PyTorch samples are
 interleaved, each the second of two back-to-back steps, and each figure is a median
 (:func:`fastact.benchmark.median_time`), because the machine is noisy. ``--profile`` adds a per-layer
 table for fastact: forward and backward time of each fused block (conv + bias + ReLU is one block; for

@@ -3,7 +3,7 @@ docs/examples/gelu_gate.py) against the same with NumPy: ``a * fastact.gelu(b)``
 temporary) and NumPy/SciPy alone (``a * 0.5 * b * erfc(-b / sqrt(2))``).
 
 Floor: the pass reads a and b and writes out, 12 bytes per float32 element; at the machine's streaming
-bandwidth (docs/performance.md, "Floors and peers") that is ~0.5-0.8 ms per 1e7 elements, and GELU's
+bandwidth (docs/performance.md, "Floors") that is ~0.5-0.8 ms per 1e7 elements, and GELU's
 erfc makes the loop compute-bound above that.
 """
 

@@ -29,3 +29,25 @@ myst_heading_anchors = 3
 suppress_warnings = ["myst.header"]
 html_theme = "alabaster"
 html_static_path = []
+
+
+def setup(app):
+    """``.. fastact-help:: train``: the ``--help`` text of a subcommand, taken from the parser itself."""
+    from docutils import nodes
+    from docutils.parsers.rst import Directive
+
+    from fastact.__main__ import build_parser
+
+    class FastactHelp(Directive):
+        optional_arguments = 1
+
+        def run(self):
+            parser = build_parser()
+            if self.arguments:
+                sub = next(a for a in parser._actions if a.dest == "command")
+                parser = sub.choices[self.arguments[0]]
+            os.environ["COLUMNS"] = "100"
+            text = parser.format_help()
+            return [nodes.literal_block(text, text)]
+
+    app.add_directive("fastact-help", FastactHelp)

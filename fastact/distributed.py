@@ -1,7 +1,7 @@
 """Data-parallel training over MPI (mpi4py): one model, one global batch split over N processes.
 
 ``mpiexec -n N python -m fastact train --distributed ...`` uses these functions; a script of your own
-does the same in five calls (``docs/examples/ddp_digits.py``, ``docs/scale.md``)::
+does the same in five calls (``docs/examples/ddp_digits.py``, ``docs/mpi.md``)::
 
     comm = distributed.init()                      # MPI.COMM_WORLD, mpi4py imported here
     distributed.broadcast_parameters(model)        # every rank starts from rank 0's weights

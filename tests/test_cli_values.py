@@ -149,12 +149,12 @@ def test_info_and_cuda_status_agree_in_words():
         assert "pip install 'fastact[cuda]'" in why or "no NVIDIA GPU" in why or "driver" in why
 
 
-def test_readme_lists_the_table_as_it_is():
+def test_getting_started_lists_the_table_as_it_is():
     import pathlib
     import re
 
     import fastact as fa
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "getting-started.md").read_text()
     listed = text.split("The activations of the table, `fa.ACTIVATIONS`:", 1)[1].split(" (and ", 1)[0]
     assert tuple(re.findall(r"`(\w+)`", listed)) == fa.ACTIVATIONS
 

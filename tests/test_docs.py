@@ -31,6 +31,7 @@ _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w{}-]*)[^\n]*\n(?P<body>.*?)^
 _RST = re.compile(r"^\.\. code-block:: (?P<lang>\w+)\n(?:[ \t]+:[^\n]*\n)*\n(?P<body>(?:(?:[ \t]+[^\n]*)?\n)+)",
                   re.M)
 _SKIP = re.compile(r"<!-- docs-test: skip ([^>]*)-->\s*$")
+_MAIN = 'if __name__ == "__main__":'
 _REQUIRES = re.compile(r"<!-- docs-test: requires ([^>]*)-->")
 
 
@@ -72,14 +73,17 @@ def test_python_blocks_run_as_pasted(page, tmp_path):
     code = [c for lang, c, skip in blocks(page) if lang == "python" and skip is None]
     if not code:
         pytest.skip("every block is marked skip")
-    script = tmp_path / "page.py"
-    script.write_text("\n".join(code))
+    # a block with a __main__ guard is a whole script (its worker processes import it): run it alone
+    scripts = ["\n".join(c for c in code if _MAIN not in c)] + [c for c in code if _MAIN in c]
     env = dict(os.environ, PYTHONPATH=ROOT, MPLBACKEND="Agg")
     if "gpu" in os.path.basename(page):
         env["NUMBA_ENABLE_CUDASIM"] = "1"  # the GPU page's blocks on Numba's simulator
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, f"{os.path.relpath(page, ROOT)}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    for i, text in enumerate(s for s in scripts if s.strip()):
+        script = tmp_path / f"page{i}.py"
+        script.write_text(text)
+        r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, f"{os.path.relpath(page, ROOT)}:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
 
 
 def _command_lines(code):
