@@ -20,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import fastact as fa  # noqa: E402
-from fastact.table import ACTIVATIONS  # noqa: E402
+from fastact.table import ENTRIES  # noqa: E402
 
 import mpref  # noqa: E402
 from conftest import PARAM_SETS, default_kwargs  # noqa: E402
@@ -33,7 +33,7 @@ SECTIONS = {
 
 
 def cases():
-    for name, act in ACTIVATIONS.items():
+    for name, act in ENTRIES.items():
         for kwargs in [default_kwargs(act)] + PARAM_SETS.get(name, []):
             yield name, act, kwargs
 

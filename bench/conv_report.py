@@ -136,13 +136,13 @@ def conv_memory(shape, dtype):
     x, w, b, _ = make_inputs(shape, dtype)
     N, C, H, W, K = shape
     P, Q = H, W
-    nb = fa.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
+    nb = fa.conv.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
     col_bytes = C * R * S * nb * P * Q * np.dtype(dtype).itemsize
     y_bytes = N * K * P * Q * np.dtype(dtype).itemsize
     res = []
     for cold in (True, False):
         if cold:
-            fa.release_workspaces()  # this thread's workspace: dropped, as in a new process
+            fa.conv.release_workspaces()  # this thread's workspace: dropped, as in a new process
         tracemalloc.start()
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
@@ -164,7 +164,7 @@ def stage_times(shape, dtype, repeat=7):
     K = w.shape[0]
     P, Q = H, W
     CRS, PQ = C * R * S, P * Q
-    nb = fa.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
+    nb = fa.conv.images_per_tile(x.shape, w.shape, 1, PAD, dtype)
     w2 = w.reshape(K, CRS)
     y = np.empty((N, K, P, Q), dtype)
     tiles = [(n0, min(nb, N - n0)) for n0 in range(0, N, nb)]

@@ -55,7 +55,7 @@ def main(argv=None):
     x = np.random.default_rng(0).standard_normal(a.n).astype(np.float32) * 4
     y = np.empty_like(x)
     xs = mpref.dense_float32_sample(a.points, seed=1)
-    for act in table.ACTIVATIONS.values():
+    for act in table.ENTRIES.values():
         if act.float32 is None or act.params:
             continue
         for backward in (False, True):

@@ -215,7 +215,7 @@ def profile(spec, repeat):
             if len(idx) == 1:
                 dy = mods[idx[0]].backward(dy)
             else:
-                dy = mods[idx[0]].backward(dy, need_dx=not first)
+                dy = mods[idx[0]].backward(dy, need_input_grad=not first)
             bw.append(time.perf_counter() - t0)
     out = []
     for idx, fw, bw in rows:

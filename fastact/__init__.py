@@ -9,12 +9,11 @@ __version__ = "0.1.0"
 
 from . import _runtime  # noqa: F401  (threading layer and kernel cache: before any kernel is built)
 from . import config
-from ._table import ACTIVATIONS as _TABLE
+from ._table import NAMES as _NAMES
 from .elementwise import *  # noqa: F401,F403
 from .elementwise import __all__ as _elementwise_all
 from .batchnorm import batch_norm2d, batch_norm2d_backward
-from .conv import (conv2d, conv2d_backward, conv_output_shape, gemm_epilogue, im2col, images_per_tile,
-                   release_workspaces)
+from .conv import conv2d, conv2d_backward, conv_output_shape, gemm_epilogue, im2col
 from .gradcheck import GradcheckError, gradcheck, gradcheck_module
 from .linear import linear, linear_backward
 from .loss import (cross_entropy, cross_entropy_backward, log_softmax, log_softmax_backward, softmax,
@@ -23,18 +22,14 @@ from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d
                    max_pool2d, max_pool2d_backward)
 from . import models, nn, optim  # noqa: E402  (after the kernels they are built on)
 
-#: names of the table's elementwise activations (tests and benchmarks parametrise over these)
-ACTIVATIONS = tuple(_TABLE)
+#: names of the table's elementwise activations, in table order (``fastact.table.ENTRIES`` maps each
+#: to its record: parameters, kinks, limits, references)
+ACTIVATIONS = _NAMES
 
-#: the layer functions (tests and benchmarks parametrise over these)
-LAYERS = ("conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm2d", "linear",
-          "cross_entropy")
-
-__all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAYERS",
+__all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS",
            "GradcheckError", "gradcheck", "gradcheck_module", *_elementwise_all,
            "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-           "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "gemm_epilogue", "images_per_tile",
-           "release_workspaces", "max_pool2d", "max_pool2d_backward",
+           "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "gemm_epilogue", "max_pool2d", "max_pool2d_backward",
            "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
            "batch_norm2d", "batch_norm2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]
@@ -42,8 +37,8 @@ __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS", "LAY
 
 #: submodules imported on first attribute access (``fastact.ufuncs``, ``fastact.capi``, ...): most
 #: programs never need them, and some cost a second to import (capi builds cfuncs, cuda numba-cuda)
-_LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "jit", "plots", "system", "table",
-                    "train", "ufuncs", "warmup")
+_LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "distributed", "duck", "jit", "plots",
+                    "stubs", "system", "table", "train", "ufuncs", "warmup")
 
 
 def __getattr__(name):

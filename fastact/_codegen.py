@@ -93,7 +93,7 @@ def loop_source(fname, act, backward, *, index="range(x.size)", signature=None, 
                             index=index, out="dx" if backward else "y", expr=element(backward, params))
 
 
-def _compile_source(fname, src, glb):
+def compile_source(fname, src, glb):
     code = compile(src, _runtime.GENERATED_FILENAME, "exec")
     # A real module name: Numba re-imports it when it loads the function's environment from the cache.
     glb = dict(glb, __name__=__name__)
@@ -165,7 +165,7 @@ def _build_loop(act, backward, parallel):
     kind = "bwd" if backward else "fwd"
     fname = f"{act.name}_{kind}_{'par' if parallel else 'ser'}"
     src = loop_source(fname, act, backward, index="prange(x.size)" if parallel else "range(x.size)")
-    fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True), "prange": prange})
+    fn = compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True), "prange": prange})
     return njit(fn, parallel=parallel, cache=_cache(), nogil=True, error_model="numpy")
 
 
@@ -175,7 +175,7 @@ def _build_ufunc(act, backward):
     inputs = ("dy, x" if backward else "x") + args(p)
     src = f"def {fname}({inputs}):\n    return {element(backward, p, i='')}\n"
     nin = (2 if backward else 1) + len(p)
-    fn = _compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True)})
+    fn = compile_source(fname, src, {"F": scalar(act), "D": scalar(act, True)})
     fn.__doc__ = f"{'Derivative times dy of ' if backward else ''}{act.name}: {act.formula}"
     sigs = [float32(*([float32] * nin)), float64(*([float64] * nin))]
     # Numba >= 0.59 wraps even a fixed-signature ufunc in a DUFunc (not an np.ufunc, and it would try

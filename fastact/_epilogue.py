@@ -42,7 +42,7 @@ def _identity_d(x):
     return 1.0
 
 
-_identity_j = njit(_identity)
+identity_jit = njit(_identity)
 _identity_dj = njit(_identity_d)
 
 
@@ -178,10 +178,10 @@ def get(kind, activation):
                 p = _codegen.param_names(act, kind in ("backward", "linear_backward"))
                 name = "identity" if act is None else act.name
                 fname = f"{kind}_epilogue_{name}"
-                glb = {"F": _identity_j if act is None else _codegen.scalar(act),
+                glb = {"F": identity_jit if act is None else _codegen.scalar(act),
                        "D": _identity_dj if act is None else _codegen.scalar(act, True),
                        "prange": prange, "_row_sum": _row_sum}
-                py = _codegen._compile_source(fname, _src(kind, fname, p), glb)
+                py = _codegen.compile_source(fname, _src(kind, fname, p), glb)
                 fn = _runtime.jit(parallel=True)(py)
                 _built[key] = fn
     return fn

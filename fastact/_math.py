@@ -62,7 +62,7 @@ _ONE_BITS = 0x3FF0000000000000
 
 #: How every scalar function of the kernels is compiled: NumPy's error model (x / 0 is inf or NaN, not
 #: an exception), without which a division keeps LLVM from inlining and vectorising the caller's loop.
-_scalar = njit(cache=False, error_model="numpy")
+scalar = njit(cache=False, error_model="numpy")
 #: The fast set also lets LLVM fuse a * b + c into one FMA ('contract' is the only fast-math flag used:
 #: it changes rounding, for the better, and leaves NaN and inf semantics alone).
 _fast = njit(cache=False, error_model="numpy", fastmath={"contract"})
@@ -364,7 +364,7 @@ def _f32_via(fast):
 
 
 def _cpu_typer(prim):
-    exact = _scalar(prim.exact)  # a separate compiled function: the stub itself would resolve to this overload
+    exact = scalar(prim.exact)  # a separate compiled function: the stub itself would resolve to this overload
 
     def typer(x):
         if x == types.float32:

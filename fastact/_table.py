@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from . import _math as fm
-from ._math import F32, _scalar
+from ._math import F32, scalar
 
 #: the ``float32=`` variants: FMA contraction as in the fast set, and inlined at the IR level (a helper
 #: left as a call keeps the loop around it from vectorising)
@@ -159,7 +159,7 @@ def _ref_errstate(fn):
 # ------------------------------------------------------------------------------------------------ ReLU
 
 
-@_scalar
+@scalar
 def relu_f(x, negative_slope, max_value, threshold):
     if x > threshold:
         return min(x, max_value)
@@ -170,7 +170,7 @@ def relu_f(x, negative_slope, max_value, threshold):
     return x
 
 
-@_scalar
+@scalar
 def relu_d(x, negative_slope, max_value, threshold, subgradient):
     # selects, not branches: on real data the sign of x is unpredictable. Without a cap (max_value
     # inf) the derivative at x = +inf is 1, as PyTorch's; with one, 0 from the cap on.
@@ -211,14 +211,14 @@ _add(Activation(
     max_ulp={"float32": (2.0, 1.0), "float64": (1.0, 0.0)}))
 
 
-@_scalar
+@scalar
 def leaky_relu_f(x, negative_slope):
     if x > 0:
         return x
     return negative_slope * x
 
 
-@_scalar
+@scalar
 def leaky_relu_d(x, negative_slope):
     if x > 0:
         return 1.0
@@ -251,7 +251,7 @@ _add(Activation(
     max_ulp={"float32": (1.0, 0.5), "float64": (0.5, 0.0)}))
 
 
-@_scalar
+@scalar
 def relu6_f(x):
     if x > 0:
         return min(x, 6.0)
@@ -260,7 +260,7 @@ def relu6_f(x):
     return x
 
 
-@_scalar
+@scalar
 def relu6_d(x):
     if x > 0:
         return 1.0 if x < 6.0 else 0.0
@@ -282,7 +282,7 @@ _add(Activation(
     max_ulp={"float32": (0.0, 0.0), "float64": (0.0, 0.0)}))
 
 
-@_scalar
+@scalar
 def hardtanh_f(x, min_val, max_val):
     if x < min_val:
         return min_val
@@ -291,7 +291,7 @@ def hardtanh_f(x, min_val, max_val):
     return x
 
 
-@_scalar
+@scalar
 def hardtanh_d(x, min_val, max_val):
     if x > min_val and x < max_val:
         return 1.0
@@ -315,14 +315,14 @@ _add(Activation(
     max_ulp={"float32": (0.0, 0.0), "float64": (0.0, 0.0)}))
 
 
-@_scalar
+@scalar
 def threshold_f(x, threshold, value):
     if x <= threshold:
         return value
     return x
 
 
-@_scalar
+@scalar
 def threshold_d(x, threshold, value):
     if x > threshold:
         return 1.0
@@ -350,14 +350,14 @@ _add(Activation(
 # ----------------------------------------------------------------------------- exponential family
 
 
-@_scalar
+@scalar
 def elu_f(x, alpha):
     if x > 0:
         return x
     return alpha * fm.expm1(x)
 
 
-@_scalar
+@scalar
 def elu_d(x, alpha):
     if x > 0:
         return 1.0
@@ -378,14 +378,14 @@ _add(Activation(
     limits=lambda a: ((-a, math.inf), (0.0, 1.0))))
 
 
-@_scalar
+@scalar
 def celu_f(x, alpha):
     if x > 0:
         return x
     return alpha * fm.expm1(x / alpha)
 
 
-@_scalar
+@scalar
 def celu_d(x, alpha):
     if x > 0:
         return 1.0
@@ -406,14 +406,14 @@ _add(Activation(
     limits=lambda a: ((-a, math.inf), (0.0, 1.0))))
 
 
-@_scalar
+@scalar
 def selu_f(x):
     if x > 0:
         return SELU_SCALE * x
     return (SELU_SCALE * SELU_ALPHA) * fm.expm1(x)
 
 
-@_scalar
+@scalar
 def selu_d(x):
     if x > 0:
         return SELU_SCALE
@@ -435,7 +435,7 @@ _add(Activation(
     max_ulp={"float32": (1.0, 1.0), "float64": (3.0, 3.0)}))
 
 
-@_scalar
+@scalar
 def _erfc_scaled_arg(x):
     """erfc(-x / sqrt(2)), with the rounding of -x / sqrt(2) corrected to first order in float64.
 
@@ -453,7 +453,7 @@ def _erfc_scaled_arg(x):
     return e
 
 
-@_scalar
+@scalar
 def _gauss_kernel(x):
     """exp(-x^2 / 2), with the rounding of x^2 corrected in float64 (its error, amplified by x^2 / 2,
     would cost ~50 float64 ulps at |x| = 10)."""
@@ -465,7 +465,7 @@ def _gauss_kernel(x):
     return g
 
 
-@_scalar
+@scalar
 def gelu_f(x, approximate):
     if approximate == 0:
         e = _erfc_scaled_arg(x)
@@ -478,7 +478,7 @@ def gelu_f(x, approximate):
     return x * s if s != 0 else -0.0
 
 
-@_scalar
+@scalar
 def gelu_d(x, approximate):
     if approximate == 0:
         # Phi(x) + x phi(x); x * phi(x) is inf * 0 at +-inf, where the limits 1 and 0 are selected
@@ -528,13 +528,13 @@ _add(Activation(
                                   else {"float32": (1.0, 1.0), "float64": (40.0, 60.0)})))
 
 
-@_scalar
+@scalar
 def silu_f(x):
     s = fm.sigmoid(x)
     return x * s if s != 0 else s  # the limit 0 at x = -inf (x * s would be -inf * 0 = NaN)
 
 
-@_scalar
+@scalar
 def silu_d(x):
     # s = sigmoid(x) and c = 1 - s = sigmoid(-x) from one exp: 1 - s itself cancels for large x
     # (5 float64 ulps at x = 10)
@@ -581,7 +581,7 @@ _add(Activation(
     float32=(silu_f32, None), max_ulp={"float32": (3.5, 1.0), "float64": (3.0, 10.0)}))
 
 
-@_scalar
+@scalar
 def mish_f(x):
     # tanh(softplus(x)) = n (n + 2) / (n (n + 2) + 2) with n = e^x: one exp, no log, no tanh.
     if x > 20.0:
@@ -591,7 +591,7 @@ def mish_f(x):
     return x * a / (a + 2.0) if a != 0 else a
 
 
-@_scalar
+@scalar
 def mish_d(x):
     if x > 20.0:
         return 1.0
@@ -633,7 +633,7 @@ _add(Activation(
 SIXTH = 1.0 / 6.0
 
 
-@_scalar
+@scalar
 def hardswish_f(x):
     if x <= -3.0:
         return 0.0
@@ -642,7 +642,7 @@ def hardswish_f(x):
     return x * (x + 3.0) * SIXTH  # x + 3 is exact near -3 (Sterbenz), so no cancellation there
 
 
-@_scalar
+@scalar
 def hardswish_d(x):
     # PyTorch 2.13's one-sided choices: 0 at x = -3, 1 at x = 3
     if x <= -3.0:
@@ -689,7 +689,7 @@ _add(Activation(
     max_ulp={"float32": (2.5, 1.5), "float64": (2.0, 2.0)}))
 
 
-@_scalar
+@scalar
 def hardsigmoid_f(x):
     if x <= -3.0:
         return 0.0
@@ -698,7 +698,7 @@ def hardsigmoid_f(x):
     return (x + 3.0) * SIXTH  # not x / 6 + 0.5, which cancels just above x = -3
 
 
-@_scalar
+@scalar
 def hardsigmoid_d(x):
     if x > -3.0 and x < 3.0:
         return SIXTH
@@ -729,12 +729,12 @@ _add(Activation(
     max_ulp={"float32": (1.5, 1.0), "float64": (2.0, 2.0)}))
 
 
-@_scalar
+@scalar
 def sigmoid_f(x):
     return fm.sigmoid(x)
 
 
-@_scalar
+@scalar
 def sigmoid_d(x):
     # e / (1 + e)^2 with e = exp(-|x|): s * (1 - s) cancels where s is close to 1 (0 from x = 37 on)
     e = fm.exp(-abs(x))
@@ -767,12 +767,12 @@ _add(Activation(
     max_ulp={"float32": (3.0, 2.5), "float64": (3.0, 4.0)}))
 
 
-@_scalar
+@scalar
 def tanh_f(x):
     return fm.tanh(x)
 
 
-@_scalar
+@scalar
 def tanh_d(x):
     # sech^2 x = 4e / (1 + e)^2 with e = exp(-2|x|): 1 - tanh^2 cancels for |x| > 1 (0 from 19 on)
     e = fm.exp(-2.0 * abs(x))
@@ -797,13 +797,13 @@ _add(Activation(
     max_ulp={"float32": (1.0, 2.5), "float64": (3.0, 3.0)}))
 
 
-@_scalar
+@scalar
 def softsign_f(x):
     r = x / (1.0 + abs(x))
     return math.copysign(1.0, x) if abs(x) == math.inf else r  # a select: the loop still vectorises
 
 
-@_scalar
+@scalar
 def softsign_d(x):
     r = 1.0 / (1.0 + abs(x))
     return r * r  # not 1 / a^2: a^2 overflows for |x| > 1e154 where the result is still representable
@@ -820,7 +820,7 @@ _add(Activation(
     max_ulp={"float32": (1.0, 1.0), "float64": (2.0, 3.0)}))
 
 
-@_scalar
+@scalar
 def softplus_f(x, beta, threshold):
     z = beta * x
     if z > threshold:
@@ -829,7 +829,7 @@ def softplus_f(x, beta, threshold):
     return ((z if z > 0 else 0.0) + fm.log1p(fm.exp(-abs(z)))) / beta
 
 
-@_scalar
+@scalar
 def softplus_d(x, beta, threshold):
     z = beta * x
     if z > threshold:

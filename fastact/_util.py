@@ -8,13 +8,13 @@ import numpy as np
 
 from . import _runtime
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def compute_dtype(*dtypes):
     """The dtype a kernel computes in for inputs of these dtypes (NumPy ufunc casting, float16 -> f32)."""
     dt = np.result_type(*dtypes)
-    if dt in _FLOATS:
+    if dt in FLOATS:
         return dt
     if dt == np.float16:
         return np.dtype(np.float32)
@@ -26,7 +26,7 @@ def compute_dtype(*dtypes):
 def pair(v, name):
     """``v`` as a pair of ints (``3`` -> ``(3, 3)``); TypeError/ValueError naming ``name`` otherwise."""
     # the common cases first: every layer call parses three of these, and the general checks below
-    # made a pooling backward on 64x64x8x8 ~5 us slower (bench/results/2026-11-25/calls-session-ab.txt)
+    # cost a pooling backward on 64x64x8x8 ~5 us (bench/results/2026-11-25/calls-session-ab.txt)
     if type(v) is int:
         return v, v
     if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
@@ -120,3 +120,41 @@ def argmax_window(x, n, c, p, q, kh, kw, sh, sw, ph, pw):
                 best = v
                 bh, bw = h, w
     return bh, bw
+
+
+def prelu_layout(x, weight, axis):
+    """x viewed as (outer, C, inner) with C = weight.size; raises naming the shapes when they disagree."""
+    if weight.ndim > 1:
+        raise ValueError(f"prelu: weight must be 1-D (one slope per channel), got shape {weight.shape}")
+    if weight.size == 0:
+        raise ValueError("prelu: weight is empty")
+    if weight.size == 1:
+        return (x.size, 1, 1) if x.ndim == 0 else (x.shape[0], 1, x.size // max(x.shape[0], 1))
+    ax = axis + x.ndim if axis < 0 else axis
+    if not 0 <= ax < x.ndim:
+        raise ValueError(f"prelu: axis {axis} is out of range for x of shape {x.shape}")
+    if x.shape[ax] != weight.size:
+        raise ValueError(f"prelu: weight has {weight.size} elements but x.shape[{axis}] is "
+                         f"{x.shape[ax]} (x has shape {x.shape})")
+    outer = int(np.prod(x.shape[:ax], dtype=np.int64))
+    inner = int(np.prod(x.shape[ax + 1:], dtype=np.int64))
+    return outer, weight.size, inner
+
+
+def check_preactivation(fname, preactivation, shape, activation):
+    """``preactivation`` as an array of ``shape``; ValueError naming it when missing or mis-shaped."""
+    if preactivation is None:
+        raise ValueError(f"{fname}: activation {activation!r} needs preactivation=, the pre-activation "
+                         f"output (shape {shape}) that the forward returns with return_preactivation=True")
+    z = np.asarray(preactivation)
+    if z.shape != shape:
+        raise ValueError(f"{fname}: preactivation has shape {z.shape} but dy has shape {shape}")
+    return z
+
+
+def pool_window(kernel_size, stride, padding):
+    """(kh, kw, sh, sw, ph, pw) as ints (stride defaults to the kernel size)."""
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = pair(padding, "padding")
+    return kh, kw, sh, sw, ph, pw

@@ -127,7 +127,7 @@ def _forward(x, w, b, eps, training, relu, skip, acc, mean, var, invstd, coef, y
 
 
 @_runtime.jit(parallel=True)
-def _backward(dy, x, w, b, mean, invstd, training, relu, need_dx, given, Mt, acc, coef, sdz, sdzx, dx):
+def _backward(dy, x, w, b, mean, invstd, training, relu, need_input_grad, given, Mt, acc, coef, sdz, sdzx, dx):
     # dy, x, dx (N, C, L); w, b, mean, invstd (C,) float64; acc (C, 2, L) float64 workspace;
     # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64: out, or in when ``given``.
     # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean)
@@ -168,7 +168,7 @@ def _backward(dy, x, w, b, mean, invstd, training, relu, need_dx, given, Mt, acc
             s1 = _lane_total(t)
             sdz[c] = s0
             sdzx[c] = s1
-        if not need_dx:
+        if not need_input_grad:
             continue
         coef[c, 2] = m
         if training:
@@ -354,7 +354,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     return y
 
 
-def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True, reduce=None):
+def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_input_grad=True, reduce=None):
     """Gradients of :func:`batch_norm2d` (with its fused ReLU and residual) in two passes.
 
     With ``x_hat = (x - mean) * invstd``, ``dz = dy * relu'(weight * x_hat + bias)`` (``dz = dy``
@@ -377,7 +377,7 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True, reduce=No
         The forward's affine transform.
     saved : BatchNormSaved
         From ``batch_norm2d(..., return_saved=True)``.
-    need_dx : bool
+    need_input_grad : bool
         False skips the second pass (dx is None).
     reduce : callable or None
         Training only, with the forward's ``batch_stats``: ``reduce(sums, count) -> (sums, count)``
@@ -422,7 +422,7 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True, reduce=No
     b64 = np.zeros(C) if bias is None else bias.astype(np.float64)
     sdz = np.zeros(C)
     sdzx = np.zeros(C)
-    dx = np.empty((N, C, H * W), dtype=dt) if need_dx else np.empty((0, 0, 0), dt)
+    dx = np.empty((N, C, H * W), dtype=dt) if need_input_grad else np.empty((0, 0, 0), dt)
     M = N * H * W
     acc, coef = np.empty((C, 2, H * W)), np.empty((C, 4), dt)
     relu = saved.activation == "relu"
@@ -433,14 +433,14 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_dx=True, reduce=No
                       acc, coef, sdz, sdzx, dx)
         sums, total = reduce(np.stack([sdz, sdzx]), M)
         gsdz, gsdzx = (np.array(s, dtype=np.float64) for s in sums)
-        if need_dx and x.size:
+        if need_input_grad and x.size:
             _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, True, relu, True, True,
                       float(total), acc, coef, gsdz, gsdzx, dx)
     elif x.size:
-        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training, relu, bool(need_dx),
+        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training, relu, bool(need_input_grad),
                   False, float(M), acc, coef, sdz, sdzx, dx)
     dxhat = sdzx * saved.invstd  # sum dz * x_hat
-    dx = dx.reshape(N, C, H, W) if need_dx else None
+    dx = dx.reshape(N, C, H, W) if need_input_grad else None
     dweight = None if weight is None else dxhat.astype(dt)
     dbias = None if bias is None else sdz.astype(dt)
     if saved.residual:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .table import ACTIVATIONS
+from .table import ENTRIES
 
 __all__ = ["DEFAULT_SIZES", "BYTES_PER_ELEMENT", "time_pair", "median_time", "load_torch", "machine",
            "Case", "cases", "inputs", "copy_fn", "warm_up", "run", "serial_parallel_times", "startup",
@@ -296,7 +296,7 @@ class Case:
 
     @property
     def transcendental(self):
-        return self.name == "softmax" or (self.name in ACTIVATIONS and ACTIVATIONS[self.name].transcendental)
+        return self.name == "softmax" or (self.name in ENTRIES and ENTRIES[self.name].transcendental)
 
     def nbytes(self, n):
         """Bytes an ideal implementation moves on n float32 values (8n forward, 12n backward)."""
@@ -306,14 +306,14 @@ class Case:
         """The NumPy baseline, an expression of x, dy, y (and w for PReLU)."""
         if self.name in _NON_TABLE:
             return _NON_TABLE[self.name]["numpy_backward" if self.direction == "bwd" else "numpy"]
-        act = ACTIVATIONS[self.name]
+        act = ENTRIES[self.name]
         if self.out:
             return act.numpy_out_baseline
         return act.numpy_backward_baseline if self.direction == "bwd" else act.numpy_baseline
 
     def torch_expr(self):
         """The PyTorch baseline of a table activation (expression of x, dy, y), or '' when it has none."""
-        act = ACTIVATIONS[self.name]
+        act = ENTRIES[self.name]
         if self.out:
             return act.torch_out_baseline
         if self.direction == "bwd":
@@ -410,7 +410,7 @@ def cases(only=None):
     -------
     list of Case
     """
-    names = list(ACTIVATIONS) + list(_NON_TABLE)
+    names = list(ENTRIES) + list(_NON_TABLE)
     if only:
         from .table import get
         wanted = {n if n in _NON_TABLE else get(n).name for n in only}
@@ -419,7 +419,7 @@ def cases(only=None):
     for n in names:
         out.append(Case(n, "fwd"))
         out.append(Case(n, "bwd"))
-        if n in ACTIVATIONS and ACTIVATIONS[n].numpy_out_baseline:
+        if n in ENTRIES and ENTRIES[n].numpy_out_baseline:
             out.append(Case(n, "fwd", out=True))
     return out
 

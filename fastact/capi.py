@@ -120,7 +120,7 @@ def _build(act, dtype, backward):
            "_is_null": _is_null, "_load_param": _load_param}
     for i, v in enumerate(_defaults(act, backward)):
         glb[f"DEF{i}"] = v
-    py = _codegen._compile_source(fname, _source(act, fname, backward), glb)
+    py = _codegen.compile_source(fname, _source(act, fname, backward), glb)
     return cfunc(signature(backward, dtype), cache=_runtime.caching_enabled(), error_model="numpy")(py)
 
 
@@ -181,7 +181,7 @@ def scalar(name):
                 for i, v in enumerate(_defaults(act, False)):
                     glb[f"DEF{i}"] = v
                 src = f"def {fname}(x):\n    return {_codegen.element(False, defaults, i='')}\n"
-                py = _codegen._compile_source(fname, src, glb)
+                py = _codegen.compile_source(fname, src, glb)
                 fn = _built[key] = cfunc(types.float64(types.float64),
                                          cache=_runtime.caching_enabled(), error_model="numpy")(py)
     return scipy.LowLevelCallable(fn.ctypes)

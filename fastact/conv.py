@@ -26,7 +26,7 @@ Backward (``dz`` the gradient of the pre-activation z = conv + bias; with a fuse
 ``dz = dy * act'(z)`` and the bias gradient come out of one pass over dy and z):
   dbias = sum of dz over (n, p, q); dweight += dz_tile (K, nb*P*Q) @ col.T; dcol = weight.T @ dz_tile,
   and col2im scatters dcol into dx (parallel over channels, so no two threads write one element).
-  ``need_dx=False`` (a network's first layer) skips the dcol GEMM and the col2im.
+  ``need_input_grad=False`` (a network's first layer) skips the dcol GEMM and the col2im.
 """
 
 import threading
@@ -35,6 +35,7 @@ import numba
 import numpy as np
 
 from . import _blas, _epilogue, _gemm, _runtime, config
+from ._util import check_preactivation
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
 from ._util import row_sum as _row_sum
@@ -341,7 +342,7 @@ def _fused_kernel(key, build):
             fn = _fused.get(key)
             if fn is None:
                 fname, src, glb = build()
-                fn = _fused[key] = _runtime.jit()(_codegen._compile_source(fname, src, glb))
+                fn = _fused[key] = _runtime.jit()(_codegen.compile_source(fname, src, glb))
     return fn
 
 
@@ -355,7 +356,7 @@ def _fused_forward_kernel(activation):
         p = _codegen.param_names(act, False)
         fname = f"conv_fused_forward_{'identity' if act is None else act.name}"
         src = _FWD_SRC.format(fname=fname, a=_codegen.args(p), fv=_codegen.element(False, p, i="", x="v"))
-        return fname, src, {"F": _epilogue._identity_j if act is None else _codegen.scalar(act), "np": np,
+        return fname, src, {"F": _epilogue.identity_jit if act is None else _codegen.scalar(act), "np": np,
                             "gemm": _gemm.gemm, "next_slot": _runtime.next_slot,
                             "_im2col_row": _im2col_row, "_im2col_gather": _im2col_gather}
     return _fused_kernel(("forward", None if act is None else act.name), build)
@@ -363,7 +364,7 @@ def _fused_forward_kernel(activation):
 
 _BWD_SRC = """\
 def {fname}(counter, nslots, x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B, maps,
-             need_dx{a}):
+             need_input_grad{a}):
     # slots taken from counter until nslots; dws (nslots, K, CRS), dbs (nslots, K): slot sl's
     # dweight and dbias partials over its chunks; dx (N, C, H, W) zeroed, accumulated; maps as forward
     N, C = x.shape[0], x.shape[1]
@@ -375,7 +376,7 @@ def {fname}(counter, nslots, x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P
     LB = m * min(B, P) * Q
     gather = maps.shape[0] != 0
     col = np.empty((CRS, LB), dtype=x.dtype)  # this thread's buffers, for every slot it takes
-    dcol = np.empty((CRS if need_dx else 0, LB), dtype=x.dtype)
+    dcol = np.empty((CRS if need_input_grad else 0, LB), dtype=x.dtype)
     dzt = np.empty((K, L), dtype=x.dtype)
     iw = np.empty(8, dtype=np.int32)
     fw = np.empty(2, dtype=x.dtype)
@@ -411,7 +412,7 @@ def {fname}(counter, nslots, x, w2, dy, z, dx, dws, dbs, R, S, sh, sw, ph, pw, P
                 # dweight partial (K, CRS) += dz (K, cols) @ col.T (cols, CRS)
                 gemm(0, 1, K, CRS, cols, a, L, col.ctypes.data, LB, beta, dw_ptr, CRS, iw, fw)
                 beta = 1.0
-                if need_dx:
+                if need_input_grad:
                     # dcol (CRS, cols) = weight.T (CRS, K) @ dz (K, cols), scattered back by col2im
                     gemm(1, 0, CRS, cols, K, w2.ctypes.data, CRS, a, L, 0.0, dcol.ctypes.data, LB,
                          iw, fw)
@@ -530,7 +531,7 @@ def images_per_tile(x_shape, weight_shape, stride=1, padding=0, dtype=np.float32
     under ``config.CONV_WORKSPACE_BYTES`` (at least 1, at most N).
 
     >>> import fastact as fa
-    >>> fa.images_per_tile((64, 16, 32, 32), (16, 16, 3, 3), padding=1)  # 144 x 1024 floats per image
+    >>> fa.conv.images_per_tile((64, 16, 32, 32), (16, 16, 3, 3), padding=1)  # 144 x 1024 floats per image
     14
     """
     N, _, P, Q = conv_output_shape(x_shape, weight_shape, stride, padding)
@@ -610,7 +611,7 @@ def release_workspaces():
 
     >>> import numpy as np, fastact as fa
     >>> _ = fa.conv2d(np.ones((2, 3, 8, 8)), np.ones((4, 3, 3, 3)))
-    >>> fa.release_workspaces()  # e.g. before measuring a cold call's memory
+    >>> fa.conv.release_workspaces()  # e.g. before measuring a cold call's memory
     """
     _ws.__dict__.pop("bufs", None)
 
@@ -732,7 +733,7 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
 # ----------------------------------------------------------------------------------------- backward
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, activation=None,
-                    activation_params=None, need_dx=True):
+                    activation_params=None, need_input_grad=True):
     """Gradients of :func:`conv2d`: returns ``(dx, dweight, dbias)``.
 
     Without ``activation``, ``dy`` is the gradient of the pre-activation ``z`` (conv + bias). With
@@ -756,7 +757,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     activation_params : dict or sequence, optional
         Its parameters as in the forward, plus any backward parameters of the table (e.g. ReLU's
         ``subgradient``, the derivative used at the kink).
-    need_dx : bool, default True
+    need_input_grad : bool, default True
         False skips the input gradient (``dx`` is None), saving a GEMM and the col2im: a network's
         first layer never needs it.
 
@@ -786,7 +787,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     array([[-12.,  -8.],
            [  0.,   4.]])
     >>> _, dw, db = fa.conv2d_backward(np.ones((1, 1, 2, 2)), x, w, preactivation=z, activation="relu",
-    ...                                need_dx=False)
+    ...                                need_input_grad=False)
     >>> dw[0, 0], db
     (array([[4., 5.],
            [7., 8.]]), array([1.]))
@@ -800,7 +801,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     if activation is None:
         _epilogue.param_values(None, activation_params)  # ValueError for parameters without activation
     else:
-        z = _check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
+        z = check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
     _, C, R, S = weight.shape
     if N and P * Q and _use_fused(N, C, K, C * R * S, P * Q, _chunking(N, P * Q)[0]):
         # dz = dy * act'(z) and the bias sums inside the chunk loop, while the chunk is in cache
@@ -813,7 +814,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
             from ._table import get as _get_activation
             step = _epilogue.step_params(_get_activation(activation).name, pv, dt)
         kern = _fused_backward_kernel(activation, step is not None)
-        return _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, step or pv)
+        return _backward_fused(kern, dy, z, x, weight, stride, padding, need_input_grad, step or pv)
     if activation is None:
         dz = np.ascontiguousarray(dy, dtype=dt)
         dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
@@ -821,19 +822,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
         dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
                                          activation_params)
         dz = dz.reshape(shape)
-    dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx)
+    dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_input_grad)
     return dx, dw, dbias
-
-
-def _check_preactivation(fname, preactivation, shape, activation):
-    """``preactivation`` as an array of ``shape``; ValueError naming it when missing or mis-shaped."""
-    if preactivation is None:
-        raise ValueError(f"{fname}: activation {activation!r} needs preactivation=, the pre-activation "
-                         f"output (shape {shape}) that the forward returns with return_preactivation=True")
-    z = np.asarray(preactivation)
-    if z.shape != shape:
-        raise ValueError(f"{fname}: preactivation has shape {z.shape} but dy has shape {shape}")
-    return z
 
 
 def _activation_backward(dy, z, dt, activation, activation_params):
@@ -849,7 +839,7 @@ def _activation_backward(dy, z, dt, activation, activation_params):
     return dz, part.sum(axis=0).astype(dt)
 
 
-def _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, params):
+def _backward_fused(kern, dy, z, x, weight, stride, padding, need_input_grad, params):
     """(dx or None, dweight, dbias) by the fused backward ``kern``; dy, z, x, weight contiguous, one
     dtype, N and P*Q not 0."""
     dt = x.dtype
@@ -860,18 +850,18 @@ def _backward_fused(kern, dy, z, x, weight, stride, padding, need_dx, params):
     ph, pw = _pair(padding, "padding")
     CRS, PQ = C * R * S, P * Q
     m, nslots = _chunking(N, PQ)
-    dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else np.empty((0, 0, 0, 0), dtype=dt)
+    dx = np.zeros((N, C, H, W), dtype=dt) if need_input_grad else np.empty((0, 0, 0, 0), dtype=dt)
     dws = np.empty((nslots, K, CRS), dtype=dt)
     dbs = np.empty((nslots, K), dtype=np.float64)
     B = _band_rows(m, K, CRS, P, Q, dt.itemsize)
-    _run(kern, (4 if need_dx else 2) * N * K * CRS * PQ, nslots, x, weight.reshape(K, CRS),
+    _run(kern, (4 if need_input_grad else 2) * N * K * CRS * PQ, nslots, x, weight.reshape(K, CRS),
          dy.reshape(N, K, PQ), z.reshape(N, K, PQ), dx, dws, dbs, R, S, sh, sw, ph, pw, P, Q, m, B,
-         _maps(m, x.shape, R, S, sh, sw, ph, pw, P, Q), need_dx, *params)
+         _maps(m, x.shape, R, S, sh, sw, ph, pw, P, Q), need_input_grad, *params)
     dw = dws[0] if nslots == 1 else dws.sum(axis=0)
-    return dx if need_dx else None, dw.reshape(weight.shape), dbs.sum(axis=0).astype(dt)
+    return dx if need_input_grad else None, dw.reshape(weight.shape), dbs.sum(axis=0).astype(dt)
 
 
-def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
+def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_input_grad):
     """(dx or None, dweight) from the pre-activation gradient dz by the NumPy path (tiles of images,
     GEMMs through NumPy's BLAS); all arrays contiguous, one dtype."""
     dt = x.dtype
@@ -883,7 +873,7 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
     CRS, PQ = C * R * S, P * Q
     w2 = weight.reshape(K, CRS)
     dw = np.zeros((K, CRS), dtype=dt)
-    dx = np.zeros((N, C, H, W), dtype=dt) if need_dx else None
+    dx = np.zeros((N, C, H, W), dtype=dt) if need_input_grad else None
     if N == 0 or PQ == 0:
         return dx, dw.reshape(weight.shape)
     nb = _tile(N, CRS, PQ, dt.itemsize)
@@ -895,7 +885,7 @@ def _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_dx):
         dyt[...] = dz[n0:n0 + m].reshape(m, K, PQ).transpose(1, 0, 2)
         dyt2 = dyt.reshape(K, m * PQ)
         dw += _blas.matmul(dyt2, col.T)
-        if need_dx:
+        if need_input_grad:
             dcol = _workspace("dcol", (CRS, m * PQ), dt)
             _blas.matmul(w2.T, dyt2, out=dcol)
             _col2im(dcol, n0, m, R, S, sh, sw, ph, pw, P, Q, dx)

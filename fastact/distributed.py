@@ -45,7 +45,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-__all__ = ["init", "rank", "size", "broadcast_parameters", "broadcast_buffers", "allreduce_gradients", "shard",
+__all__ = ["collective", "init", "rank", "size", "broadcast_parameters", "broadcast_buffers", "allreduce_gradients", "shard",
            "shard_bounds", "checksum", "check_identical", "sync_batchnorm", "BatchNormSync",
            "allreduce_sum", "set_timeout", "install_excepthook", "abort", "DivergenceError",
            "DEFAULT_TIMEOUT"]
@@ -161,8 +161,16 @@ def set_timeout(seconds):
 
 
 @contextmanager
-def _collective(what, comm):
-    with _watchdog.guard(what, comm):
+def collective(what, comm=None):
+    """Context manager around your own collective calls on ``comm``: if the block takes longer than
+    the MPI timeout (:func:`set_timeout`), the watchdog prints ``what`` and aborts every rank instead
+    of leaving them waiting. Every collective of this module runs inside one.
+
+    >>> from fastact import distributed
+    >>> with distributed.collective("allgather of the losses"):   # doctest: +SKIP
+    ...     losses = comm.allgather(loss)
+    """
+    with _watchdog.guard(what, _get(comm)):
         yield
 
 
@@ -223,7 +231,7 @@ def _broadcast(model, arrays, what, root, comm):
     c = _get(comm)
     if c is None or c.Get_size() == 1:
         return model
-    with _collective(f"broadcast of the {what}", c):
+    with collective(f"broadcast of the {what}", c):
         for a in arrays:
             c.Bcast(a, root=root)
     return model
@@ -267,7 +275,7 @@ def allreduce_gradients(model, comm=None):
         k = p.grad.size
         buf[o:o + k] = p.grad.reshape(-1)
         o += k
-    with _collective("allreduce of the gradients", c):
+    with collective("allreduce of the gradients", c):
         c.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
     buf /= buf.dtype.type(n)
     o = 0
@@ -291,7 +299,7 @@ def allreduce_sum(values, comm=None):
     buf = np.array(values, dtype=np.float64)
     c = _get(comm)
     if c is not None and c.Get_size() > 1:
-        with _collective("allreduce of a sum", c):
+        with collective("allreduce of a sum", c):
             c.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
     return buf
 
@@ -345,7 +353,7 @@ def check_identical(model, comm=None):
     c = _get(comm)
     if c is None or c.Get_size() == 1:
         return mine
-    with _collective("checksum of the parameters", c):
+    with collective("checksum of the parameters", c):
         sums = c.allgather(mine)
     if len(set(sums)) != 1:
         raise DivergenceError("the ranks' parameters diverged: " +
@@ -379,7 +387,7 @@ class BatchNormSync:
         mine = np.empty((3, C))
         mine[0], mine[1], mine[2] = count, mean, var
         allp = np.empty((c.Get_size(), 3, C))
-        with _collective("allgather of the BatchNorm statistics", c):
+        with collective("allgather of the BatchNorm statistics", c):
             c.Allgather(mine, allp)
         n = allp[:, 0, 0]
         total = float(n.sum())
@@ -397,7 +405,7 @@ class BatchNormSync:
         buf = np.empty(2 * C + 1)
         buf[:2 * C] = sums.reshape(-1)
         buf[2 * C] = count
-        with _collective("allreduce of the BatchNorm gradient sums", c):
+        with collective("allreduce of the BatchNorm gradient sums", c):
             c.Allreduce(_mpi().IN_PLACE, buf, op=_mpi().SUM)
         return buf[:2 * C].reshape(2, C), int(round(buf[2 * C]))
 

@@ -29,6 +29,7 @@ import uuid
 import numpy as np
 
 from ._util import compute_dtype as _compute_dtype
+from ._util import prelu_layout
 
 __all__ = ["is_duck", "any_duck", "elementwise", "softmax", "softmax_backward", "prelu", "module_call"]
 
@@ -82,17 +83,18 @@ def _check_no_numpy_out(out, what, arrays):
 
 # ------------------------------------------------------------------------------------ elementwise
 
-def _elementwise_block(name, backward, values, *blocks):
-    """One chunk through the NumPy path of activation ``name`` (a module-level function, so that a
-    distributed scheduler pickles it by reference)."""
+def _elementwise_block(numpy_path, name, backward, values, *blocks):
+    """One chunk through the NumPy path of activation ``name`` (module-level functions, so that a
+    distributed scheduler pickles them by reference)."""
     from ._table import ACTIVATIONS
-    from .elementwise import _apply
-    return np.asarray(_apply(ACTIVATIONS[name], backward, blocks, values, None))
+    return np.asarray(numpy_path(ACTIVATIONS[name], backward, blocks, values, None))
 
 
-def elementwise(act, backward, arrays, values, out):
+def elementwise(act, backward, arrays, values, out, numpy_path):
     """``fastact.<act>(x, ...)`` (``arrays`` (x,)) or ``<act>_backward(dy, x, ...)`` (``arrays``
-    (dy, x)) for duck arrays; ``values`` are the public parameter values in the table's order."""
+    (dy, x)) for duck arrays; ``values`` are the public parameter values in the table's order.
+    ``numpy_path(act, backward, arrays, values, out)`` is the NumPy implementation each chunk runs
+    (handed in by the caller, so that this module imports none of the modules that call it)."""
     fname = act.name + ("_backward" if backward else "")
     specs = act.params + (act.backward_params if backward else ())
     pvals = [spec.to_float(v) for spec, v in zip(specs, values)]  # ValueError/TypeError now, not lazily
@@ -106,7 +108,7 @@ def elementwise(act, backward, arrays, values, out):
         from dask.array.core import elemwise
         from dask.base import tokenize
         values = tuple(float(v) if isinstance(v, (np.floating, np.integer)) else v for v in values)
-        op = functools.partial(_elementwise_block, act.name, backward, values)
+        op = functools.partial(_elementwise_block, numpy_path, act.name, backward, values)
         name = f"fastact-{fname}-{tokenize(act.name, backward, values, *arrays)}"
         return elemwise(op, *arrays, dtype=dt, name=name, out=out)
     # The real ufunc: its loops exist for float32 and float64, so cast to the dtype the NumPy path
@@ -149,14 +151,12 @@ def _axis(axis, ndim, shape):
     return int(axis) % n
 
 
-def _softmax_block(block, axis, log):
-    from .loss import _softmax_impl
-    return np.asarray(_softmax_impl(block, axis, None, log))
+def _softmax_block(block, numpy_path, axis, log):
+    return np.asarray(numpy_path(block, axis, None, log))
 
 
-def _softmax_backward_block(dy, y, axis, log):
-    from .loss import _softmax_backward_impl
-    return np.asarray(_softmax_backward_impl(dy, y, axis, None, log))
+def _softmax_backward_block(dy, y, numpy_path, axis, log):
+    return np.asarray(numpy_path(dy, y, axis, None, log))
 
 
 def _one_chunk_along(x, axis):
@@ -166,9 +166,9 @@ def _one_chunk_along(x, axis):
     return x
 
 
-def softmax(x, axis, out, log):
+def softmax(x, axis, out, log, numpy_path):
     """``fastact.softmax``/``log_softmax`` of a Dask array: lazy, the ``axis`` rechunked into one
-    chunk first, then the NumPy path per chunk."""
+    chunk first, then ``numpy_path(block, axis, out, log)`` per chunk."""
     what = "fastact.log_softmax" if log else "fastact.softmax"
     _require_dask(x, what)
     _check_no_numpy_out(out, what, x)
@@ -177,11 +177,13 @@ def softmax(x, axis, out, log):
     ax = _axis(axis, x.ndim, x.shape)
     dt = _compute_dtype(x.dtype)
     x = _one_chunk_along(x, ax)
-    return x.map_blocks(_softmax_block, axis=ax, log=log, dtype=dt, meta=np.empty((0,) * x.ndim, dt))
+    return x.map_blocks(_softmax_block, numpy_path, axis=ax, log=log, dtype=dt,
+                        meta=np.empty((0,) * x.ndim, dt))
 
 
-def softmax_backward(dy, y, axis, out, log):
-    """``fastact.softmax_backward``/``log_softmax_backward`` with a Dask ``dy`` or ``y``."""
+def softmax_backward(dy, y, axis, out, log, numpy_path):
+    """``fastact.softmax_backward``/``log_softmax_backward`` with a Dask ``dy`` or ``y``;
+    ``numpy_path(dy, y, axis, out, log)`` runs per chunk."""
     import dask.array as da
     what = "fastact.log_softmax_backward" if log else "fastact.softmax_backward"
     for a in (dy, y):
@@ -197,20 +199,19 @@ def softmax_backward(dy, y, axis, out, log):
     lazy = _one_chunk_along(lazy, ax)
     dy = _one_chunk_along(da.asarray(dy), ax).rechunk(lazy.chunks)
     y = _one_chunk_along(da.asarray(y), ax).rechunk(lazy.chunks)
-    return da.map_blocks(_softmax_backward_block, dy, y, axis=ax, log=log, dtype=dt,
+    return da.map_blocks(_softmax_backward_block, dy, y, numpy_path, axis=ax, log=log, dtype=dt,
                          meta=np.empty((0,) * y.ndim, dt))
 
 
 # ------------------------------------------------------------------------------------------ PReLU
 
-def _prelu_block(block, weight, axis):
-    from .elementwise import prelu
-    return np.asarray(prelu(block, weight, axis))
+def _prelu_block(block, numpy_path, weight, axis):
+    return np.asarray(numpy_path(block, weight, axis))
 
 
-def prelu(x, weight, axis, out):
+def prelu(x, weight, axis, out, numpy_path):
     """``fastact.prelu`` of a Dask array: lazy, the channel axis in one chunk (each chunk needs all of
-    ``weight``)."""
+    ``weight``) and ``numpy_path(block, weight, axis)`` per chunk."""
     _require_dask(x, "fastact.prelu")
     if out is not None:
         raise TypeError("fastact.prelu: out= is not supported for Dask input; assign the result instead")
@@ -218,15 +219,15 @@ def prelu(x, weight, axis, out):
         raise TypeError(f"fastact.prelu: weight must be a NumPy array, got {_type_name(weight)}")
     w = np.asarray(weight)
     dt = _compute_dtype(x.dtype)  # the weight is cast to x's dtype, as for NumPy input
-    from .elementwise import _prelu_layout
-    _prelu_layout(_ShapeOnly(x.shape), w, axis)  # ValueError naming the shapes, now
+    prelu_layout(_ShapeOnly(x.shape), w, axis)  # ValueError naming the shapes, now
     if w.size > 1:
         x = _one_chunk_along(x, _axis(axis, x.ndim, x.shape))
-    return x.map_blocks(_prelu_block, weight=w, axis=axis, dtype=dt, meta=np.empty((0,) * x.ndim, dt))
+    return x.map_blocks(_prelu_block, numpy_path, weight=w, axis=axis, dtype=dt,
+                        meta=np.empty((0,) * x.ndim, dt))
 
 
 class _ShapeOnly:
-    """Stands in for an array in a shape check (``_prelu_layout`` reads ``shape``, ``ndim``, ``size``)."""
+    """Stands in for an array in a shape check (``prelu_layout`` reads ``shape``, ``ndim``, ``size``)."""
 
     def __init__(self, shape):
         self.shape = tuple(int(s) for s in shape)

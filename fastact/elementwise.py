@@ -18,8 +18,9 @@ from . import _codegen, _epilogue, _runtime, config
 from . import duck as _duck
 from ._table import ACTIVATIONS, leaky_relu_d, leaky_relu_f
 from ._util import compute_dtype as _compute_dtype
-from ._util import _FLOATS
+from ._util import FLOATS as _FLOATS
 from ._util import check_out as _check_out
+from ._util import prelu_layout
 
 __all__ = []  # filled by _publish()
 
@@ -143,14 +144,14 @@ def _apply(act, backward, arrays, values, out):
     # test per array (~20 ns each).
     if (type(arrays[-1]) is not _ndarray or (backward and type(arrays[0]) is not _ndarray)) \
             and _duck.any_duck(arrays):
-        return _duck.elementwise(act, backward, arrays, values, out)
+        return _duck.elementwise(act, backward, arrays, values, out, _apply)
     specs = act.params + (act.backward_params if backward else ())
     pvals = _param_values(specs, values)
     arrays = [a if type(a) is np.ndarray else np.asarray(a) for a in arrays]
     if all(isinstance(v, _SCALARS) or np.ndim(v) == 0 for v in pvals):
         return _run(act.name, backward, arrays, [float(v) for v in pvals], out)
     if _duck.any_duck(pvals):  # a duck array as a parameter: the result is a duck array too
-        return _duck.elementwise(act, backward, arrays, values, out)
+        return _duck.elementwise(act, backward, arrays, values, out, _apply)
     # Array-valued parameters: the real ufunc broadcasts them against the inputs. Parameters are cast
     # to the inputs' compute dtype, as scalars are on the path above and as the C kernels do: float32
     # in, float32 out, whatever the parameters' dtype.
@@ -419,24 +420,6 @@ for _act in ACTIVATIONS.values():
 
 # -------------------------------------------------------------------------------------------- PReLU
 
-def _prelu_layout(x, weight, axis):
-    """x viewed as (outer, C, inner) with C = weight.size; raises naming the shapes when they disagree."""
-    if weight.ndim > 1:
-        raise ValueError(f"prelu: weight must be 1-D (one slope per channel), got shape {weight.shape}")
-    if weight.size == 0:
-        raise ValueError("prelu: weight is empty")
-    if weight.size == 1:
-        return (x.size, 1, 1) if x.ndim == 0 else (x.shape[0], 1, x.size // max(x.shape[0], 1))
-    ax = axis + x.ndim if axis < 0 else axis
-    if not 0 <= ax < x.ndim:
-        raise ValueError(f"prelu: axis {axis} is out of range for x of shape {x.shape}")
-    if x.shape[ax] != weight.size:
-        raise ValueError(f"prelu: weight has {weight.size} elements but x.shape[{axis}] is "
-                         f"{x.shape[ax]} (x has shape {x.shape})")
-    outer = int(np.prod(x.shape[:ax], dtype=np.int64))
-    inner = int(np.prod(x.shape[ax + 1:], dtype=np.int64))
-    return outer, weight.size, inner
-
 
 def prelu(x, weight, axis=1, *, out=None):
     """Parametric ReLU: ``x if x > 0 else weight[c] * x`` with ``c`` the index along ``axis``.
@@ -468,11 +451,11 @@ def prelu(x, weight, axis=1, *, out=None):
            [-0.3,  4. ]])
     """
     if type(x) is not _ndarray and _duck.is_duck(x):
-        return _duck.prelu(x, weight, axis, out)  # Dask: lazy, per chunk
+        return _duck.prelu(x, weight, axis, out, prelu)  # Dask: lazy, per chunk
     x = np.asarray(x)
     w = np.asarray(weight)
     dt = _compute_dtype(x.dtype)  # the weight is cast to it, as every activation's parameters are
-    outer, C, inner = _prelu_layout(x, w, axis)
+    outer, C, inner = prelu_layout(x, w, axis)
     if out is not None:
         _check_out(out, x.shape)
     xc = np.ascontiguousarray(x, dtype=dt)
@@ -513,7 +496,7 @@ def prelu_backward(dy, x, weight, axis=1, *, out=None):
     if dy.shape != x.shape:
         raise ValueError(f"prelu_backward: dy has shape {dy.shape} but x has shape {x.shape}")
     dt = _compute_dtype(dy.dtype, x.dtype)
-    outer, C, inner = _prelu_layout(x, w, axis)
+    outer, C, inner = prelu_layout(x, w, axis)
     if out is not None:
         _check_out(out, x.shape)
     dx = np.empty(x.shape, dtype=dt)

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _blas, _epilogue
 from ._util import compute_dtype as _compute_dtype
-from .conv import _check_preactivation
+from ._util import check_preactivation
 
 __all__ = ["linear", "linear_backward"]
 
@@ -88,7 +88,7 @@ def _linear_forward(x, weight, bias, activation, activation_params, keep_z):
 
 
 def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activation_params=None,
-                    need_dx=True):
+                    need_input_grad=True):
     """Gradients of :func:`linear`: ``(dx, dweight, dbias)``.
 
     Without ``activation``, ``dy`` is the gradient of the pre-activation ``z = x @ weight.T + bias``.
@@ -109,7 +109,7 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
     activation_params : dict or sequence, optional
         Its parameters as in the forward, plus any backward parameters of the table (e.g. ReLU's
         ``subgradient``).
-    need_dx : bool, default True
+    need_input_grad : bool, default True
         False skips the input gradient (``dx`` is None) and its GEMM.
 
     Returns
@@ -149,7 +149,7 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         dz = dy2
         db = dy2.sum(axis=0, dtype=np.float64).astype(dt)
     else:
-        z = np.ascontiguousarray(_check_preactivation("linear_backward", preactivation, dy.shape, activation)
+        z = np.ascontiguousarray(check_preactivation("linear_backward", preactivation, dy.shape, activation)
                                  .reshape(-1, O), dtype=dt)
         pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params, backward=True)]
         dz = np.empty_like(dy2)
@@ -159,5 +159,5 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         else:
             db64[:] = 0.0
         db = db64.astype(dt)
-    dx = _blas.matmul(dz, w).reshape(x.shape) if need_dx else None
+    dx = _blas.matmul(dz, w).reshape(x.shape) if need_input_grad else None
     return dx, _blas.matmul(dz.T, x2), db

@@ -19,7 +19,7 @@ import numpy as np
 from . import _runtime
 from . import duck as _duck
 from . import _math as fm
-from ._util import _FLOATS
+from ._util import FLOATS as _FLOATS
 from ._util import check_out as _check_out
 from ._util import compute_dtype as _compute_dtype
 from ._util import row_max as _row_max
@@ -35,9 +35,8 @@ __all__ = ["softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
 def _softmax_rows(x2, y2, log):
     # x2, y2 are (R, L): softmax (or log-softmax) of each row. exp(x - max) goes to y first, in a loop
     # of its own, which vectorises (float32: fexpf, 16 lanes); the float64 sum then reads it back with
-    # row_sum's four accumulators (one float64 accumulator inside the exp loop kept that loop scalar:
-    # 245 us on 100 rows of 1000, now 72, PyTorch 31; bench/results/2026-11-25/calls-session-ab.txt
-    # and arrays-1e5-separate.txt)
+    # row_sum's four accumulators (one float64 accumulator inside the exp loop keeps that loop scalar,
+    # 3.4x slower on 100 rows of 1000: bench/results/2026-11-25/calls-session-ab.txt)
     R, L = x2.shape
     for r in _runtime.prange(R):
         xr = x2[r]
@@ -110,7 +109,7 @@ def _softmax_impl(x, axis, out, log):
         _softmax_rows(x.reshape(-1, L), res.reshape(-1, L), log)
         return res
     if type(x) is not np.ndarray and _duck.is_duck(x):
-        return _duck.softmax(x, axis, out, log)  # Dask: lazy, the axis in one chunk
+        return _duck.softmax(x, axis, out, log, _softmax_impl)  # Dask: lazy, the axis in one chunk
     x = np.asarray(x)
     dt = _compute_dtype(x.dtype)
     xr, mshape = _rows(x, axis, dt)
@@ -131,7 +130,7 @@ def _softmax_backward_impl(dy, y, axis, out, log):
         _softmax_backward_rows(dy.reshape(-1, L), y.reshape(-1, L), res.reshape(-1, L), log)
         return res
     if (type(y) is not np.ndarray or type(dy) is not np.ndarray) and _duck.any_duck((dy, y)):
-        return _duck.softmax_backward(dy, y, axis, out, log)
+        return _duck.softmax_backward(dy, y, axis, out, log, _softmax_backward_impl)
     dy = np.asarray(dy)
     y = np.asarray(y)
     if dy.shape != y.shape:
@@ -272,8 +271,12 @@ def cross_entropy(logits, target):
     return float(_ce_forward(logits, target))
 
 
-def cross_entropy_backward(logits, target):
-    """Gradient of the mean :func:`cross_entropy`: ``(softmax(logits) - onehot(target)) / N``.
+def cross_entropy_backward(logits, target, *, dy=1.0):
+    """Gradient of the mean :func:`cross_entropy`: ``dy * (softmax(logits) - onehot(target)) / N``.
+
+    The loss is a scalar, so its incoming gradient ``dy`` is one number: 1.0 (the default) when the
+    loss is what is minimised, another value when it is a weighted term of a larger objective. It is
+    a keyword, after the two inputs, because the loss is usually the end of the chain.
 
     Examples
     --------
@@ -282,8 +285,11 @@ def cross_entropy_backward(logits, target):
     array([[-0.3333,  0.1667,  0.1667],
            [ 0.1667,  0.1667, -0.3333]])
     """
+    if np.ndim(dy) != 0 or not np.isfinite(dy):
+        raise ValueError(f"cross_entropy_backward: dy is the gradient of a scalar loss, one finite "
+                         f"number; got {dy!r}")
     logits, target = _check(logits, target)
     d = np.empty_like(logits)
     if logits.shape[0]:
-        _ce_backward(logits, target, logits.dtype.type(1.0 / logits.shape[0]), d)
+        _ce_backward(logits, target, logits.dtype.type(float(dy) / logits.shape[0]), d)
     return d

@@ -222,7 +222,7 @@ class NetDepth(nn.Module):
         if self.skip:
             d_in += d
         d = max_pool2d_backward(self.conv2.backward(max_pool2d_backward(d_in, p2, 2)), p1, 2)
-        return self.conv1.backward(d, need_dx=need_input_grad)
+        return self.conv1.backward(d, need_input_grad=need_input_grad)
 
 
 class NetRes(NetDepth):
@@ -301,7 +301,7 @@ class ResBlock(nn.Module):
             return y
         return self.batch_norm.forward(self.conv.forward(x), activation="relu", residual=x)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         # y = relu(bn(conv(x))) + x: the skip's gradient is dy itself
         dx = self.conv.backward(self.batch_norm.backward(dy))
         dx += dy
@@ -362,7 +362,7 @@ class NetResDeep(nn.Module):
         """Gradient of the images; parameter gradients accumulate into ``.grad``."""
         (p1,), d = _head_backward(self, dy)
         d = max_pool2d_backward(self.resblocks.backward(d), p1, 2)
-        return self.conv1.backward(d, need_dx=need_input_grad)
+        return self.conv1.backward(d, need_input_grad=need_input_grad)
 
 
 def net_depth(n_chans1=32, seed=0, dtype=np.float32, *, num_classes=2):

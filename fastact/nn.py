@@ -344,10 +344,10 @@ class Conv2d(Module):
                        activation, activation_params)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         x, z, activation, params = _need_saved(self)
         dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, preactivation=z,
-                                     activation=activation, activation_params=params, need_dx=need_dx)
+                                     activation=activation, activation_params=params, need_input_grad=need_input_grad)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
@@ -381,10 +381,10 @@ class Linear(Module):
                        activation_params)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         x, z, activation, params = _need_saved(self)
         dx, dw, db = linear_backward(dy, x, self.weight.data, preactivation=z, activation=activation,
-                                     activation_params=params, need_dx=need_dx)
+                                     activation_params=params, need_input_grad=need_input_grad)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
@@ -413,7 +413,7 @@ class MaxPool2d(_Pool2d):
         self._saved = (np.shape(x), np.result_type(x), indices)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         shape, dtype, indices = _need_saved(self)
         dy = np.asarray(dy)
         dy = dy.astype(np.result_type(dy.dtype, dtype), copy=False)  # dx's dtype as from x itself
@@ -429,7 +429,7 @@ class AvgPool2d(_Pool2d):
             self._saved = (np.shape(x),)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (shape,) = _need_saved(self)
         return avg_pool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding)
 
@@ -451,7 +451,7 @@ class AdaptiveAvgPool2d(Module):
             self._saved = (np.shape(x),)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (shape,) = _need_saved(self)
         return adaptive_avg_pool2d_backward(dy, shape)
 
@@ -488,7 +488,7 @@ class Dropout(Module):
         self._saved = (mask,)
         return x * mask  # NaN stays NaN where it is dropped, as in PyTorch
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (mask,) = _need_saved(self)
         dy = np.asarray(dy)
         return dy.copy() if mask is None else dy * mask
@@ -597,12 +597,12 @@ class BatchNorm2d(Module):
         self._saved = (x, saved)
         return y
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         x, saved = _need_saved(self)
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
         reduce = self.sync.sums if self.sync is not None and saved.training else None
-        dx, dw, db = batch_norm2d_backward(dy, x, w, b, saved, need_dx=need_dx, reduce=reduce)[:3]
+        dx, dw, db = batch_norm2d_backward(dy, x, w, b, saved, need_input_grad=need_input_grad, reduce=reduce)[:3]
         if self.affine:
             _accumulate(self.weight, dw)
             _accumulate(self.bias, db)
@@ -642,7 +642,7 @@ class Residual(Module):
                              f"needs them equal")
         return y + x
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         dy = np.asarray(dy)
         return self.block.backward(dy) + dy
 
@@ -656,7 +656,7 @@ class Flatten(Module):
             self._saved = (x.shape,)
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (shape,) = _need_saved(self)
         return np.asarray(dy).reshape(shape)
 
@@ -710,7 +710,7 @@ class Activation(Module):
             self._saved = (x,)
         return self._fwd(x, **self.params)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (x,) = _need_saved(self)
         return self._bwd(dy, x, **self.params)
 
@@ -719,7 +719,7 @@ class Activation(Module):
 #: (``Activation.torch_module``), else the CamelCase of the name
 ACTIVATION_MODULES = {}
 for _name in _table.NAMES:
-    _cls_name = (_table.ACTIVATIONS[_name].torch_module
+    _cls_name = (_table.ENTRIES[_name].torch_module
                  or "".join(w.capitalize() for w in _name.split("_")))
     _cls = type(_cls_name, (Activation,), {"name": _name, "__module__": __name__,
                                            "__doc__": f"Module form of :func:`fastact.{_name}`."})
@@ -746,7 +746,7 @@ class PReLU(Module):
             self._saved = (x,)
         return ew.prelu(x, self.weight.data, axis=1)
 
-    def backward(self, dy, need_dx=True):
+    def backward(self, dy, need_input_grad=True):
         (x,) = _need_saved(self)
         dx, dw = ew.prelu_backward(dy, x, self.weight.data, axis=1)
         _accumulate(self.weight, dw)
@@ -818,8 +818,9 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-    def _plan(self):
-        """[(index of the GEMM module or lone module, the fused activation module or None)]."""
+    def fusion_plan(self):
+        """How the modules run: [(index of a module, index of the activation fused into it, or None)];
+        a ``Conv2d`` or ``Linear`` followed by an activation module runs as one kernel with it."""
         mods = list(self._modules.values())
         plan, i = [], 0
         while i < len(mods):
@@ -839,7 +840,7 @@ class Sequential(Module):
 
     def forward(self, x):
         mods = list(self._modules.values())
-        for i, j in self._plan():
+        for i, j in self.fusion_plan():
             if j is None:
                 x = mods[i](x)
                 out_index = i
@@ -868,11 +869,11 @@ class Sequential(Module):
 
     def backward(self, dy, need_input_grad=True):
         mods = list(self._modules.values())
-        plan = self._plan()
+        plan = self.fusion_plan()
         for step, (i, j) in enumerate(reversed(plan)):
             first = step == len(plan) - 1
             if j is not None:
-                dy = mods[i].backward(dy, need_dx=need_input_grad or not first)
+                dy = mods[i].backward(dy, need_input_grad=need_input_grad or not first)
             else:
                 dy = mods[i].backward(dy)
         return dy
@@ -887,4 +888,4 @@ class CrossEntropyLoss(Module):
 
     def backward(self, dy=1.0):
         logits, target = _need_saved(self)
-        return cross_entropy_backward(logits, target) * np.asarray(dy, dtype=np.asarray(logits).dtype)
+        return cross_entropy_backward(logits, target, dy=dy)

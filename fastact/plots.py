@@ -55,7 +55,7 @@ def _curves(act, x):
 def gallery(outdir):
     """activations.png and gelu_vs_relu.png; returns their paths."""
     plt = _plt()
-    acts = list(_table.ACTIVATIONS.values())
+    acts = list(_table.ENTRIES.values())
     cols = 4
     rows = -(-len(acts) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)

@@ -25,6 +25,7 @@ from . import _runtime
 from ._util import compute_dtype as _compute_dtype
 from ._util import argmax_window as _argmax_window
 from ._util import pair as _pair
+from ._util import pool_window
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "max_pool2d_flat_indices", "pool_index_dtype", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
            "adaptive_avg_pool2d_backward", "pool_output_shape", "adaptive_pool_output_shape"]
@@ -34,7 +35,7 @@ def pool_output_shape(x_shape, kernel_size=2, stride=None, padding=0, name="max_
     """(N, C, P, Q) of max_pool2d (and avg_pool2d); ValueError naming the shapes when they don't fit."""
     if len(x_shape) != 4:
         raise ValueError(f"{name}: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw = pool_window(kernel_size, stride, padding)
     if kh < 1 or kw < 1:
         raise ValueError(f"{name}: kernel_size must be >= 1, got {kernel_size!r}")
     if sh < 1 or sw < 1:
@@ -185,8 +186,8 @@ def _max_pool_2x2_forward_indices(x, y, idx):
 def _max_pool_2x2_backward_indices(dy, idx, dx):
     # dy, idx (N, C, P, Q) -> dx (N, C, H, W), over one flat image at a time (it sits in L1): zeroed
     # in one contiguous sweep, then one store per output at row 2p + k // 2, column 2q + k % 2
-    # (windows do not overlap: a store, not an add). Measured 3-6x faster than the earlier backward's
-    # four selected stores per window (stride 2: they do not vectorise) after its four compares. The bits
+    # (windows do not overlap: a store, not an add). Four selected stores per window after four
+    # compares (stride 2: they do not vectorise) measured 3-6x slower. The bits
     # of k are masked, so a wrong index (> 3) stays inside its image; it is counted (the caller
     # raises) instead of branched on.
     N, C, P, Q = dy.shape
@@ -219,15 +220,7 @@ def _args(x, kernel_size, stride, padding, name="max_pool2d"):
     x = np.asarray(x)
     shape = pool_output_shape(x.shape, kernel_size, stride, padding, name)
     dt = _compute_dtype(x.dtype)
-    return np.ascontiguousarray(x, dtype=dt), shape, _window(kernel_size, stride, padding)
-
-
-def _window(kernel_size, stride, padding):
-    """(kh, kw, sh, sw, ph, pw) as ints (stride defaults to the kernel size)."""
-    kh, kw = _pair(kernel_size, "kernel_size")
-    sh, sw = _pair(kernel_size if stride is None else stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    return kh, kw, sh, sw, ph, pw
+    return np.ascontiguousarray(x, dtype=dt), shape, pool_window(kernel_size, stride, padding)
 
 
 def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False):
@@ -338,7 +331,7 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
         idx = _check_indices(indices, shape, x_shape, kernel_size, fn)
         dt = _grad_dtype(dy, x)
         dyc = np.ascontiguousarray(dy, dtype=dt)
-        a = _window(kernel_size, stride, padding)
+        a = pool_window(kernel_size, stride, padding)
         if dy.size and _is_2x2(a):
             dx = np.empty(x_shape, dtype=dt)
             bad = _max_pool_2x2_backward_indices(dyc, idx, dx)  # zeroes dx itself
@@ -384,7 +377,7 @@ def max_pool2d_flat_indices(indices, x, kernel_size=2, stride=None, padding=0):
     x_shape = _x_shape(x, fn)
     shape = pool_output_shape(x_shape, kernel_size, stride, padding, "max_pool2d")
     idx = _check_indices(indices, shape, x_shape, kernel_size, fn).astype(np.int64)
-    kh, kw, sh, sw, ph, pw = _window(kernel_size, stride, padding)
+    kh, kw, sh, sw, ph, pw = pool_window(kernel_size, stride, padding)
     i, j = np.divmod(idx, kw)
     h = (np.arange(shape[2], dtype=np.int64) * sh - ph)[:, None] + i
     w = np.arange(shape[3], dtype=np.int64) * sw - pw + j
@@ -517,7 +510,7 @@ def avg_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
     dt = _grad_dtype(dy, x)
     dx = np.zeros(x_shape, dtype=dt)
     if dy.size:
-        _avg_pool_backward(np.ascontiguousarray(dy, dtype=dt), *_window(kernel_size, stride, padding), dx)
+        _avg_pool_backward(np.ascontiguousarray(dy, dtype=dt), *pool_window(kernel_size, stride, padding), dx)
     return dx
 
 

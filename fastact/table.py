@@ -17,9 +17,10 @@ it, and so can a user's own code be.
 """
 
 from . import _codegen
-from ._table import ACTIVATIONS, BY_NAME, NAMES, Activation, Param, fast_variant, get
+from ._table import ACTIVATIONS as ENTRIES
+from ._table import BY_NAME, NAMES, Activation, Param, fast_variant, get
 
-__all__ = ["ACTIVATIONS", "BY_NAME", "NAMES", "Activation", "Param", "fast_variant", "get", "loop"]
+__all__ = ["ENTRIES", "BY_NAME", "NAMES", "Activation", "Param", "fast_variant", "get", "loop"]
 
 
 def loop(name, backward=False, parallel=False):

@@ -265,77 +265,76 @@ def evaluate(model, x, y, batch_size=EVAL_BATCH, comm=None, with_loss=False):
     return (acc, float(loss_sum) / max(count, 1)) if with_loss else acc
 
 
-def _fail_point():
-    """(rank, step, hang) from FASTACT_DDP_FAIL_AT="rank:step[:hang]" (tests: a rank that raises, or
-    hangs, at a global step of the run), else None."""
-    spec = os.environ.get("FASTACT_DDP_FAIL_AT")
-    if not spec:
-        return None
-    parts = spec.split(":")
-    return int(parts[0]), int(parts[1]), len(parts) > 2 and parts[2] == "hang"
+def train_step(model, opt, loss_fn, x, y, *, grad_scale=1.0, comm=None, check_loss=None):
+    """One optimizer step on the batch ``(x, y)``; returns ``(loss, logits)``.
+
+    Forward and loss, then (``check_loss(loss)`` first, which may raise to stop before the weights
+    change) the backward of ``grad_scale`` times the loss, the average of the gradients over the MPI
+    ranks of ``comm`` when there is one, and the update.
+    """
+    from . import distributed
+    logits = model(x)
+    loss = loss_fn(logits, y)
+    if check_loss is not None:
+        check_loss(loss)
+    opt.zero_grad()
+    model.backward(loss_fn.backward(grad_scale), need_input_grad=False)
+    if comm is not None:
+        distributed.allreduce_gradients(model, comm)
+    opt.step()
+    return loss, logits
 
 
-def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None, step0=0, keep_going=False):
+def dead_units(model, comm=None):
+    """{layer index: fraction of its units that passed no gradient for any input} from what a
+    ``Sequential``'s ``activity`` recorded since it was set to ``{}`` (a unit is alive if it passed
+    gradient on any rank of ``comm``); ``{}`` for other models."""
+    from . import distributed
+    act = sorted((getattr(model, "activity", None) or {}).items())
+    if comm is not None and act:
+        fired = distributed.allreduce_sum(np.concatenate([v.ravel() for _, v in act]), comm) > 0
+        sizes = np.cumsum([v.size for _, v in act])[:-1]
+        act = [(k, f) for (k, _), f in zip(act, np.split(fired, sizes))]
+    return {str(k): float(1.0 - np.mean(v)) for k, v in act}
+
+
+def train_epoch(model, opt, loss_fn, x, y, cfg, epoch, progress=None, comm=None, keep_going=False):
     """One epoch; returns (mean loss, train accuracy, images/s, dead-unit fraction per layer).
 
     A step whose loss is NaN or infinite raises :class:`TrainingDiverged` before it changes the
-    weights, unless ``keep_going``.
-
-    With an MPI ``comm`` (data-parallel): each global batch is split into the ranks' contiguous
-    slices, the gradients are averaged over the ranks before every step, and the returned figures
-    are those of the whole epoch over all ranks. ``step0``: steps before this epoch (for the test
-    hook ``FASTACT_DDP_FAIL_AT``)."""
+    weights, unless ``keep_going``. With an MPI ``comm`` (data-parallel) each global batch is split
+    into the ranks' contiguous slices, each rank's gradient weighted by its slice's share, and the
+    returned figures are those of the whole epoch over all ranks.
+    """
     from . import distributed
     model.train()
-    sequential = isinstance(model, nn.Sequential)  # the dead-unit report reads Sequential's activity
-    if sequential:
-        model.activity = {}
+    if isinstance(model, nn.Sequential):
+        model.activity = {}  # the Sequential records which units passed gradient (dead_units)
     nranks = 1 if comm is None else comm.Get_size()
-    fail = _fail_point() if comm is not None else None
+    nsteps = -(-len(y) // cfg["batch_size"])
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     for step, (xb, yb) in enumerate(data.batches(x, y, cfg["batch_size"], seed=cfg["seed"], epoch=epoch),
-                                    start=step0 + 1):
-        global_n = len(yb)
-        if comm is not None:
-            xb, yb = distributed.shard(xb, yb, comm)
-            if fail is not None and fail[:2] == (comm.Get_rank(), step):
-                if fail[2]:
-                    time.sleep(3600)
-                raise RuntimeError(f"FASTACT_DDP_FAIL_AT: simulated failure on rank {fail[0]} at "
-                                   f"step {step}")
-        logits = model(xb.astype(cfg["dtype"], copy=False))
-        loss = loss_fn(logits, yb)
-        if not (keep_going or math.isfinite(loss)):
-            raise TrainingDiverged(_diverged(loss, cfg, epoch, step - step0, -(-len(y) // cfg["batch_size"]), x))
-        opt.zero_grad()
-        dlogits = loss_fn.backward()
-        if len(yb) * nranks != global_n:
-            # unequal slices (the last batch): scale this rank's mean-loss gradient to its share of the
-            # global mean, times N for the average over ranks below
-            dlogits *= dlogits.dtype.type(len(yb) * nranks / global_n)
-        model.backward(dlogits, need_input_grad=False)
-        if comm is not None:
-            distributed.allreduce_gradients(model, comm)
-        opt.step()
-        total_loss += loss * len(yb)
-        correct += int(np.sum(np.argmax(logits, axis=1) == yb))
-        seen += len(yb)
+                                    start=1):
+        xs, ys = distributed.shard(xb, yb, comm) if comm is not None else (xb, yb)
+
+        def check_loss(loss, step=step):
+            if not (keep_going or math.isfinite(loss)):
+                raise TrainingDiverged(_diverged(loss, cfg, epoch, step, nsteps, x))
+
+        # a rank's mean-loss gradient, weighted by its slice's share of the global batch, times the
+        # number of ranks for the average over them (1 unless the last batch splits unevenly)
+        loss, logits = train_step(model, opt, loss_fn, xs.astype(cfg["dtype"], copy=False), ys,
+                                  grad_scale=len(ys) * nranks / len(yb), comm=comm, check_loss=check_loss)
+        total_loss += loss * len(ys)
+        correct += int(np.sum(np.argmax(logits, axis=1) == ys))
+        seen += len(ys)
         if progress is not None:
-            rate = seen * nranks / (time.perf_counter() - t0)
             progress.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                                 img_s=f"{rate:.0f}", refresh=False)
+                                 img_s=f"{seen * nranks / (time.perf_counter() - t0):.0f}", refresh=False)
             progress.update(1)
-    dead = {}
-    if sequential:
-        act = sorted(model.activity.items())
-        if comm is not None and act:  # a unit is alive if it fired on any rank
-            fired = distributed.allreduce_sum(np.concatenate([v.ravel() for _, v in act]), comm) > 0
-            o = 0
-            for i, (k, v) in enumerate(act):
-                act[i] = (k, fired[o:o + v.size])
-                o += v.size
-        dead = {str(k): float(1.0 - np.mean(v)) for k, v in act}
+    dead = dead_units(model, comm)
+    if isinstance(model, nn.Sequential):
         model.activity = None
     if comm is not None:
         total_loss, correct, seen = distributed.allreduce_sum([total_loss, correct, seen], comm)
@@ -539,13 +538,13 @@ def _run(args, comm=None):
             cfg, model, opt, loaded, (xtr, ytr, xte, yte) = _setup(args, comm)
         except (checkpoint.CheckpointError, data.DataError, ValueError) as exc:
             err = f"{exc}" if comm.Get_rank() == 0 else f"rank {comm.Get_rank()}: {exc}"
-        with distributed._collective("the setup's error check", comm):
+        with distributed.collective("the setup's error check", comm):
             errs = comm.allgather(err)
         first = next((e for e in errs if e is not None), None)
         if first is not None:
             say(f"fastact train: error: {first}", file=sys.stderr)
             return 2
-        with distributed._collective("broadcast of the checkpoint", comm):
+        with distributed.collective("broadcast of the checkpoint", comm):
             loaded = comm.bcast(loaded, root=0)  # arrays and a JSON-able header, between our own ranks
         if args.sync_batchnorm:
             distributed.sync_batchnorm(model, comm)
@@ -605,7 +604,6 @@ def _run(args, comm=None):
                             file=sys.stdout, dynamic_ncols=True)
         t0 = time.perf_counter()
         loss, acc, rate, dead = train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch, progress, comm,
-                                            step0=(epoch - start) * nbatches,
                                             keep_going=getattr(args, "keep_going", False))
         if progress is not None:
             progress.close()

@@ -1,6 +1,6 @@
 """Shared helpers for the fastact tests: tolerances, parameter sets, awkward arrays, references.
 
-Everything here is derived from the activation table (``fastact.table.ACTIVATIONS``): a new table
+Everything here is derived from the activation table (``fastact.table.ENTRIES``): a new table
 entry is picked up by every test without touching this file, except that it may add non-default
 parameter sets to :data:`PARAM_SETS`.
 """
@@ -8,9 +8,9 @@ parameter sets to :data:`PARAM_SETS`.
 import numpy as np
 import pytest
 
-from fastact.table import ACTIVATIONS
+from fastact.table import ENTRIES
 
-NAMES = tuple(ACTIVATIONS)
+NAMES = tuple(ENTRIES)
 DTYPES = (np.float32, np.float64)
 
 # ------------------------------------------------------------------------------------------ tolerances
@@ -79,13 +79,13 @@ PARAM_SETS = {
 }
 
 for _n in PARAM_SETS:
-    assert _n in ACTIVATIONS, _n
+    assert _n in ENTRIES, _n
 
 
 def param_cases():
     """(name, kwargs, id) for every activation's defaults and its non-default sets."""
     cases = []
-    for name, act in ACTIVATIONS.items():
+    for name, act in ENTRIES.items():
         cases.append(pytest.param(name, default_kwargs(act), id=f"{name}-default"))
         for i, kw in enumerate(PARAM_SETS.get(name, [])):
             cases.append(pytest.param(name, kw, id=f"{name}-p{i}"))

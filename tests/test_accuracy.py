@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastact
-from fastact.table import ACTIVATIONS
+from fastact.table import ENTRIES
 
 import mpref
 from conftest import floats_of, param_cases, public
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_ulp_error_against_mpmath_within_the_table_bound(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     bound = act.ulp_bounds(*floats_of(act, kwargs))[dtype.name]
     got = mpref.scan(act, kwargs, dtype, f, fb)
@@ -41,7 +41,7 @@ def test_float32_dense_sample_within_the_table_bound(name, kwargs):
     # kernels (some in float32 arithmetic, ``Activation.float32``) are also held to the bound on 2^17
     # random points, against the float64 kernels (themselves within a few float64 ulps of mpmath, by
     # the test above: ~1e-9 of a float32 ulp), with the same rule next to a derivative's zero.
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     bound = act.ulp_bounds(*floats_of(act, kwargs))["float32"]
     x = mpref.dense_float32_sample()
@@ -59,7 +59,7 @@ def test_float32_dense_sample_within_the_table_bound(name, kwargs):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_limits_at_infinity(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     params = floats_of(act, kwargs)
     (fl, fh), (dl, dh) = act.limits(*params)
@@ -86,7 +86,7 @@ def _torch_fn(torch, act, kwargs):
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_derivative_at_every_kink_is_pytorchs(name, kwargs, dtype):
     torch = pytest.importorskip("torch")
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     kinks = [k for k in act.kinks(*floats_of(act, kwargs)) if np.isfinite(k)]
     tf = _torch_fn(torch, act, kwargs)
     if not kinks or tf is None:

@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastact
 from fastact import config, table, ufuncs
-from fastact.table import ACTIVATIONS, BY_NAME
+from fastact.table import ENTRIES, BY_NAME
 
 from conftest import (DTYPES, NAMES, assert_close, awkward_arrays, default_kwargs,
                       finite_kinks, floats_of, param_cases, public, reference, reference_backward,
@@ -40,7 +40,7 @@ def _grid(act, kwargs, dtype, n=64, seed=0):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_forward_matches_reference(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, _ = public(name)
     x = _grid(act, kwargs, dtype)
     y = f(x, **kwargs)
@@ -50,7 +50,7 @@ def test_forward_matches_reference(name, kwargs, dtype):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_backward_matches_reference(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     _, fb = public(name)
     x = _grid(act, kwargs, dtype, seed=1)
     dy = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
@@ -61,7 +61,7 @@ def test_backward_matches_reference(name, kwargs, dtype):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_backward_by_finite_differences(name, kwargs):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     x = sample_points(act, kwargs, 24, np.float64, seed=3, kink_gap=1e-3).reshape(-1, 1)
     assert x.size >= 12
@@ -70,7 +70,7 @@ def test_backward_by_finite_differences(name, kwargs):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_derivative_at_kinks_is_the_documented_one(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     _, fb = public(name)
     kinks = finite_kinks(act, kwargs)
     if not kinks:
@@ -132,7 +132,7 @@ def test_relu_subgradient_at_threshold(kwargs, dtype):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_nan_propagates(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     x = np.array([np.nan, -1.5, 0.0, 2.5, np.nan, 0.75], dtype=dtype)
     y = f(x, **kwargs)
@@ -148,7 +148,7 @@ def test_nan_propagates(name, kwargs, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_errstate_raise_does_not_raise(name):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     x = np.array([np.nan, np.inf, -np.inf, 1e300, -1e300, 0.0, -0.0, 5e-324])
     kw = default_kwargs(act)
@@ -181,7 +181,7 @@ def _special(dtype):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_special_values_match_reference(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     x = _special(dtype)
     y = f(x, **kwargs)
@@ -196,7 +196,7 @@ def test_special_values_match_reference(name, kwargs, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_awkward_layouts(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     rng = np.random.default_rng(4)
@@ -218,7 +218,7 @@ def test_awkward_layouts(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_d_returns_numpy_scalar_like_a_ufunc(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     for x in (dtype.type(0.75), np.array(-0.5, dtype=dtype)):
@@ -246,7 +246,7 @@ def test_empty(name, dtype):
 
 @pytest.mark.parametrize("name", ["relu", "gelu", "softplus", "hardtanh"])
 def test_backward_broadcasts_dy_against_x(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     _, fb = public(name)
     kw = default_kwargs(act)
     x = np.linspace(-2, 2, 12, dtype=dtype).reshape(3, 4)
@@ -277,7 +277,7 @@ def _per_column(fn, x, col_kwargs):
 
 @pytest.mark.parametrize("name", sorted(BROADCAST_PARAM))
 def test_broadcast_array_parameters(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     pname, values = BROADCAST_PARAM[name]
     kw = default_kwargs(act)
@@ -312,7 +312,7 @@ def test_broadcast_array_parameters(name, dtype):
 
 
 def test_relu_all_parameters_as_arrays(dtype):
-    act = ACTIVATIONS["relu"]
+    act = ENTRIES["relu"]
     x = np.linspace(-3, 8, 40, dtype=dtype).reshape(8, 5)
     slope = np.array([[0.0], [0.1], [0.2], [0.3], [-0.1], [0.0], [0.05], [1.0]], dtype=dtype)
     cap = np.array([6.0, np.inf, 1.0, 2.5, 4.0], dtype=dtype)
@@ -330,7 +330,7 @@ def test_relu_all_parameters_as_arrays(dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_out_argument(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     x = sample_points(act, kw, 30, dtype, seed=6).reshape(5, 6)
@@ -405,7 +405,7 @@ def test_out_rejects_bad_out_before_writing(name, dtype):
 
 @pytest.mark.parametrize("name", ["relu", "gelu", "tanh"])
 def test_out_overlapping_input(name):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, _ = public(name)
     kw = default_kwargs(act)
     buf = np.linspace(-3, 3, 101)
@@ -446,7 +446,7 @@ def test_small_out_in_place_and_overlapping(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_integer_and_bool_input_compute_in_float64(name):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     for x in (np.arange(-4, 5, dtype=np.int64), np.arange(-4, 5, dtype=np.int8),
@@ -463,7 +463,7 @@ def test_integer_and_bool_input_compute_in_float64(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_float16_computes_in_float32(name):
     # documented in fastact.elementwise: Numba has no float16 arithmetic, so float16 returns float32
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     x = np.linspace(-4, 4, 17).astype(np.float16)
@@ -508,19 +508,19 @@ def test_parameters_are_cast_to_the_inputs_dtype():
 
 
 def test_aliases():
-    assert "swish" in BY_NAME and BY_NAME["swish"] is ACTIVATIONS["silu"]
+    assert "swish" in BY_NAME and BY_NAME["swish"] is ENTRIES["silu"]
     x = np.linspace(-5, 5, 11)
     np.testing.assert_array_equal(fastact.swish(x), fastact.silu(x))
     np.testing.assert_array_equal(fastact.swish_backward(x, x), fastact.silu_backward(x, x))
     np.testing.assert_array_equal(ufuncs.swish(x), fastact.silu(x))
-    for name, act in ACTIVATIONS.items():
+    for name, act in ENTRIES.items():
         for alias in act.aliases:
             assert getattr(fastact, alias) is getattr(fastact, name)
 
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_ufuncs_agree_with_functions(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     uf = getattr(ufuncs, name)
     ub = getattr(ufuncs, f"{name}_backward")
@@ -568,7 +568,7 @@ def _float_arrays(dtype):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dt", DTYPES, ids=["f32", "f64"])
 def test_property_forward_and_backward_match_reference(name, dt):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
 
@@ -612,7 +612,7 @@ def test_property_ranges(x):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_parallel_loop_equals_serial(name, dtype, monkeypatch):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     kw = default_kwargs(act)
     n = config.PARALLEL_MIN_SIZE + 4099
@@ -927,7 +927,7 @@ def _torch_cases():
     out = []
     for p in CASES:
         name, kwargs = p.values
-        act = ACTIVATIONS[name]
+        act = ENTRIES[name]
         if act.torch_name is None:
             continue
         if name == "relu" and kwargs != default_kwargs(act):
@@ -939,7 +939,7 @@ def _torch_cases():
 @pytest.mark.parametrize("name,kwargs", _torch_cases())
 def test_matches_torch(name, kwargs, dtype):
     torch = pytest.importorskip("torch")
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     tf = getattr(torch.nn.functional, act.torch_name)
     tkw = {} if name == "relu" else dict(kwargs)
@@ -1012,7 +1012,7 @@ def test_parameter_memo_keeps_the_sign_of_zero():
 def test_small_array_fast_path_equals_the_general_path(name, dtype):
     # default parameters on small C-contiguous arrays take a shortcut; explicitly passed defaults (new
     # float objects) take the general driver: both must agree exactly, for every shape and dy layout
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     explicit = {p.name: (float(p.default) if isinstance(p.default, float) else p.default) for p in act.params}
     explicit_b = {**explicit, **{p.name: p.default for p in act.backward_params}}

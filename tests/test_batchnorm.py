@@ -109,7 +109,7 @@ def test_functional_forward_backward_equals_reference(dtype, training, fuse, aff
         assert out[1] is None and out[2] is None
     if skip is not None:
         np.testing.assert_array_equal(out[3], dy)
-    assert fa.batch_norm2d_backward(dy, x, w, b, saved, need_dx=False)[0] is None
+    assert fa.batch_norm2d_backward(dy, x, w, b, saved, need_input_grad=False)[0] is None
 
 
 @pytest.mark.parametrize("training", [True, False])

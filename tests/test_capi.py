@@ -11,7 +11,7 @@ import pytest
 
 import fastact
 from fastact import capi
-from fastact.table import ACTIVATIONS, NAMES
+from fastact.table import ENTRIES, NAMES
 
 from conftest import default_kwargs
 
@@ -52,7 +52,7 @@ NON_DEFAULT = {"relu": {"negative_slope": 0.1, "max_value": 4.0, "threshold": 0.
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", NAMES)
 def test_every_kernel_through_ctypes_matches_the_ufuncs(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     t = ctypes.c_void_p
     fwd = ctypes.CFUNCTYPE(None, t, t, ctypes.c_int64, t)(capi.address(name, dtype))
     bwd = ctypes.CFUNCTYPE(None, t, t, t, ctypes.c_int64, t)(capi.address(name, dtype, backward=True))
@@ -100,7 +100,7 @@ def test_header_file_is_the_generated_header():
     for name in capi.KERNEL_NAMES:
         assert name in on_disk
     for name in NAMES:
-        assert f"FASTACT_{name.upper()}_NPARAMS {ACTIVATIONS[name].nparams}" in on_disk
+        assert f"FASTACT_{name.upper()}_NPARAMS {ENTRIES[name].nparams}" in on_disk
 
 
 @needs_cc
@@ -135,7 +135,7 @@ def clib(tmp_path_factory):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", NAMES)
 def test_c_code_runs_every_kernel_through_its_pointer(clib, name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     suffix = "f32" if dtype is np.float32 else "f64"
     rows, cols = 3, 50
     x = _points(act, dtype, rows * cols).reshape(rows, cols)
@@ -173,7 +173,7 @@ def test_readme_ctypes_example_matches_the_python_function_bit_for_bit(clib):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_c_finite_difference_check_of_every_backward(clib, name):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     rng = np.random.default_rng(8)
     lo, hi = act.domain
     x = rng.uniform(lo, hi, 200)

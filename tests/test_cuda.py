@@ -17,7 +17,7 @@ import pytest
 
 import fastact
 from fastact import cuda as fcuda
-from fastact.table import ACTIVATIONS, NAMES
+from fastact.table import ENTRIES, NAMES
 from fastact.cuda._device import transposed
 
 from conftest import assert_close, default_kwargs
@@ -50,7 +50,7 @@ def host(d):
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_activation_forward_and_backward_match_cpu(name, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     rng = np.random.default_rng(1)
     lo, hi = act.domain
     x = rng.uniform(lo, hi, 300).astype(dtype)   # > 3 blocks x 32 threads: the grid-stride loop runs
@@ -202,7 +202,7 @@ def test_linear_forward_and_backward_match_cpu(dtype):
     for g, r in zip(got, want):
         assert_close(host(g), r, dtype, "backward")
     dx, dw, db = fcuda.linear_backward(dev(dy), dev(x), dev(w), preactivation=z, activation="gelu",
-                                       need_dx=False)
+                                       need_input_grad=False)
     assert dx is None
     assert_close(host(dw), want[1], dtype, "backward")
 
@@ -233,7 +233,7 @@ def test_fused_backward_takes_backward_params_and_no_activation_gives_z_is_y(lay
     want = cpu_bwd(fastact.relu_backward(dy, zh, **params), x, w)
     for g, r in zip(got, want):
         assert_close(host(g), r, dt, "backward")
-    dx, dw, db = bwd(dev(dy), dev(x), dev(w), need_dx=False)
+    dx, dw, db = bwd(dev(dy), dev(x), dev(w), need_input_grad=False)
     assert dx is None
     for g, r in zip((dw, db), cpu_bwd(dy, x, w)[1:]):
         assert_close(host(g), r, dt, "backward")

@@ -18,7 +18,7 @@ dask = pytest.importorskip("dask")
 
 import fastact as fa  # noqa: E402
 from fastact import models, nn  # noqa: E402
-from fastact.table import ACTIVATIONS  # noqa: E402
+from fastact.table import ENTRIES  # noqa: E402
 
 from conftest import DTYPES, PARAM_SETS, default_kwargs  # noqa: E402
 
@@ -62,7 +62,7 @@ def _counting(a, chunks):
     return da.from_array(a, chunks=chunks).map_blocks(count, dtype=a.dtype, meta=meta), Counter
 
 
-ALL_NAMES = [n for name, act in ACTIVATIONS.items() for n in (name, *act.aliases)]
+ALL_NAMES = [n for name, act in ENTRIES.items() for n in (name, *act.aliases)]
 
 
 # ------------------------------------------------------------------------------------ elementwise
@@ -87,7 +87,7 @@ def test_every_activation_and_backward_is_lazy_and_exact(name, dtype):
 
 @pytest.mark.parametrize("name", [n for n in PARAM_SETS])
 def test_keyword_parameters(name):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     x = _values(np.float32)
     dy = _values(np.float32, seed=2)
     xd = da.from_array(x, chunks=CHUNKS)

@@ -37,16 +37,16 @@ def test_every_public_function_has_an_example():
     assert not missing, f"public functions without a docstring example: {missing}"
 
 
-@pytest.mark.parametrize("name", sorted(fastact.table.ACTIVATIONS))
+@pytest.mark.parametrize("name", sorted(fastact.table.ENTRIES))
 def test_docstring_example_values_match_the_reference(name):
     """The literal example values (fastact.elementwise.EXAMPLES) against the float64 NumPy/SciPy
     references of the table, written independently of the kernels the doctests run."""
     from fastact import elementwise
     assert name in elementwise.EXAMPLES, f"add {name!r} to fastact.elementwise.EXAMPLES: " \
-        f"{elementwise.docstring_example(fastact.table.ACTIVATIONS[name])!r}"
+        f"{elementwise.docstring_example(fastact.table.ENTRIES[name])!r}"
     want = elementwise.EXAMPLES.pop(name)
     try:
         # the references' values, as computed for an entry without a literal example
-        assert want == elementwise.docstring_example(fastact.table.ACTIVATIONS[name])
+        assert want == elementwise.docstring_example(fastact.table.ENTRIES[name])
     finally:
         elementwise.EXAMPLES[name] = want

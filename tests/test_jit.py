@@ -11,7 +11,7 @@ from numba import njit, prange
 
 import fastact
 from fastact import jit as fj
-from fastact.table import ACTIVATIONS
+from fastact.table import ENTRIES
 
 from conftest import param_cases, public, sample_points
 
@@ -25,7 +25,7 @@ def _jit_kwargs(act, kwargs):
 
 @pytest.mark.parametrize("name,kwargs", param_cases())
 def test_scalar_functions_equal_the_array_kernels_bit_for_bit(name, kwargs, dtype):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     f, fb = public(name)
     x = np.concatenate([sample_points(act, kwargs, 32, dtype), np.array([np.nan, np.inf, -np.inf, 0.0], dtype)])
     jk = tuple(_jit_kwargs(act, kwargs).values())
@@ -71,7 +71,7 @@ def test_inside_prange_matches_numpy():
 
 
 def test_every_activation_is_there():
-    for name, act in ACTIVATIONS.items():
+    for name, act in ENTRIES.items():
         for spelling in (name, *act.aliases):
             assert spelling in fj.__all__ and spelling + "_grad" in fj.__all__
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastact as fa
-from fastact.table import ACTIVATIONS
+from fastact.table import ENTRIES
 from fastact.conv import conv_output_shape
 
 
@@ -232,13 +232,13 @@ def ref_cross_entropy_backward(logits, target):
 
 def act_ref(name, params, z):
     """The activation table's float64 NumPy reference (independent of the compiled kernels)."""
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     vals = [p.to_float(params.get(p.name, p.default)) for p in act.params]
     return act.reference(np.asarray(z, np.float64), *vals)
 
 
 def act_dref(name, params, z, backward_params=None):
-    act = ACTIVATIONS[name]
+    act = ENTRIES[name]
     vals = [p.to_float(params.get(p.name, p.default)) for p in act.params]
     vals += [p.to_float((backward_params or {}).get(p.name, p.default)) for p in act.backward_params]
     return act.reference_derivative(np.asarray(z, np.float64), *vals)
@@ -381,7 +381,7 @@ def test_conv2d_fused_equals_unfused(act, params, dtype):
     # and both match the table's NumPy reference on the naive conv
     assert_ref(fused, act_ref(act, params, ref_conv2d(x, w, b, 2, 1)), dtype)
     # parameters may also be given positionally, in table order
-    seq = [params.get(p.name, p.default) for p in ACTIVATIONS[act].params]
+    seq = [params.get(p.name, p.default) for p in ENTRIES[act].params]
     assert_same(fa.conv2d(x, w, b, 2, 1, activation=act, activation_params=seq), fused, dtype)
 
 
@@ -413,7 +413,7 @@ def test_conv2d_fused_backward_equals_unfused(act, params, dtype):
     for got, want in zip((dx, dw, db), ref_conv2d_backward(dy * act_dref(act, params, z), x, w, 2, 1)):
         assert_ref(got, want, dtype)
     dx2, dw2, db2 = fa.conv2d_backward(dy, x, w, 2, 1, preactivation=z, activation=act,
-                                       activation_params=params, need_dx=False)
+                                       activation_params=params, need_input_grad=False)
     assert dx2 is None
     assert_same(dw2, dw, dtype)
     assert_same(db2, db, dtype)
@@ -534,15 +534,15 @@ def test_return_preactivation(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("act", [None, "relu"])
-def test_backward_need_dx_false(dtype, act):
-    # need_dx=False returns dx None and the same parameter gradients, fused or not
+def test_backward_need_input_grad_false(dtype, act):
+    # need_input_grad=False returns dx None and the same parameter gradients, fused or not
     rng = np.random.default_rng(20)
     x, w, b = _conv_inputs(rng, dtype, N=3, C=3, H=7, W=6, K=4, kernel=3)
     y, z = fa.conv2d(x, w, b, 2, 1, activation=act, return_preactivation=True)
     dy = rand(rng, y.shape, dtype)
     kw = dict(preactivation=z, activation=act)
     full = fa.conv2d_backward(dy, x, w, 2, 1, **kw)
-    part = fa.conv2d_backward(dy, x, w, 2, 1, need_dx=False, **kw)
+    part = fa.conv2d_backward(dy, x, w, 2, 1, need_input_grad=False, **kw)
     assert full[0] is not None and part[0] is None
     for got, want in zip(part[1:], full[1:]):
         assert_same(got, want, dtype)
@@ -551,7 +551,7 @@ def test_backward_need_dx_false(dtype, act):
     dyl = rand(rng, yl.shape, dtype)
     kw = dict(preactivation=zl, activation=act)
     full = fa.linear_backward(dyl, xl, wl, **kw)
-    part = fa.linear_backward(dyl, xl, wl, need_dx=False, **kw)
+    part = fa.linear_backward(dyl, xl, wl, need_input_grad=False, **kw)
     assert full[0].shape == xl.shape and part[0] is None
     for got, want in zip(part[1:], full[1:]):
         assert_same(got, want, dtype)
@@ -644,9 +644,9 @@ def test_conv2d_fused_row_bands(monkeypatch, dtype, geometry, act, params):
         dy[0, 0, 0, :2] = 1.0
         z[0, 0, 0, :2] = (0.0, 0.25)  # the kinks of relu and threshold (exact in float32 too)
 
-    def grads(need_dx=True):
+    def grads(need_input_grad=True):
         return fa.conv2d_backward(dy, x, w, stride, padding, preactivation=z, activation=act,
-                                  activation_params=params, need_dx=need_dx)
+                                  activation_params=params, need_input_grad=need_input_grad)
 
     dz = dy if act is None else dy * act_dref(act, params or {}, z)
     ref = ref_conv2d_backward(dz, x, w, stride, padding)
@@ -667,7 +667,7 @@ def test_conv2d_fused_row_bands(monkeypatch, dtype, geometry, act, params):
         for name, got, a, r in zip(("dx", "dweight", "dbias"), grads(), numpy_path, ref):
             assert_ref(got, a.astype(np.float64), dtype, f"{name}, {nbands} bands, NumPy path")
             assert_ref(got, r, dtype, f"{name}, {nbands} bands")
-        dx, dw, db = grads(need_dx=False)
+        dx, dw, db = grads(need_input_grad=False)
         assert dx is None
         assert_ref(dw, ref[1], dtype, f"dweight without dx, {nbands} bands")
         assert_ref(db, ref[2], dtype, f"dbias without dx, {nbands} bands")
@@ -1126,7 +1126,7 @@ def test_im2col_and_gemm_epilogue_compose_conv2d(kernel, stride, padding, dtype)
     want = fa.conv2d(x, w, b, stride, padding, activation="leaky_relu", activation_params={"negative_slope": 0.2})
     np.testing.assert_allclose(y.reshape(N, K, P, Q), want, rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-5 if dtype == np.float32 else 1e-12)
-    assert 1 <= fa.images_per_tile(x.shape, w.shape, stride, padding, dtype) <= N
+    assert 1 <= fa.conv.images_per_tile(x.shape, w.shape, stride, padding, dtype) <= N
 
 
 def test_building_blocks_reject_bad_input():

@@ -32,8 +32,8 @@ def test_gradcheck_module_catches_a_wrong_gradient(monkeypatch):
     lin = net[-1]
     real = lin.backward
 
-    def wrong(dy, need_dx=True):
-        dx = real(dy, need_dx)
+    def wrong(dy, need_input_grad=True):
+        dx = real(dy, need_input_grad)
         lin.weight.grad *= 1.5
         return dx
     monkeypatch.setattr(lin, "backward", wrong)
@@ -71,7 +71,7 @@ def test_sequential_fused_equals_unfused():
 @pytest.mark.parametrize("layer", ["conv", "linear"])
 def test_layer_module_fused_backward_equals_unfused(layer):
     # Conv2d/Linear with a fused activation (as Sequential runs them) against the layer followed by
-    # the activation module, in both directions; need_dx=False drops only the input gradient
+    # the activation module, in both directions; need_input_grad=False drops only the input gradient
     def make():
         if layer == "conv":
             return nn.Conv2d(2, 3, 3, stride=2, padding=1, dtype=np.float64, seed=5)
@@ -89,8 +89,8 @@ def test_layer_module_fused_backward_equals_unfused(layer):
     for p, q in zip(fused.parameters(), plain.parameters()):
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12)
     grads = [p.grad.copy() for p in fused.parameters()]
-    assert fused.backward(dy, need_dx=False) is None
-    assert plain.backward(act.backward(dy), need_dx=False) is None
+    assert fused.backward(dy, need_input_grad=False) is None
+    assert plain.backward(act.backward(dy), need_input_grad=False) is None
     for p, q, g in zip(fused.parameters(), plain.parameters(), grads):
         np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-12, atol=1e-12)  # accumulated once more
         np.testing.assert_allclose(q.grad, 2 * g, rtol=1e-12, atol=1e-12)

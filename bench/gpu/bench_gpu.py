@@ -60,7 +60,7 @@ def run(size, repeat):
     from numba import cuda
 
     from fastact import cuda as fcuda
-    from fastact.table import ACTIVATIONS
+    from fastact.table import ENTRIES
 
     if not fcuda.is_available():
         sys.exit("no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 for a dry run on the simulator)")
@@ -79,7 +79,7 @@ def run(size, repeat):
     copy_gbs = 8 * size / copy_ms / 1e6
     rows.append(("copy (floor)", "8n", f"{copy_gbs:.1f} GB/s", "100%", "-"))
     tx = peers["torch"].as_tensor(x, device="cuda") if "torch" in peers else None
-    for name, act in ACTIVATIONS.items():
+    for name, act in ENTRIES.items():
         for backward in (False, True):
             fn = getattr(fcuda, f"{name}_backward" if backward else name)
             nbytes = (12 if backward else 8) * size

@@ -157,7 +157,7 @@ def _register_math():
 
 def compile_source(fname, src, glb):
     """A generated kernel's Python function (see ``fastact._codegen``), ``cuda`` bound in its globals."""
-    return _codegen._compile_source(fname, src, dict(glb, cuda=require(), int64=np.int64))
+    return _codegen.compile_source(fname, src, dict(glb, cuda=require(), int64=np.int64))
 
 
 def kernel(fn, device=False, **glb):

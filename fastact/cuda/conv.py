@@ -164,7 +164,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
 
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, activation=None,
-                    activation_params=None, need_dx=True):
+                    activation_params=None, need_input_grad=True):
     """Gradients ``(dx, dweight, dbias)`` of :func:`conv2d` on device arrays.
 
     Parameters
@@ -181,7 +181,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
         that sums the bias gradient.
     activation_params : dict or sequence, optional
         Its parameters, backward ones (``subgradient``) included.
-    need_dx : bool
+    need_input_grad : bool
         False skips the input gradient (a network's first layer) and returns ``dx=None``.
 
     Returns
@@ -217,7 +217,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     pv = [dt.type(v) for v in param_values(activation, activation_params, backward=True)]
     z, dz = device_preactivation("conv2d_backward", "conv2d", activation, preactivation, dy)
     if N * L == 0:
-        return (zeros((N, C, H, W), dt) if need_dx else None), zeros(w.shape, dt), zeros(K, dt)
+        return (zeros((N, C, H, W), dt) if need_input_grad else None), zeros(w.shape, dt), zeros(K, dt)
     # dz and the bias gradient in one pass: per (n, k) row sums, then their sum over n
     part = cuda.device_array((N, K), dtype=np.float64)
     rows = min(setting("MAX_BLOCKS"), N * K)
@@ -236,7 +236,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     col = _im2col(x, R, S, geom, P, Q)
     dw = matmul(g, transposed(col))
     dx = None
-    if need_dx:
+    if need_input_grad:
         dcol = matmul(transposed(w.reshape(K, C * R * S)), g)
         dx = cuda.device_array((N, C, H, W), dtype=dt)
         blocks, threads = launch_1d(dx.size)

@@ -67,7 +67,7 @@ def linear(x, weight, bias=None, *, activation=None, activation_params=None, ret
 
 
 def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activation_params=None,
-                    need_dx=True):
+                    need_input_grad=True):
     """Gradients ``(dx, dweight, dbias)`` of :func:`linear` on device arrays.
 
     Parameters
@@ -84,7 +84,7 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         bias gradient.
     activation_params : dict or sequence, optional
         Its parameters, backward ones (``subgradient``) included.
-    need_dx : bool
+    need_input_grad : bool
         False skips ``dx = dz @ weight`` and returns ``dx=None``.
 
     Returns
@@ -124,6 +124,6 @@ def linear_backward(dy, x, weight, *, preactivation=None, activation=None, activ
         _epilogue.backward(activation, "cols")[blocks, threads](
             dy, z, cuda.device_array((0, 0), dtype=dt) if dz is None else dz, db, *pv)
     dz = dy if dz is None else dz
-    dx = matmul(dz, w) if need_dx else None
+    dx = matmul(dz, w) if need_input_grad else None
     dw = matmul(transposed(dz), x)
     return dx, dw, db

@@ -49,7 +49,7 @@ class DeviceNet:
         self.params = {k: to_device(v, dtype=v.dtype) for k, v in model.state_dict().items()}
         self.plan = []
         mods = list(model)
-        for i, j in model._plan():
+        for i, j in model.fusion_plan():
             m = mods[i]
             act = None if j is None else mods[j]
             if not isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten, nn.Activation)):
@@ -99,7 +99,7 @@ class DeviceNet:
             name, params = (None, None) if act is None else (act.name, act.params)
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 kw = dict(preactivation=z, activation=name, activation_params=params,
-                          need_dx=i != first)  # nothing needs the input's gradient
+                          need_input_grad=i != first)  # nothing needs the input's gradient
                 w = self.params[f"{i}.weight"]
                 if isinstance(m, nn.Conv2d):
                     dx, dw, db = conv2d_backward(dy, inp, w, m.stride, m.padding, **kw)

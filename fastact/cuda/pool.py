@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from .._util import argmax_window
-from ..pool import _window, pool_index_dtype, pool_output_shape
+from .._util import pool_window
+from ..pool import pool_index_dtype, pool_output_shape
 from ._device import as_device, cached, kernel, launch_1d, require, zeros
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
@@ -75,7 +76,7 @@ def _as_device_indices(a):
 
 
 def _args(x, kernel_size, stride, padding):
-    return pool_output_shape(x.shape, kernel_size, stride, padding), _window(kernel_size, stride, padding)
+    return pool_output_shape(x.shape, kernel_size, stride, padding), pool_window(kernel_size, stride, padding)
 
 
 def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False):
