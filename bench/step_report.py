@@ -194,7 +194,7 @@ def profile(spec, repeat):
     mods = list(model)
     x, y = batch(spec)
     rows = []
-    for i, j in model._plan():
+    for i, j in model.fusion_plan():
         rows.append(([i] if j is None else [i, j], [], []))
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(repeat + 2):

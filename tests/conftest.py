@@ -22,15 +22,48 @@ DTYPES = (np.float32, np.float64)
 #: derivative formulas such as ``1 - t*t`` (tanh), ``s * (1 - s)`` (sigmoid) and the sums in gelu'/silu'/
 #: mish' cancel in float32, which loses absolute accuracy of ~1 ulp of 1 (6e-8) times a few terms, and dy
 #: is a standard normal multiplier on top.
+#: "layer": a layer (convolution, pooling, batch norm...) against a float64 reference that sums in
+#: another order: float32 accumulates rounding over the reduction. "model": a whole network's logits,
+#: gradients and parameters after several optimizer steps against PyTorch.
 TOL = {
     np.dtype(np.float32): {"forward": dict(rtol=1e-5, atol=1e-6),
-                           "backward": dict(rtol=1e-4, atol=1e-5)},
+                           "backward": dict(rtol=1e-4, atol=1e-5),
+                           "layer": dict(rtol=1e-4, atol=1e-5),
+                           "model": dict(rtol=2e-4, atol=2e-5)},
     np.dtype(np.float64): {"forward": dict(rtol=1e-12, atol=1e-12),
-                           "backward": dict(rtol=1e-12, atol=1e-12)},
+                           "backward": dict(rtol=1e-12, atol=1e-12),
+                           "layer": dict(rtol=1e-12, atol=1e-12),
+                           "model": dict(rtol=1e-9, atol=1e-11)},
 }
 
 
+_TORCH = []
+
+
+def torch_or_none():
+    """PyTorch, the tests' optional second reference (on 2 threads), or None when it is not installed:
+    the one place the tests load it."""
+    if not _TORCH:
+        try:
+            import torch
+            torch.set_num_threads(2)
+        except ImportError:
+            torch = None
+        _TORCH.append(torch)
+    return _TORCH[0]
+
+
+def torch_or_skip():
+    """PyTorch, or skip the calling test when it is not installed."""
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: its comparisons skip")
+    return torch
+
+
 def tol(dtype, kind="forward"):
+    """``dict(rtol=..., atol=...)`` of :data:`TOL` for ``dtype`` and ``kind``: the one tolerance table
+    of the tests (the layer ops carry their own in ``fastact.ops``)."""
     return TOL[np.dtype(dtype)][kind]
 
 

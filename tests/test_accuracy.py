@@ -18,7 +18,7 @@ import fastact
 from fastact.table import ENTRIES
 
 import mpref
-from conftest import floats_of, param_cases, public
+from conftest import floats_of, param_cases, public, torch_or_skip
 
 CASES = param_cases()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _torch_fn(torch, act, kwargs):
 
 @pytest.mark.parametrize("name,kwargs", CASES)
 def test_derivative_at_every_kink_is_pytorchs(name, kwargs, dtype):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     act = ENTRIES[name]
     kinks = [k for k in act.kinks(*floats_of(act, kwargs)) if np.isfinite(k)]
     tf = _torch_fn(torch, act, kwargs)

@@ -18,9 +18,8 @@ import fastact
 from fastact import config, table, ufuncs
 from fastact.table import ENTRIES, BY_NAME
 
-from conftest import (DTYPES, NAMES, assert_close, awkward_arrays, default_kwargs,
-                      finite_kinks, floats_of, param_cases, public, reference, reference_backward,
-                      sample_points, tol)
+from conftest import (DTYPES, NAMES, assert_close, awkward_arrays, default_kwargs, finite_kinks, floats_of,
+                      param_cases, public, reference, reference_backward, sample_points, tol, torch_or_skip)
 
 CASES = param_cases()
 
@@ -938,7 +937,7 @@ def _torch_cases():
 
 @pytest.mark.parametrize("name,kwargs", _torch_cases())
 def test_matches_torch(name, kwargs, dtype):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     act = ENTRIES[name]
     f, fb = public(name)
     tf = getattr(torch.nn.functional, act.torch_name)

@@ -13,15 +13,15 @@ import pytest
 import fastact as fa
 from fastact import nn
 from fastact.batchnorm import BatchNormSaved
+from conftest import tol, torch_or_skip
 
 RNG = np.random.default_rng(11)
 DTYPES = (np.float32, np.float64)
-TOL = {np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5), np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
 
 
 def close(a, b, dtype, err_msg=""):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), equal_nan=True,
-                               err_msg=err_msg, **TOL[np.dtype(dtype)])
+                               err_msg=err_msg, **tol(dtype, "layer"))
 
 
 def ref_forward(x, rm, rv, w, b, training, momentum, eps, relu=False, skip=None):
@@ -234,7 +234,7 @@ def _torch_bn(torch, bn, dtype):
 @pytest.mark.parametrize("config", [dict(), dict(momentum=None), dict(affine=False),
                                     dict(track_running_stats=False), dict(momentum=0.3, eps=1e-3)])
 def test_module_training_steps_equal_torch(dtype, config):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     bn = nn.BatchNorm2d(4, dtype=dtype, **config)
     if bn.affine:
         bn.weight.data[...] = data(4, dtype, 1.0, 0.3)
@@ -269,7 +269,7 @@ def test_module_training_steps_equal_torch(dtype, config):
 
 
 def test_module_relu_residual_fused_equals_torch():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     bn = nn.BatchNorm2d(3, dtype=np.float64)
     bn.weight.data[...] = [0.5, -1.0, 2.0]
     bn.bias.data[...] = [0.1, 0.2, -0.3]
@@ -287,7 +287,7 @@ def test_module_relu_residual_fused_equals_torch():
 
 
 def test_state_dict_round_trip_with_torch():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     t = torch.nn.BatchNorm2d(5)
     t.train()
     for _ in range(3):
@@ -328,7 +328,7 @@ def test_module_gradcheck_in_a_network():
 def test_sequential_fuses_bn_relu_and_matches_unfused():
     net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False, seed=1, dtype=np.float64),
                         nn.BatchNorm2d(3, dtype=np.float64), nn.ReLU())
-    assert net._plan() == [(0, None), (1, 2)]
+    assert net.fusion_plan() == [(0, None), (1, 2)]
     x = data((3, 2, 4, 4), np.float64)
     y = net(x)
     dy = data(y.shape, np.float64)
@@ -347,7 +347,7 @@ def test_sequential_fuses_bn_relu_and_matches_unfused():
         np.testing.assert_allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12, err_msg=k)
     np.testing.assert_allclose(net[1].running_var, ref[1].running_var, rtol=1e-12)
     # a ReLU with non-default parameters is not fused
-    assert nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(max_value=6.0))._plan() == [(0, None), (1, None)]
+    assert nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(max_value=6.0)).fusion_plan() == [(0, None), (1, None)]
 
 
 def test_eval_backward_uses_running_statistics():

@@ -1,13 +1,13 @@
 """Layer kernels (conv2d, max_pool2d, linear, cross_entropy) against independent references.
 
 Every expected value comes from something fastact does not share code with: the naive direct-loop
-float64 references written below, central finite differences (``fastact.gradcheck``), or PyTorch when it
+float64 references of the layer-op table (``fastact.ops``, which shares no code with the kernels), central finite differences (``fastact.gradcheck``), or PyTorch when it
 is installed. Shape key as in fastact/conv.py: N batch, C in channels, H x W input, K out channels,
 R x S kernel, P x Q output.
 
 Tolerances (``|actual - expected| <= atol + rtol * |expected|``, expected in float64):
   * float64 vs the naive reference: 1e-12. A conv output sums at most C*R*S = 75 products of O(1) values
-    in a different order than the loops below, which moves the result by a few 1e-16.
+    in a different order than the reference's loops, which moves the result by a few 1e-16.
   * float32 vs the float64 reference of the same (float32-representable) inputs: rtol 1e-4, atol 1e-5.
     float32 GEMM accumulation over 75 terms loses ~1e-6 relative; 1e-4 leaves room and still catches any
     wrong index (which moves values by O(1)).
@@ -23,15 +23,13 @@ import numpy as np
 import pytest
 
 import fastact as fa
-from fastact.table import ENTRIES
+from conftest import tol, torch_or_skip
+from fastact import ops
 from fastact.conv import conv_output_shape
+from fastact.table import ENTRIES
 
 
 DTYPES = (np.float32, np.float64)
-REF_TOL = {np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5),
-           np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
-SAME_TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6),
-            np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
 
 
 def assert_ref(actual, expected, dtype, err_msg=""):
@@ -39,14 +37,14 @@ def assert_ref(actual, expected, dtype, err_msg=""):
     actual = np.asarray(actual)
     assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype}, expected {np.dtype(dtype)} {err_msg}"
     np.testing.assert_allclose(actual.astype(np.float64), np.asarray(expected, np.float64), equal_nan=True,
-                               err_msg=err_msg, **REF_TOL[np.dtype(dtype)])
+                               err_msg=err_msg, **tol(dtype, "layer"))
 
 
 def assert_same(actual, expected, dtype, err_msg=""):
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.dtype == np.dtype(dtype) and expected.dtype == np.dtype(dtype), (actual.dtype, expected.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=err_msg, **SAME_TOL[np.dtype(dtype)])
+    np.testing.assert_allclose(actual, expected, equal_nan=True, err_msg=err_msg, **tol(dtype, "forward"))
 
 
 def _pair(v):
@@ -60,174 +58,16 @@ def rand(rng, shape, dtype=np.float64):
 
 
 # ------------------------------------------------------------------------------ naive references
-# Direct loops, float64, on Python lists (scalar access on lists is ~5x cheaper than on ndarrays).
+# The float64 references of the layer-op table (direct loops over the definitions, fastact.ops).
 
-def ref_conv2d(x, w, b=None, stride=1, padding=0):
-    """y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n,c,p*sh-ph+r,q*sw-pw+s], zero outside x."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
-    xl, wl = x.tolist(), w.tolist()
-    bl = [0.0] * K if b is None else np.asarray(b, np.float64).tolist()
-    y = np.zeros((N, K, P, Q))
-    for n in range(N):
-        for k in range(K):
-            for p in range(P):
-                for q in range(Q):
-                    acc = 0.0
-                    for c in range(C):
-                        for r in range(R):
-                            h = p * sh - ph + r
-                            if h < 0 or h >= H:
-                                continue  # zero padding
-                            for s in range(S):
-                                v = q * sw - pw + s
-                                if 0 <= v < W:
-                                    acc += wl[k][c][r][s] * xl[n][c][h][v]
-                    y[n, k, p, q] = acc + bl[k]
-    return y
-
-
-def ref_conv2d_backward(dy, x, w, stride=1, padding=0):
-    """(dx, dw, db) of ref_conv2d by the same loops, accumulating instead of summing."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    dy = np.asarray(dy, np.float64)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    _, _, P, Q = dy.shape
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
-    xl, wl, dyl = x.tolist(), w.tolist(), dy.tolist()
-    dx = np.zeros(x.shape).tolist()
-    dw = np.zeros(w.shape).tolist()
-    for n in range(N):
-        for k in range(K):
-            for p in range(P):
-                for q in range(Q):
-                    g = dyl[n][k][p][q]
-                    for c in range(C):
-                        for r in range(R):
-                            h = p * sh - ph + r
-                            if h < 0 or h >= H:
-                                continue
-                            for s in range(S):
-                                v = q * sw - pw + s
-                                if 0 <= v < W:
-                                    dx[n][c][h][v] += wl[k][c][r][s] * g
-                                    dw[k][c][r][s] += xl[n][c][h][v] * g
-    db = [sum(dyl[n][k][p][q] for n in range(N) for p in range(P) for q in range(Q)) for k in range(K)]
-    return np.array(dx), np.array(dw), np.array(db)
-
-
-def _ref_pool_argmax(x, kernel_size, stride, padding):
-    """Per window, (h, w) of the winner: the first maximum in row-major order over the real (unpadded)
-    positions, a NaN beating every number and the first NaN winning; padding is -inf and never wins."""
-    x = np.asarray(x, np.float64)
-    N, C, H, W = x.shape
-    (kh, kw) = _pair(kernel_size)
-    (sh, sw) = _pair(kernel_size if stride is None else stride)
-    (ph, pw) = _pair(padding)
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    xl = x.tolist()
-    arg = np.full((N, C, P, Q, 2), -1, dtype=np.int64)
-    for n in range(N):
-        for c in range(C):
-            for p in range(P):
-                for q in range(Q):
-                    best, where = None, None
-                    for i in range(kh):
-                        h = p * sh - ph + i
-                        if not 0 <= h < H:
-                            continue
-                        for j in range(kw):
-                            v = q * sw - pw + j
-                            if not 0 <= v < W:
-                                continue
-                            val = xl[n][c][h][v]
-                            if best is None or (math.isnan(val) and not math.isnan(best)) or val > best:
-                                best, where = val, (h, v)
-                    if where is not None:
-                        arg[n, c, p, q] = where
-    return arg
-
-
-def ref_max_pool2d(x, kernel_size=2, stride=None, padding=0):
-    x = np.asarray(x, np.float64)
-    arg = _ref_pool_argmax(x, kernel_size, stride, padding)
-    N, C, P, Q, _ = arg.shape
-    y = np.full((N, C, P, Q), -np.inf)
-    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
-        h, v = arg[n, c, p, q]
-        if h >= 0:
-            y[n, c, p, q] = x[n, c, h, v]
-    return y
-
-
-def ref_max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0):
-    arg = _ref_pool_argmax(x, kernel_size, stride, padding)
-    dy = np.asarray(dy, np.float64)
-    dx = np.zeros(np.shape(x))
-    for n, c, p, q in itertools.product(*map(range, dy.shape)):
-        h, v = arg[n, c, p, q]
-        if h >= 0:
-            dx[n, c, h, v] += dy[n, c, p, q]
-    return dx
-
-
-def ref_linear(x, w, b=None):
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    x2 = x.reshape(-1, x.shape[-1])
-    O, I = w.shape
-    y = np.zeros((x2.shape[0], O))
-    for i in range(x2.shape[0]):
-        for o in range(O):
-            acc = 0.0 if b is None else float(b[o])
-            for j in range(I):
-                acc += x2[i, j] * w[o, j]
-            y[i, o] = acc
-    return y.reshape(x.shape[:-1] + (O,))
-
-
-def ref_linear_backward(dy, x, w):
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    x2 = x.reshape(-1, x.shape[-1])
-    dy2 = np.asarray(dy, np.float64).reshape(x2.shape[0], -1)
-    O, I = w.shape
-    dx = np.zeros(x2.shape)
-    dw = np.zeros(w.shape)
-    for i in range(x2.shape[0]):
-        for o in range(O):
-            for j in range(I):
-                dx[i, j] += dy2[i, o] * w[o, j]
-                dw[o, j] += dy2[i, o] * x2[i, j]
-    return dx.reshape(x.shape), dw, dy2.sum(axis=0)
-
-
-def ref_cross_entropy(logits, target):
-    """mean_i(log(sum_j exp(l_ij - m_i)) + m_i - l_i,t_i), m_i the row maximum (overflow-free)."""
-    total = 0.0
-    for row, t in zip(np.asarray(logits, np.float64).tolist(), np.asarray(target).tolist()):
-        m = max(row)
-        total += m + math.log(sum(math.exp(v - m) for v in row)) - row[t]
-    return total / len(target)
-
-
-def ref_cross_entropy_backward(logits, target):
-    logits = np.asarray(logits, np.float64)
-    N, C = logits.shape
-    d = np.zeros((N, C))
-    for i in range(N):
-        m = logits[i].max()
-        e = [math.exp(v - m) for v in logits[i]]
-        s = sum(e)
-        for j in range(C):
-            d[i, j] = (e[j] / s - (1.0 if j == target[i] else 0.0)) / N
-    return d
+ref_conv2d = ops.conv2d_reference
+ref_conv2d_backward = ops.conv2d_backward_reference
+ref_max_pool2d = ops.max_pool2d_reference
+ref_max_pool2d_backward = ops.max_pool2d_backward_reference
+ref_linear = ops.linear_reference
+ref_linear_backward = ops.linear_backward_reference
+ref_cross_entropy = ops.cross_entropy_reference
+ref_cross_entropy_backward = ops.cross_entropy_backward_reference
 
 
 def act_ref(name, params, z):
@@ -835,8 +675,8 @@ def test_cross_entropy_matches_reference(dtype):
     target = rng.integers(0, 5, 6)
     loss = fa.cross_entropy(logits, target)
     assert isinstance(loss, float)
-    tol = REF_TOL[np.dtype(dtype)]
-    assert loss == pytest.approx(ref_cross_entropy(logits, target), rel=tol["rtol"], abs=tol["atol"])
+    t = tol(dtype, "layer")
+    assert loss == pytest.approx(ref_cross_entropy(logits, target), rel=t["rtol"], abs=t["atol"])
     assert_ref(fa.cross_entropy_backward(logits, target), ref_cross_entropy_backward(logits, target), dtype)
     # large logits: no overflow (log-sum-exp with the row maximum)
     big = logits * 300
@@ -999,15 +839,11 @@ def test_mixed_and_integer_dtypes_follow_numpy_casting():
 
 # -------------------------------------------------------------------------------------- PyTorch
 
-def _torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(2)
-    return torch
 
 
 @pytest.mark.parametrize("kernel,stride,padding", GRID + EXTRA, ids=GRID_IDS + EXTRA_IDS)
 def test_conv2d_matches_torch(kernel, stride, padding):
-    torch = _torch()
+    torch = torch_or_skip()
     F = torch.nn.functional
     rng = np.random.default_rng(61)
     x, w, b = _conv_inputs(rng, np.float64, N=2, C=3, H=7, W=6, K=4, kernel=kernel)
@@ -1030,7 +866,7 @@ def test_conv2d_matches_torch(kernel, stride, padding):
     ("hardtanh", dict(min_val=-2.0, max_val=0.5), lambda F, z: F.hardtanh(z, -2.0, 0.5)),
 ], ids=["relu", "leaky_relu", "gelu-tanh", "gelu-erf", "hardtanh"])
 def test_fused_layers_match_torch(act, params, tfn):
-    torch = _torch()
+    torch = torch_or_skip()
     F = torch.nn.functional
     rng = np.random.default_rng(62)
     x, w, b = _conv_inputs(rng, np.float64, N=2, C=3, H=7, W=6, K=4, kernel=3)
@@ -1058,7 +894,7 @@ def test_fused_layers_match_torch(act, params, tfn):
 
 @pytest.mark.parametrize("kernel,stride,padding", POOL_GRID, ids=POOL_IDS)
 def test_max_pool2d_matches_torch(kernel, stride, padding):
-    torch = _torch()
+    torch = torch_or_skip()
     rng = np.random.default_rng(63)
     if not _pool_valid(7, 6, kernel, padding):  # padding over half the window: both refuse it
         x = rand(rng, (2, 3, 7, 6))
@@ -1078,7 +914,7 @@ def test_max_pool2d_matches_torch(kernel, stride, padding):
 
 
 def test_linear_and_cross_entropy_match_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     F = torch.nn.functional
     rng = np.random.default_rng(64)
     x, w, b = rand(rng, (2, 3, 5)), rand(rng, (4, 5)), rand(rng, (4,))

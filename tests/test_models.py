@@ -12,17 +12,13 @@ import pytest
 import fastact as fa
 from fastact import checkpoint, data, models, nn, optim
 from fastact.__main__ import main as cli
+from conftest import tol, torch_or_none
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:  # the PyTorch comparisons are skipped; the rest runs
-    torch = None
+torch = torch_or_none()  # without PyTorch its comparisons skip; the rest runs
+F = torch.nn.functional if torch is not None else None
 
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 
-#: (rtol, atol) of logits, gradients and parameters after SGD steps against PyTorch, per dtype
-TOL = {np.float32: (2e-4, 2e-5), np.float64: (1e-9, 1e-11)}
 
 
 def _torch_classes():
@@ -112,7 +108,7 @@ def _batch(n=6, dtype=np.float32, seed=1):
 
 
 def _close(a, b, dtype, what):
-    rtol, atol = TOL[dtype]
+    rtol, atol = tol(dtype, "model")["rtol"], tol(dtype, "model")["atol"]
     scale = max(1.0, float(np.abs(b).max())) if np.size(b) else 1.0
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * scale, err_msg=what)
 
@@ -163,7 +159,7 @@ def test_num_classes_option():
 
 def test_eval_fold_equals_batchnorm():
     """The folded eval conv equals conv -> BatchNorm (running statistics) -> ReLU -> + x."""
-    for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+    for dtype, rtol in ((np.float32, 1e-5), (np.float64, 1e-12)):
         block = models.ResBlock(6, seed=2, dtype=dtype)
         rng = np.random.default_rng(0)
         block.batch_norm.running_mean[...] = rng.standard_normal(6)
@@ -175,7 +171,7 @@ def test_eval_fold_equals_batchnorm():
         bn = block.batch_norm
         ref = np.maximum(bn(block.conv(x)), 0) + x
         assert folded.dtype == dtype
-        np.testing.assert_allclose(folded, ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(folded, ref, rtol=rtol, atol=rtol)
         assert int(bn.num_batches_tracked) == 0  # eval moves no statistics
 
 
@@ -221,7 +217,7 @@ def test_training_equals_torch(name, dtype):
         topt.zero_grad()
         tloss.backward()
         _close(logits, tlogits.detach().numpy(), dtype, f"{name} step {step} logits")
-        assert abs(loss - tloss.item()) <= 10 * TOL[dtype][0]
+        assert abs(loss - tloss.item()) <= 10 * tol(dtype, "model")["rtol"]
         _close(dx, tx.grad.numpy(), dtype, f"{name} step {step} input gradient")
         tgrads = {k: p.grad.numpy() for k, p in tnet.named_parameters()}
         for k, p in net.named_parameters():

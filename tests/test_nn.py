@@ -12,6 +12,7 @@ import pytest
 
 import fastact as fa
 from fastact import checkpoint, data, models, nn, optim
+from conftest import torch_or_skip
 
 RNG = np.random.default_rng(7)
 
@@ -123,7 +124,7 @@ def test_astype_and_modes():
 # ------------------------------------------------------------------------------ equality with PyTorch
 
 def _torch_seq(net):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     tnn = torch.nn
     mods = []
     for m in net:

@@ -13,15 +13,15 @@ import pytest
 import fastact as fa
 from fastact import nn
 from fastact.nn import init
+from conftest import tol, torch_or_skip
 
 RNG = np.random.default_rng(5)
 DTYPES = (np.float32, np.float64)
-TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-6), np.dtype(np.float64): dict(rtol=1e-12, atol=1e-12)}
 
 
 def close(a, b, dtype):
     np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), equal_nan=True,
-                               **TOL[np.dtype(dtype)])
+                               **tol(dtype, "forward"))
 
 
 # ------------------------------------------------------------------------------ a user module
@@ -77,7 +77,7 @@ def test_user_module_keys_follow_assignment_order():
 
 
 def test_user_module_keys_equal_torch():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     tnn = torch.nn
 
     class TBlock(tnn.Module):
@@ -196,7 +196,7 @@ def test_residual():
 # -------------------------------------------------------------------------------------------- init
 
 def test_calculate_gain_equals_torch():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     for name in ["linear", "conv2d", "sigmoid", "tanh", "relu", "selu", "leaky_relu"]:
         assert init.calculate_gain(name) == pytest.approx(torch.nn.init.calculate_gain(name))
     assert init.calculate_gain("leaky_relu", 0.2) == \
@@ -291,7 +291,7 @@ def test_avg_pool(dtype, k, s, p):
     dy = RNG.standard_normal(y.shape).astype(dtype)
     m(x)
     close(m.backward(dy), fa.avg_pool2d_backward(dy, x.shape, k, s, p), dtype)
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.nn.functional.avg_pool2d(tx, k, s, p)
     ty.backward(torch.tensor(dy))
@@ -313,7 +313,7 @@ def test_adaptive_avg_pool(dtype, out):
     dy = RNG.standard_normal(y.shape).astype(dtype)
     m(x)
     close(m.backward(dy), fa.adaptive_avg_pool2d_backward(dy, x), dtype)
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.nn.functional.adaptive_avg_pool2d(tx, out)
     ty.backward(torch.tensor(dy))

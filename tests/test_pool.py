@@ -6,6 +6,7 @@ import pytest
 
 import fastact as fa
 from fastact import pool
+from conftest import torch_or_skip
 
 DTYPES = (np.float32, np.float64)
 # (kernel, stride, padding): the 2x2 fast path, overlapping windows, padding, non-square, a window of
@@ -44,8 +45,9 @@ def test_indices_path_equals_recompute_path(kernel, stride, padding, dtype):
         np.testing.assert_array_equal(dxi, dx)
         # x given by its shape only
         np.testing.assert_array_equal(fa.max_pool2d_backward(dy, shape, kernel, stride, padding, indices=idx), dx)
-        # the general (window-loop) kernels agree with the 2x2 fast paths
-        a = pool._window(kernel, stride, padding)
+        # the general (window-loop) kernels agree with the 2x2 fast paths (white-box on purpose: the
+        # public functions pick the fast path for these shapes)
+        a = pool.pool_window(kernel, stride, padding)
         y_gen, idx_gen = np.empty_like(y), np.empty_like(idx)
         pool._max_pool_forward_indices(np.ascontiguousarray(x), *a, y_gen, idx_gen)
         np.testing.assert_array_equal(y_gen, y)
@@ -131,16 +133,12 @@ def test_bad_indices():
         fa.max_pool2d_backward(y3, x, 3, 2, 1, indices=bad)
 
 
-def _torch():
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(2)
-    return torch
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("kernel,stride,padding", CASES, ids=IDS)
 def test_indices_and_backward_match_torch(kernel, stride, padding, dtype):
-    torch = _torch()
+    torch = torch_or_skip()
     rng = np.random.default_rng(3)
     # distinct values: one maximum per window, so the indices and gradients must be PyTorch's exactly
     x = rng.standard_normal((2, 3, 17, 18)).astype(dtype)
@@ -168,7 +166,7 @@ def test_indices_and_backward_match_torch(kernel, stride, padding, dtype):
 
 
 def test_module_keeps_indices_and_sequential_trains():
-    torch = _torch()
+    torch = torch_or_skip()
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 3, 9, 8)).astype(np.float32)
     m = fa.nn.MaxPool2d(3, 2, 1)

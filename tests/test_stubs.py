@@ -9,7 +9,6 @@ import sys
 
 import pytest
 
-import fastact
 from fastact import elementwise, jit, stubs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("name", sorted(stubs.STUBS))
 def test_stub_files_are_current(name):
     with open(os.path.join(ROOT, "fastact", name), encoding="utf-8") as fh:
-        assert fh.read() == stubs.STUBS[name](), f"regenerate with python -m fastact.stubs --write"
+        assert fh.read() == stubs.STUBS[name](), "regenerate with python -m fastact.stubs --write"
 
 
 @pytest.mark.parametrize("module", [elementwise, jit], ids=["elementwise", "jit"])
