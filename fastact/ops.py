@@ -24,7 +24,7 @@ import numpy as np
 
 from ._util import pair
 
-__all__ = ["Case", "LayerOp", "OPS", "get", "make_inputs", "conv2d_reference", "conv2d_backward_reference",
+__all__ = ["Case", "LayerOp", "OPS", "get", "make_inputs", "markdown_table", "conv2d_reference", "conv2d_backward_reference",
            "max_pool2d_reference", "max_pool2d_backward_reference", "avg_pool2d_reference",
            "linear_reference", "linear_backward_reference", "batch_norm2d_reference", "softmax_reference",
            "cross_entropy_reference", "cross_entropy_backward_reference"]
@@ -519,3 +519,15 @@ def get(name):
         return OPS[name]
     except KeyError:
         raise ValueError(f"no layer op {name!r}; the table has {sorted(OPS)}") from None
+
+
+def markdown_table():
+    """The table of docs/design.md ("Layer ops"): each op, what it differentiates, how many cases the
+    tests run, its PyTorch and CUDA counterparts and the benchmark shapes."""
+    rows = ["| op | inputs | gradients | test cases | CUDA | benchmark shapes | what |",
+            "|---|---|---|---|---|---|---|"]
+    for op in OPS.values():
+        rows.append(f"| `{op.name}` | {', '.join(op.inputs)} | {', '.join(op.grads)} | {len(op.cases)} | "
+                    f"{'`fastact.cuda.' + op.cuda + '`' if op.cuda else ''} | "
+                    f"{'; '.join(c.name for c in op.bench)} | {op.doc} |")
+    return "\n".join(rows) + "\n"

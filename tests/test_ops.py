@@ -3,12 +3,14 @@ the forward and every gradient against the float64 reference, against PyTorch (w
 in float64, against finite differences, with the op's own tolerances (tinygrad's ``helper_test_op``
 is the model). Adding an op to the table adds its tests here."""
 
+import os
+
 import numpy as np
 import pytest
 
 import fastact
 from fastact import ops
-from conftest import torch_or_skip
+from conftest import torch_or_none, torch_or_skip
 
 DTYPES = (np.float32, np.float64)
 CASES = [(op.name, c.name) for op in ops.OPS.values() for c in op.cases]
@@ -99,3 +101,36 @@ def test_every_cuda_counterpart_exists():
 def test_unknown_op_names_the_table():
     with pytest.raises(ValueError, match="conv2d"):
         ops.get("conv3d")
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _design():
+    with open(f"{ROOT}/docs/design.md", encoding="utf-8") as fh:
+        return fh.read()
+
+
+def test_design_table_is_current():
+    text = _design()
+    begin, end = "<!-- layer ops table: begin -->\n", "<!-- layer ops table: end -->"
+    assert text[text.index(begin) + len(begin):text.index(end)] == ops.markdown_table(), \
+        "docs/design.md's layer-op table is stale: paste fastact.ops.markdown_table() between its markers"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_worked_example_entry_gets_every_check(dtype):
+    """docs/design.md's global_max_pool2d entry, evaluated where the table's entries are written, passes
+    the same helper and finite-difference check as every entry of the table."""
+    text = _design()
+    block = text[text.index("<!-- global_max_pool2d entry: begin -->"):
+                 text.index("<!-- global_max_pool2d entry: end -->")]
+    code = block.split("```python", 1)[1].split("```", 1)[0]
+    entry = eval(code, vars(ops))  # the names of fastact/ops.py, as for an entry of _ENTRIES
+    assert isinstance(entry, ops.LayerOp) and entry.name == "global_max_pool2d"
+    for case in entry.cases:
+        helper_test_op(entry, case, dtype, torch_or_none())
+        if dtype is np.float64:
+            x = ops.make_inputs(entry, case, np.float64)["x"]
+            assert fastact.gradcheck(lambda v: entry.forward({"x": v}, {}),
+                                     lambda dy, v: entry.backward(dy, {"x": v}, {}, None)["x"], [x])
