@@ -32,43 +32,24 @@ def _run(benchmark, fn, group, impl):
     benchmark.pedantic(fn, setup=lambda: (fn(), None)[1], rounds=rounds, iterations=1, warmup_rounds=0)
 
 
-def _fastact(op, case):
-    arrays = ops.make_inputs(op, case, np.float32)
-    y = op.forward(arrays, case.params)
-    dy = np.ones_like(y) if np.ndim(y) else 1.0
-    return (lambda: op.forward(arrays, case.params),
-            lambda: op.backward(dy, arrays, case.params, y))
-
-
-def _torch(op, case):
+def _fns(op, case, impl):
+    """fastact's or PyTorch's callables of one case (``fastact.benchmark.layer_fns``: the same as
+    ``python -m fastact bench --suite layers`` times)."""
+    if impl == "fastact":
+        fns = fbench.layer_fns(op, case)
+        return fns["forward"], fns["backward"]
     torch = fbench.load_torch(2)
     if torch is None:
         pytest.skip("PyTorch is not installed")
-    arrays = ops.make_inputs(op, case, np.float32)
-    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    for k in op.grads:
-        if k in t:
-            t[k].requires_grad_(True)
-
-    def forward():
-        with torch.no_grad():
-            return op.torch(torch, t, case.params)
-
-    def forward_backward():
-        y = op.torch(torch, t, case.params)
-        y.backward(torch.ones_like(y))
-        for k in op.grads:
-            if k in t:
-                t[k].grad = None
-
-    return forward, forward_backward
+    fns = fbench.layer_fns(op, case, torch)
+    return fns["torch forward"], fns["torch train"]
 
 
 @pytest.mark.parametrize("impl", ["fastact", "torch"])
 @pytest.mark.parametrize("name,case", CASES)
 def test_op_forward(benchmark, name, case, impl):
     op = ops.get(name)
-    fwd = (_fastact if impl == "fastact" else _torch)(op, op.case(case))[0]
+    fwd = _fns(op, op.case(case), impl)[0]
     _run(benchmark, fwd, f"op|{name}|{case}|forward", impl)
 
 
@@ -78,5 +59,5 @@ def test_op_backward(benchmark, name, case, impl):
     """fastact: the backward alone (its forward ran once); PyTorch: forward + autograd backward, since
     autograd's backward needs its own forward each time."""
     op = ops.get(name)
-    bwd = (_fastact if impl == "fastact" else _torch)(op, op.case(case))[1]
+    bwd = _fns(op, op.case(case), impl)[1]
     _run(benchmark, bwd, f"op|{name}|{case}|backward", impl)

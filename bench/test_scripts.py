@@ -65,3 +65,45 @@ def test_compile_profile():
     done = subprocess.run([sys.executable, str(BENCH / "compile_profile.py"), "info"], capture_output=True,
                           text=True, timeout=300, cwd=BENCH.parent)
     assert done.returncode == 0 and "top-level compilations" in done.stderr, done.stderr
+
+
+def test_threshold():
+    out = _run(BENCH / "threshold.py", "--repeat", "1")
+    assert "parallel" in out.lower()
+
+
+def test_conv_report_quick():
+    out = _run(BENCH / "conv_report.py", "--quick", "--repeat", "1", timeout=600)
+    assert "| layer |" in out and "SGEMM" in out
+
+
+def test_step_report_one_net():
+    out = _run(BENCH / "step_report.py", "--repeat", "1", "--only", "digits", timeout=600)
+    assert "| digits 1x8x8 |" in out
+
+
+def test_vgg_report_small():
+    out = _run(BENCH / "vgg_report.py", "--model", "vgg11", "--batch", "1", "--size", "32", "--repeat", "1",
+               timeout=600)
+    assert "fastact" in out
+
+
+@pytest.mark.skipif(benchmark.load_torch() is None, reason="the PyTorch twin of the default job")
+def test_train_torch_one_epoch():
+    out = _run(BENCH / "train_torch.py", "--epochs", "1", "--quiet", timeout=600)
+    assert "accuracy" in out.lower()
+
+
+def test_accuracy_report_reads_without_writing():
+    out = _run(BENCH / "accuracy_report.py", timeout=600)
+    assert "| activation |" in out
+
+
+def test_gpu_benchmark_on_the_simulator():
+    import importlib.util
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("needs the cuda extra (numba-cuda)")
+    done = subprocess.run([sys.executable, str(BENCH / "gpu" / "bench_gpu.py"), "--size", "1024", "--repeat", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=BENCH.parent,
+                          env={**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]

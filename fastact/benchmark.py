@@ -626,9 +626,9 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def write_markdown(path, rows, startup_times=None):
-    """Write the machine description, one Markdown table per size and the start-up times to ``path``:
-    the ``activations.md`` of a ``bench/results/<date>/`` directory."""
+def write_markdown(path, rows, startup_times=None, layer_rows=None):
+    """Write the machine description, one Markdown table per size, the layer ops' table and the
+    start-up times to ``path``: the ``activations.md`` of a ``bench/results/<date>/`` directory."""
     with open(path, "w") as fh:
         fh.write("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in machine()))
         fh.write(f"\ndate: {time.strftime('%Y-%m-%d %H:%M')}\n")
@@ -636,43 +636,152 @@ def write_markdown(path, rows, startup_times=None):
             part = [r for r in rows if r["size"] == n]
             fh.write(f"\n### {size_label(n)} float32 values (copy: {part[0]['gbps_copy']:.2f} GB/s)\n\n")
             fh.write(markdown_table(part) + "\n")
+        if layer_rows:
+            fh.write("\n### Layer ops, float32\n\n" + layers_markdown(layer_rows) + "\n")
         if startup_times:
             fh.write("\n| start-up | median s |\n|---|---|\n" +
                      "".join(f"| {k} | {v:.2f} |\n" for k, v in startup_times.items()))
 
 
+# ------------------------------------------------------------------------------------------ layers
+
+def layer_fns(op, case, torch=None, dtype=np.float32):
+    """The callables the layer benchmarks time for one case of a layer op (``fastact.ops``): fastact's
+    ``forward`` and ``train`` (forward, then backward from the forward's output), and with ``torch``
+    PyTorch's ``torch forward`` (no autograd) and ``torch train`` (forward + autograd backward)."""
+    from . import ops
+    arrays = ops.make_inputs(op, case, dtype)
+    y = op.forward(arrays, case.params)
+    dy = np.ones_like(y) if np.ndim(y) else 1.0
+
+    def train():
+        out = op.forward(arrays, case.params)
+        return op.backward(dy, arrays, case.params, out)
+
+    fns = {"forward": lambda: op.forward(arrays, case.params), "train": train,
+           "backward": lambda: op.backward(dy, arrays, case.params, y)}
+    if torch is not None:
+        t = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        grads = [k for k in op.grads if k in t]
+        for k in grads:
+            t[k].requires_grad_(True)
+
+        def torch_forward():
+            with torch.no_grad():
+                return op.torch(torch, t, case.params)
+
+        def torch_train():
+            out = op.torch(torch, t, case.params)
+            out.backward(torch.ones_like(out))
+            for k in grads:
+                t[k].grad = None
+
+        fns.update({"torch forward": torch_forward, "torch train": torch_train})
+    return fns
+
+
+def run_layers(repeat=7, only=None, progress=None):
+    """Every benchmark case of the layer-op table, float32: fastact and PyTorch (when installed),
+    forward and training (forward + backward). All of fastact's cases are measured first, then all of
+    PyTorch's: PyTorch's OpenMP threads spin for a while after each of its calls and would slow the
+    fastact call that follows (measured: 2x on the convolutions), which interleaving would time.
+    Returns one row per case."""
+    from . import ops
+    torch = load_torch(2)
+    todo = [(op, case) for op in ops.OPS.values() if not only or op.name in only for case in op.bench]
+    rows = [{"op": op.name, "case": case.name} for op, case in todo]
+    for lib in ("fastact", "torch") if torch is not None else ("fastact",):
+        for row, (op, case) in zip(rows, todo):
+            fns = layer_fns(op, case, torch if lib == "torch" else None)
+            for kind in ("forward", "train"):
+                fn = fns[kind if lib == "fastact" else f"torch {kind}"]
+                fn()  # compilation or the cache load, first touch of the buffers
+                row[f"{kind}_{lib}_ms"] = 1e3 * median_time({lib: fn}, repeat, budget=2.0)[lib]
+    for row in rows:
+        for kind in ("forward", "train"):
+            t = row.get(f"{kind}_torch_ms")
+            row.setdefault(f"{kind}_torch_ms", None)
+            row[f"{kind}_ratio"] = None if t is None else t / row[f"{kind}_fastact_ms"]
+        if progress:
+            progress(row)
+    return rows
+
+
+LAYER_COLUMNS = ("op", "case", "forward ms", "PyTorch ms", "ratio", "forward + backward ms", "PyTorch ms",
+                 "ratio")
+
+
+def layers_markdown(rows):
+    """:func:`run_layers`'s rows as a Markdown table (ratio: PyTorch time / fastact time)."""
+    def ms(v):
+        return "" if v is None else f"{v:.3f}"
+    lines = ["| " + " | ".join(LAYER_COLUMNS) + " |", "|" + "---|" * len(LAYER_COLUMNS)]
+    for r in rows:
+        lines.append(f"| `{r['op']}` | {r['case']} | {ms(r['forward_fastact_ms'])} | {ms(r['forward_torch_ms'])} "
+                     f"| {format_ratio(r['forward_ratio'])} | {ms(r['train_fastact_ms'])} | "
+                     f"{ms(r['train_torch_ms'])} | {format_ratio(r['train_ratio'])} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- CLI
+
+SUITES = ("elementwise", "layers", "startup")
+
 
 def add_arguments(p):
     """The options of ``python -m fastact bench`` on the argparse parser ``p``."""
+    p.add_argument("--suite", choices=SUITES + ("all",), default="elementwise",
+                   help="what to measure: the activations on arrays (elementwise, the default), the "
+                        "layer ops of fastact.ops at network sizes (layers), cold and warm start-up "
+                        "(startup), or all three")
     p.add_argument("--size", type=int, action="append",
-                   help="array size, repeatable (default: 1e3, 1e5 and 1e7)")
+                   help="elementwise: array size, repeatable (default: 1e3, 1e5 and 1e7)")
     p.add_argument("--repeat", type=int, default=7, help="timed samples per median (default 7)")
-    p.add_argument("--only", nargs="*", metavar="NAME", help="activations to run (default: all)")
+    p.add_argument("--only", nargs="*", metavar="NAME",
+                   help="activations (elementwise) or layer ops (layers) to run (default: all)")
     p.add_argument("--markdown", metavar="FILE",
                    help="also write the results as Markdown tables (what `fastact plot` reads)")
-    p.add_argument("--startup", action="store_true", help="also measure cold and warm start-up")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON (machine, rows)")
+    p.add_argument("--startup", action="store_true", help="also measure cold and warm start-up "
+                                                          "(the same as adding the startup suite)")
 
 
 def main(args):
     """``python -m fastact bench``: ``args`` holds the options of :func:`add_arguments`; returns 0."""
-    sizes = args.size or list(DEFAULT_SIZES)
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    if args.startup and "startup" not in suites:
+        suites = suites + ("startup",)
     only = args.only or None
     for k, v in machine():
         print(f"{k:20s} {v}")
-    case_list = cases(only)
-    print(f"warm-up (compile or load {len(case_list)} kernels' loops): {warm_up(case_list, sizes):.1f} s")
     print("ratios are NumPy (PyTorch) time / fastact time: above 1.00x fastact is faster; medians of "
           "interleaved samples, each the second of two back-to-back calls")
     if load_torch() is None:
-        print("PyTorch is not installed: no 'vs torch' column")
-    rows = run(sizes, args.repeat, only)
-    print(format_table(rows))
-    print("bytes moved per float32 value: forward 8, backward 12; '% of copy' = fastact GB/s / copy GB/s")
-    su = startup() if args.startup else None
-    if su:
+        print("PyTorch is not installed: no PyTorch columns")
+    result = {"machine": dict(machine()), "date": time.strftime("%Y-%m-%d %H:%M")}
+    rows = su = layer_rows = None
+    if "elementwise" in suites:
+        sizes = args.size or list(DEFAULT_SIZES)
+        case_list = cases(only)
+        print(f"warm-up (compile or load {len(case_list)} kernels' loops): {warm_up(case_list, sizes):.1f} s")
+        rows = run(sizes, args.repeat, only)
+        print(format_table(rows))
+        print("bytes moved per float32 value: forward 8, backward 12; '% of copy' = fastact GB/s / copy GB/s")
+        result["elementwise"] = rows
+    if "layers" in suites:
+        layer_rows = run_layers(args.repeat, only)
+        print(layers_markdown(layer_rows))
+        result["layers"] = layer_rows
+    if "startup" in suites:
+        su = startup()
         print("start-up (s):", ", ".join(f"{k} {v:.2f}" for k, v in su.items()))
+        result["startup"] = su
     if args.markdown:
-        write_markdown(args.markdown, rows, su)
+        write_markdown(args.markdown, rows or [], su, layer_rows)
         print(f"wrote {args.markdown}")
+    if args.json:
+        import json
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1, default=float)
+        print(f"wrote {args.json}")
     return 0

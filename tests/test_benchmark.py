@@ -14,7 +14,7 @@ N = 1000
 
 @pytest.mark.parametrize("name", _table.NAMES)
 def test_every_activation_has_its_benchmark_baselines(name):
-    act = _table.ACTIVATIONS[name]
+    act = _table.ENTRIES[name]
     assert act.numpy_baseline and act.numpy_backward_baseline
     assert act.torch_module and act.torch_backward_baseline
     assert bool(act.numpy_out_baseline) == bool(act.torch_out_baseline)
@@ -38,7 +38,7 @@ def test_baselines_agree_with_fastact(case):
 
 def test_out_cases_come_from_the_table():
     labels = {c.label for c in fb.cases()}
-    for name, act in _table.ACTIVATIONS.items():
+    for name, act in _table.ENTRIES.items():
         assert (f"{name}(out=)" in labels) == bool(act.numpy_out_baseline)
 
 
@@ -72,3 +72,25 @@ def test_cli_runs_one_activation_at_one_size(tmp_path, capsys):
     from fastact import plots
     ratios = plots._read_ratio_tables(str(md))
     assert {k[0] for k in ratios} == {"hardtanh", "hardtanh_backward", "hardtanh(out=)"}
+
+
+def test_cli_layers_suite_writes_markdown_and_json(tmp_path, capsys):
+    import json
+    md, js = tmp_path / "layers.md", tmp_path / "layers.json"
+    assert main(["bench", "--suite", "layers", "--only", "cross_entropy", "softmax", "--repeat", "3",
+                 "--markdown", str(md), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "| `cross_entropy` | 64x10 |" in out and "| `softmax` |" in out
+    rows = json.loads(js.read_text())["layers"]
+    assert [r["op"] for r in rows] == ["softmax", "cross_entropy"]
+    assert all(r["forward_fastact_ms"] > 0 and r["train_fastact_ms"] > 0 for r in rows)
+    assert "### Layer ops, float32" in md.read_text()
+
+
+def test_layer_fns_compute_what_the_table_checks():
+    from fastact import ops
+    op = ops.get("linear")
+    fns = fb.layer_fns(op, op.bench[0])
+    y = fns["forward"]()
+    grads = fns["train"]()
+    assert y.shape == (64, 128) and set(grads) == {"x", "weight", "bias"}
