@@ -93,6 +93,25 @@ def loop_source(fname, act, backward, *, index="range(x.size)", signature=None, 
                             index=index, out="dx" if backward else "y", expr=element(backward, params))
 
 
+def bias_act_rows(src, dst, z, bias, n, fv, indent, idx="j"):
+    """The bias + activation row loop of every epilogue (convolution, fused convolution, linear),
+    written once: ``v = src[j] + bias; dst[j] = F(v)``, and ``z[j] = v`` too when ``keep`` (training
+    keeps the pre-activation). ``src`` may be ``dst`` (in place). A source template, not a closure:
+    each activation's ``F`` takes its own number of parameters, and the kernels must stay cacheable
+    (see :func:`compile_source`)."""
+    pad = " " * indent
+    return (f"{pad}if keep:\n"
+            f"{pad}    zr = {z}\n"
+            f"{pad}    for {idx} in range({n}):\n"
+            f"{pad}        v = {src}[{idx}] + {bias}\n"
+            f"{pad}        zr[{idx}] = v\n"
+            f"{pad}        {dst}[{idx}] = {fv}\n"
+            f"{pad}else:\n"
+            f"{pad}    for {idx} in range({n}):\n"
+            f"{pad}        v = {src}[{idx}] + {bias}\n"
+            f"{pad}        {dst}[{idx}] = {fv}\n")
+
+
 def compile_source(fname, src, glb):
     code = compile(src, _runtime.GENERATED_FILENAME, "exec")
     # A real module name: Numba re-imports it when it loads the function's environment from the cache.

@@ -20,6 +20,7 @@ Shapes (one key for the file): K = output channels / features, M = columns of a 
 ``act`` is a name from the activation table or None (identity).
 """
 
+import functools
 import math
 import threading
 
@@ -76,6 +77,7 @@ def step_params(activation, pvals, dtype):
 def _src(kind, fname, p):
     a = _codegen.args(p)
     fv = _codegen.element(False, p, i="", x="v")  # F(v, *p)
+    rows = functools.partial(_codegen.bias_act_rows, fv=fv)
     if kind == "conv":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    K, NB, L = g.shape\n"
@@ -86,16 +88,7 @@ def _src(kind, fname, p):
                 f"        bk = b[k]\n"
                 f"        gr = g[k, n]\n"
                 f"        yr = y[n, k]\n"
-                f"        if keep:\n"
-                f"            zr = z[n, k]\n"
-                f"            for j in range(L):\n"
-                f"                v = gr[j] + bk\n"
-                f"                yr[j] = {fv}\n"
-                f"                zr[j] = v\n"
-                f"        else:\n"
-                f"            for j in range(L):\n"
-                f"                v = gr[j] + bk\n"
-                f"                yr[j] = {fv}\n")
+                + rows("gr", "yr", "z[n, k]", "bk", "L", indent=8))
     if kind == "conv_inplace":
         return (f"def {fname}(y, b, z{a}):\n"
                 f"    NB, K, L = y.shape\n"
@@ -105,16 +98,7 @@ def _src(kind, fname, p):
                 f"        k = nk - n * K\n"
                 f"        bk = b[k]\n"
                 f"        yr = y[n, k]\n"
-                f"        if keep:\n"
-                f"            zr = z[n, k]\n"
-                f"            for j in range(L):\n"
-                f"                v = yr[j] + bk\n"
-                f"                zr[j] = v\n"
-                f"                yr[j] = {fv}\n"
-                f"        else:\n"
-                f"            for j in range(L):\n"
-                f"                v = yr[j] + bk\n"
-                f"                yr[j] = {fv}\n")
+                + rows("yr", "yr", "z[n, k]", "bk", "L", indent=8))
     if kind == "linear":
         return (f"def {fname}(g, b, y, z{a}):\n"
                 f"    N, K = g.shape\n"
@@ -122,16 +106,7 @@ def _src(kind, fname, p):
                 f"    for i in prange(N):\n"
                 f"        gr = g[i]\n"
                 f"        yr = y[i]\n"
-                f"        if keep:\n"
-                f"            zr = z[i]\n"
-                f"            for k in range(K):\n"
-                f"                v = gr[k] + b[k]\n"
-                f"                zr[k] = v\n"
-                f"                yr[k] = {fv}\n"
-                f"        else:\n"
-                f"            for k in range(K):\n"
-                f"                v = gr[k] + b[k]\n"
-                f"                yr[k] = {fv}\n")
+                + rows("gr", "yr", "z[i]", "b[k]", "K", indent=8, idx="k"))
     if kind == "linear_backward":
         # (N, K): dz row by row, the bias sums per column in float64 (each column's own accumulator,
         # so the loop over k vectorises); parallel over blocks of columns, each summed in row order

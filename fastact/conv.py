@@ -291,17 +291,7 @@ def {fname}(counter, nslots, x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, m
                 for k in range(K):
                     bk = b[k]
                     yr = y[n0, k]
-                    if keep:
-                        zr = z[n0, k]
-                        for j in range(PQ):
-                            v = yr[j] + bk
-                            zr[j] = v
-                            yr[j] = {fv}
-                    else:
-                        for j in range(PQ):
-                            v = yr[j] + bk
-                            yr[j] = {fv}
-            else:
+{epilogue_in_place}            else:
                 # small images: one GEMM for the chunk (K, mm*PQ), the epilogue writes each image
                 if gather:
                     _im2col_gather(x, n0, mm, R, S, P, Q, col, maps)
@@ -315,17 +305,7 @@ def {fname}(counter, nslots, x, w2, b, y, z, R, S, sh, sw, ph, pw, P, Q, m, B, m
                         bk = b[k]
                         gr = g[k, i * PQ:(i + 1) * PQ]
                         yr = y[n0 + i, k]
-                        if keep:
-                            zr = z[n0 + i, k]
-                            for j in range(PQ):
-                                v = gr[j] + bk
-                                zr[j] = v
-                                yr[j] = {fv}
-                        else:
-                            for j in range(PQ):
-                                v = gr[j] + bk
-                                yr[j] = {fv}
-        sl = next_slot(counter)
+{epilogue_from_g}        sl = next_slot(counter)
 """
 
 _fused_lock = threading.Lock()
@@ -355,7 +335,10 @@ def _fused_forward_kernel(activation):
     def build():
         p = _codegen.param_names(act, False)
         fname = f"conv_fused_forward_{'identity' if act is None else act.name}"
-        src = _FWD_SRC.format(fname=fname, a=_codegen.args(p), fv=_codegen.element(False, p, i="", x="v"))
+        fv = _codegen.element(False, p, i="", x="v")
+        src = _FWD_SRC.format(fname=fname, a=_codegen.args(p),
+                              epilogue_in_place=_codegen.bias_act_rows("yr", "yr", "z[n0, k]", "bk", "PQ", fv, 20),
+                              epilogue_from_g=_codegen.bias_act_rows("gr", "yr", "z[n0 + i, k]", "bk", "PQ", fv, 24))
         return fname, src, {"F": _epilogue.identity_jit if act is None else _codegen.scalar(act), "np": np,
                             "gemm": _gemm.gemm, "next_slot": _runtime.next_slot,
                             "_im2col_row": _im2col_row, "_im2col_gather": _im2col_gather}
