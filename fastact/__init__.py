@@ -29,7 +29,8 @@ ACTIVATIONS = _NAMES
 __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS",
            "GradcheckError", "gradcheck", "gradcheck_module", *_elementwise_all,
            "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-           "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "gemm_epilogue", "max_pool2d", "max_pool2d_backward",
+           "conv2d", "conv2d_backward", "conv_output_shape", "im2col", "gemm_epilogue",
+           "max_pool2d", "max_pool2d_backward",
            "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
            "batch_norm2d", "batch_norm2d_backward",
            "linear", "linear_backward", "cross_entropy", "cross_entropy_backward"]

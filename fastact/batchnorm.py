@@ -127,7 +127,8 @@ def _forward(x, w, b, eps, training, relu, skip, acc, mean, var, invstd, coef, y
 
 
 @_runtime.jit(parallel=True)
-def _backward(dy, x, w, b, mean, invstd, training, relu, need_input_grad, given, Mt, acc, coef, sdz, sdzx, dx):
+def _backward(dy, x, w, b, mean, invstd, training, relu, need_input_grad, given, Mt, acc, coef, sdz, sdzx,
+              dx):
     # dy, x, dx (N, C, L); w, b, mean, invstd (C,) float64; acc (C, 2, L) float64 workspace;
     # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64: out, or in when ``given``.
     # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean)

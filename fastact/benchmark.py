@@ -717,7 +717,8 @@ def layers_markdown(rows):
         return "" if v is None else f"{v:.3f}"
     lines = ["| " + " | ".join(LAYER_COLUMNS) + " |", "|" + "---|" * len(LAYER_COLUMNS)]
     for r in rows:
-        lines.append(f"| `{r['op']}` | {r['case']} | {ms(r['forward_fastact_ms'])} | {ms(r['forward_torch_ms'])} "
+        lines.append(f"| `{r['op']}` | {r['case']} | {ms(r['forward_fastact_ms'])} | "
+                     f"{ms(r['forward_torch_ms'])} "
                      f"| {format_ratio(r['forward_ratio'])} | {ms(r['train_fastact_ms'])} | "
                      f"{ms(r['train_torch_ms'])} | {format_ratio(r['train_ratio'])} |")
     return "\n".join(lines)

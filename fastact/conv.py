@@ -336,9 +336,10 @@ def _fused_forward_kernel(activation):
         p = _codegen.param_names(act, False)
         fname = f"conv_fused_forward_{'identity' if act is None else act.name}"
         fv = _codegen.element(False, p, i="", x="v")
+        rows = _codegen.bias_act_rows
         src = _FWD_SRC.format(fname=fname, a=_codegen.args(p),
-                              epilogue_in_place=_codegen.bias_act_rows("yr", "yr", "z[n0, k]", "bk", "PQ", fv, 20),
-                              epilogue_from_g=_codegen.bias_act_rows("gr", "yr", "z[n0 + i, k]", "bk", "PQ", fv, 24))
+                              epilogue_in_place=rows("yr", "yr", "z[n0, k]", "bk", "PQ", fv, 20),
+                              epilogue_from_g=rows("gr", "yr", "z[n0 + i, k]", "bk", "PQ", fv, 24))
         return fname, src, {"F": _epilogue.identity_jit if act is None else _codegen.scalar(act), "np": np,
                             "gemm": _gemm.gemm, "next_slot": _runtime.next_slot,
                             "_im2col_row": _im2col_row, "_im2col_gather": _im2col_gather}

@@ -409,6 +409,22 @@ def _bn_reference_backward(dy, a, p):
     return {"x": dx, "weight": dw, "bias": db}
 
 
+def _pool_op(name, reference, reference_backward, doc, cuda=None):
+    """The entry of a windowed pool ``fastact.<name>(x, kernel_size, stride, padding)``."""
+    def window(p):
+        return p["kernel_size"], p.get("stride"), p.get("padding", 0)
+
+    return LayerOp(
+        name, ("x",), ("x",),
+        forward=lambda a, p: getattr(_f(), name)(a["x"], *window(p)),
+        backward=lambda dy, a, p, y: {"x": getattr(_f(), f"{name}_backward")(dy, a["x"], *window(p))},
+        reference=lambda a, p: reference(a["x"], *window(p)),
+        reference_backward=lambda dy, a, p: {"x": reference_backward(dy, a["x"], *window(p))},
+        torch=lambda torch, t, p: getattr(torch.nn.functional, name)(t["x"], *window(p)),
+        cases=_pool_cases(name, name == "max_pool2d"), cuda=cuda,
+        bench=(Case("2x2 @32", dict(x=(64, 16, 32, 32)), dict(kernel_size=2)),), doc=doc)
+
+
 def _softmax_op(name, log):
     cases = (Case("rows", dict(x=(5, 7)), dict(axis=-1)), Case("axis0", dict(x=(6, 4)), dict(axis=0)),
              Case("middle-axis", dict(x=(2, 5, 3)), dict(axis=1)), Case("one-row", dict(x=(1, 9)), dict(axis=-1)))
@@ -445,33 +461,12 @@ _ENTRIES = [
             cases=(Case("batch", dict(x=(5, 7), weight=(3, 7), bias=(3,))),
                    Case("one-row", dict(x=(1, 4), weight=(6, 4), bias=(6,))),
                    Case("leading-axes", dict(x=(2, 3, 5), weight=(4, 5), bias=(4,)))),
-            cuda="linear", bench=(Case("1024->128", dict(x=(64, 1024), weight=(128, 1024), bias=(128,))),), doc="x @ weight.T + bias"),
-    LayerOp("max_pool2d", ("x",), ("x",),
-            forward=lambda a, p: _f().max_pool2d(a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0)),
-            backward=lambda dy, a, p, y: {"x": _f().max_pool2d_backward(
-                dy, a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0))},
-            reference=lambda a, p: max_pool2d_reference(a["x"], p["kernel_size"], p.get("stride"),
-                                                        p.get("padding", 0)),
-            reference_backward=lambda dy, a, p: {"x": max_pool2d_backward_reference(
-                dy, a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0))},
-            torch=lambda torch, t, p: torch.nn.functional.max_pool2d(t["x"], p["kernel_size"], p.get("stride"),
-                                                                     p.get("padding", 0)),
-            cases=_pool_cases("max_pool2d", True), cuda="max_pool2d",
-            bench=(Case("2x2 @32", dict(x=(64, 16, 32, 32)), dict(kernel_size=2)),),
-            doc="maximum over windows; a tie goes to the first maximum"),
-    LayerOp("avg_pool2d", ("x",), ("x",),
-            forward=lambda a, p: _f().avg_pool2d(a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0)),
-            backward=lambda dy, a, p, y: {"x": _f().avg_pool2d_backward(
-                dy, a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0))},
-            reference=lambda a, p: avg_pool2d_reference(a["x"], p["kernel_size"], p.get("stride"),
-                                                        p.get("padding", 0)),
-            reference_backward=lambda dy, a, p: {"x": _avg_pool2d_backward_reference(
-                dy, a["x"], p["kernel_size"], p.get("stride"), p.get("padding", 0))},
-            torch=lambda torch, t, p: torch.nn.functional.avg_pool2d(t["x"], p["kernel_size"], p.get("stride"),
-                                                                     p.get("padding", 0)),
-            cases=_pool_cases("avg_pool2d", False),
-            bench=(Case("2x2 @32", dict(x=(64, 16, 32, 32)), dict(kernel_size=2)),),
-            doc="mean over windows, padding counted as zeros"),
+            cuda="linear", bench=(Case("1024->128", dict(x=(64, 1024), weight=(128, 1024), bias=(128,))),),
+            doc="x @ weight.T + bias"),
+    _pool_op("max_pool2d", max_pool2d_reference, max_pool2d_backward_reference, cuda="max_pool2d",
+             doc="maximum over windows; a tie goes to the first maximum"),
+    _pool_op("avg_pool2d", avg_pool2d_reference, _avg_pool2d_backward_reference,
+             doc="mean over windows, padding counted as zeros"),
     LayerOp("adaptive_avg_pool2d", ("x",), ("x",),
             forward=lambda a, p: _f().adaptive_avg_pool2d(a["x"], p["output_size"]),
             backward=lambda dy, a, p, y: {"x": _f().adaptive_avg_pool2d_backward(dy, a["x"], p["output_size"])},
