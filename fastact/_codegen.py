@@ -113,6 +113,14 @@ def bias_act_rows(src, dst, z, bias, n, fv, indent, idx="j"):
 
 
 def compile_source(fname, src, glb):
+    """The function ``fname`` defined by the source ``src`` with the globals ``glb``.
+
+    Why the generated kernels are source text and not closures made by a factory: Numba keys a cached
+    function by its code and the pickled contents of its closure cells, and a captured dispatcher
+    (the table's scalar ``F``) pickles differently in every process (numba/numba#6264), so a factory's
+    closures would never be found in the kernel cache and every process would recompile them; a
+    global ``F`` in generated source is looked up by name. Each kernel gets its own name, and each
+    loop shape is one template (``loop_source``, :func:`bias_act_rows`, the fused convolutions)."""
     code = compile(src, _runtime.GENERATED_FILENAME, "exec")
     # A real module name: Numba re-imports it when it loads the function's environment from the cache.
     glb = dict(glb, __name__=__name__)
