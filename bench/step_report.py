@@ -10,8 +10,10 @@ then Linear + ReLU to 128 and Linear to 10):
 * ``cifar 3x32x32``: widths (16, 32, 64)
 
 and the ResNet ``net_res_deep 3x32x32``: :func:`fastact.models.net_res_deep` (32 channels, 10 residual
-blocks of conv3x3 + BatchNorm + ReLU + skip at 16x16, 2 classes), against the PyTorch class
-``NetResDeep`` written out below (:func:`torch_net_res_deep`) with the same state dict.
+blocks of conv3x3 + BatchNorm + ReLU + skip at 16x16, 2 classes), against the same nets in PyTorch
+with the same state dict (``fastact.models.to_torch``). The nets and the step are
+``fastact.benchmark.STEP_NETS`` and ``step_fns``, which ``python -m fastact bench --suite step`` times
+too; this script adds the per-layer profile and PyTorch alone in its own process.
 
 A step is forward, cross-entropy, zero_grad, backward, ``SGD(lr=0.01, momentum=0.9).step()``, the same
 work in both libraries (PyTorch with 2 threads, the machine's cores). docs/performance.md ("Training step") shows
@@ -31,119 +33,24 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 import fastact
 from fastact import benchmark, nn
-
-BATCH = 64
-NETS = {
-    "digits 1x8x8": dict(cfg=[16, 16, "M", 32, 32, "M"], in_channels=1, input_size=8),
-    "mnist 1x28x28": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=1, input_size=28),
-    "cifar 3x32x32": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=3, input_size=32),
-    "net_res_deep 3x32x32": dict(model="net_res_deep", n_chans1=32, n_blocks=10, num_classes=2,
-                                 in_channels=3, input_size=32),
-}
-
-
-def batch(spec, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, spec["in_channels"], spec["input_size"], spec["input_size"]))
-    return x.astype(np.float32), rng.integers(0, spec.get("num_classes", 10), BATCH)
-
-
-def fastact_model(spec, lib=fastact):
-    """The net of a spec (seed 0, float32), built by ``lib`` (fastact, or another checkout's package:
-    bench/step_ab.py)."""
-    if spec.get("model") == "net_res_deep":
-        return lib.models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
-    return lib.models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
-                          hidden=(128,), num_classes=10, seed=0)
-
-
-def torch_net_res_deep(torch, n_chans1, n_blocks, num_classes):
-    """PyTorch's NetResDeep (*Deep Learning with PyTorch*, chapter 8), with independent blocks."""
-    tnn, F = torch.nn, torch.nn.functional
-
-    class ResBlock(tnn.Module):
-        def __init__(self, n_chans):
-            super().__init__()
-            self.conv = tnn.Conv2d(n_chans, n_chans, kernel_size=3, padding=1, bias=False)
-            self.batch_norm = tnn.BatchNorm2d(num_features=n_chans)
-
-        def forward(self, x):
-            return torch.relu(self.batch_norm(self.conv(x))) + x
-
-    class NetResDeep(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(3, n_chans1, kernel_size=3, padding=1)
-            self.resblocks = tnn.Sequential(*[ResBlock(n_chans1) for _ in range(n_blocks)])
-            self.fc1 = tnn.Linear(8 * 8 * n_chans1, 32)
-            self.fc2 = tnn.Linear(32, num_classes)
-
-        def forward(self, x):
-            out = F.max_pool2d(torch.relu(self.conv1(x)), 2)
-            out = F.max_pool2d(self.resblocks(out), 2)
-            out = torch.relu(self.fc1(out.view(-1, 8 * 8 * n_chans1)))
-            return self.fc2(out)
-
-    return NetResDeep()
+NETS = benchmark.STEP_NETS
+BATCH = benchmark.STEP_BATCH
+batch = benchmark.step_batch
+fastact_model = benchmark.step_model
 
 
 def fastact_step(spec, lib=fastact):
     """A zero-argument callable running one training step of ``lib`` (see fastact_model) on a fixed
     batch."""
-    model = fastact_model(spec, lib)
-    opt = lib.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = lib.nn.CrossEntropyLoss()
-    x, y = batch(spec)
-
-    def step():
-        loss_fn(model(x), y)
-        opt.zero_grad()
-        model.backward(loss_fn.backward(), need_input_grad=False)
-        opt.step()
-    return step
+    return benchmark.step_fns(spec, lib=lib)["fastact"]
 
 
 def torch_step(spec):
-    """The same step in PyTorch, or None without PyTorch."""
+    """The same step in PyTorch (the net from ``fastact.models.to_torch``), or None without PyTorch."""
     torch = benchmark.load_torch(num_threads=2)
-    if torch is None:
-        return None
-    model = fastact_model(spec)
-    if spec.get("model") == "net_res_deep":
-        tmodel = torch_net_res_deep(torch, spec["n_chans1"], spec["n_blocks"], spec["num_classes"])
-        return _torch_step(torch, model, tmodel, spec)
-    layers = []
-    for m in model:
-        if isinstance(m, nn.Conv2d):
-            layers.append(torch.nn.Conv2d(m.in_channels, m.out_channels, 3, padding=1))
-        elif isinstance(m, nn.Linear):
-            layers.append(torch.nn.Linear(m.in_features, m.out_features))
-        elif isinstance(m, nn.MaxPool2d):
-            layers.append(torch.nn.MaxPool2d(2))
-        elif isinstance(m, nn.Flatten):
-            layers.append(torch.nn.Flatten())
-        else:
-            layers.append(torch.nn.ReLU())
-    return _torch_step(torch, model, torch.nn.Sequential(*layers), spec)
-
-
-def _torch_step(torch, model, tmodel, spec):
-    tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
-    opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = batch(spec)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        loss = loss_fn(tmodel(tx), ty)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    return None if torch is None else benchmark.step_fns(spec, torch)["torch"]
 
 
 def profile_module(model, x, y, repeat, blocks):

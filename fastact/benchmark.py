@@ -626,7 +626,7 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def write_markdown(path, rows, startup_times=None, layer_rows=None):
+def write_markdown(path, rows, startup_times=None, layer_rows=None, step_rows=None):
     """Write the machine description, one Markdown table per size, the layer ops' table and the
     start-up times to ``path``: the ``activations.md`` of a ``bench/results/<date>/`` directory."""
     with open(path, "w") as fh:
@@ -638,6 +638,8 @@ def write_markdown(path, rows, startup_times=None, layer_rows=None):
             fh.write(markdown_table(part) + "\n")
         if layer_rows:
             fh.write("\n### Layer ops, float32\n\n" + layers_markdown(layer_rows) + "\n")
+        if step_rows:
+            fh.write(f"\n### One SGD step, batch {STEP_BATCH}, float32\n\n" + step_markdown(step_rows) + "\n")
         if startup_times:
             fh.write("\n| start-up | median s |\n|---|---|\n" +
                      "".join(f"| {k} | {v:.2f} |\n" for k, v in startup_times.items()))
@@ -707,6 +709,100 @@ def run_layers(repeat=7, only=None, progress=None):
     return rows
 
 
+#: the nets of the step benchmarks: VGG-style (per width two conv3x3 + ReLU and a 2x2 max-pool, then
+#: Linear + ReLU to 128 and Linear to 10) and the residual NetResDeep (32 channels, 10 blocks, 2 classes)
+STEP_NETS = {
+    "digits 1x8x8": dict(cfg=[16, 16, "M", 32, 32, "M"], in_channels=1, input_size=8),
+    "mnist 1x28x28": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=1, input_size=28),
+    "cifar 3x32x32": dict(cfg=[16, 16, "M", 32, 32, "M", 64, 64, "M"], in_channels=3, input_size=32),
+    "net_res_deep 3x32x32": dict(model="net_res_deep", n_chans1=32, n_blocks=10, num_classes=2,
+                                 in_channels=3, input_size=32),
+}
+STEP_BATCH = 64
+
+
+def step_batch(spec, seed=0):
+    """The fixed float32 batch (images, labels) of a :data:`STEP_NETS` spec."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((STEP_BATCH, spec["in_channels"], spec["input_size"], spec["input_size"]))
+    return x.astype(np.float32), rng.integers(0, spec.get("num_classes", 10), STEP_BATCH)
+
+
+def step_model(spec, lib=None):
+    """The net of a :data:`STEP_NETS` spec (seed 0, float32), built by ``lib`` (fastact, or another
+    checkout's package, to compare two versions in one process)."""
+    if lib is None:
+        import fastact as lib
+    if spec.get("model") == "net_res_deep":
+        return lib.models.net_res_deep(spec["n_chans1"], spec["n_blocks"], num_classes=spec["num_classes"])
+    return lib.models.vgg(spec["cfg"], in_channels=spec["in_channels"], input_size=spec["input_size"],
+                          hidden=(128,), num_classes=10, seed=0)
+
+
+def step_fns(spec, torch=None, lib=None):
+    """Zero-argument callables of one SGD step (forward, cross-entropy, backward, ``SGD(lr=0.01,
+    momentum=0.9).step()``) on the spec's fixed batch: ``"fastact"``, and with ``torch`` ``"torch"``,
+    the same net with the same weights (``fastact.models.to_torch``)."""
+    if lib is None:
+        import fastact as lib
+    model = step_model(spec, lib)
+    x, y = step_batch(spec)
+    opt = lib.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = lib.nn.CrossEntropyLoss()
+
+    def step():
+        loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), need_input_grad=False)
+        opt.step()
+
+    fns = {"fastact": step}
+    if torch is not None:
+        from . import models
+        tmodel = models.to_torch(step_model(spec), torch)
+        topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+        tloss = torch.nn.CrossEntropyLoss()
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            loss = tloss(tmodel(tx), ty)
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+        fns["torch"] = torch_step
+    return fns
+
+
+def run_step(repeat=7, only=None, progress=None):
+    """One SGD step of every :data:`STEP_NETS` net (names starting with one of ``only``), fastact's
+    nets first and then PyTorch's (as :func:`run_layers`); one row per net: ms, images/s, ratio."""
+    torch = load_torch(2)
+    names = [n for n in STEP_NETS if not only or any(n.startswith(o) for o in only)]
+    rows = [{"net": n} for n in names]
+    for lib in ("fastact", "torch") if torch is not None else ("fastact",):
+        for row in rows:
+            fn = step_fns(STEP_NETS[row["net"]], torch if lib == "torch" else None)[lib]
+            fn()
+            row[f"{lib}_ms"] = 1e3 * median_time({lib: fn}, repeat, budget=5.0)[lib]
+    for row in rows:
+        row.setdefault("torch_ms", None)
+        row["images_per_s"] = STEP_BATCH / row["fastact_ms"] * 1e3
+        row["ratio"] = None if row["torch_ms"] is None else row["torch_ms"] / row["fastact_ms"]
+        if progress:
+            progress(row)
+    return rows
+
+
+def step_markdown(rows):
+    """:func:`run_step`'s rows as a Markdown table (ratio: PyTorch time / fastact time)."""
+    lines = ["| net | fastact ms | PyTorch ms | ratio | fastact images/s |", "|---|---|---|---|---|"]
+    for r in rows:
+        t = "" if r["torch_ms"] is None else f"{r['torch_ms']:.2f}"
+        lines.append(f"| {r['net']} | {r['fastact_ms']:.2f} | {t} | {format_ratio(r['ratio'])} | "
+                     f"{r['images_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
 LAYER_COLUMNS = ("op", "case", "forward ms", "PyTorch ms", "ratio", "forward + backward ms", "PyTorch ms",
                  "ratio")
 
@@ -726,20 +822,21 @@ def layers_markdown(rows):
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-SUITES = ("elementwise", "layers", "startup")
+SUITES = ("elementwise", "layers", "step", "startup")
 
 
 def add_arguments(p):
     """The options of ``python -m fastact bench`` on the argparse parser ``p``."""
     p.add_argument("--suite", choices=SUITES + ("all",), default="elementwise",
                    help="what to measure: the activations on arrays (elementwise, the default), the "
-                        "layer ops of fastact.ops at network sizes (layers), cold and warm start-up "
-                        "(startup), or all three")
+                        "layer ops of fastact.ops at network sizes (layers), one SGD step of the reference "
+                        "nets (step), cold and warm start-up (startup), or all of them")
     p.add_argument("--size", type=int, action="append",
                    help="elementwise: array size, repeatable (default: 1e3, 1e5 and 1e7)")
     p.add_argument("--repeat", type=int, default=7, help="timed samples per median (default 7)")
     p.add_argument("--only", nargs="*", metavar="NAME",
-                   help="activations (elementwise) or layer ops (layers) to run (default: all)")
+                   help="activations (elementwise), layer ops (layers) or nets by the start of their "
+                        "name (step) to run (default: all)")
     p.add_argument("--markdown", metavar="FILE",
                    help="also write the results as Markdown tables (what `fastact plot` reads)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (machine, rows)")
@@ -773,12 +870,17 @@ def main(args):
         layer_rows = run_layers(args.repeat, only)
         print(layers_markdown(layer_rows))
         result["layers"] = layer_rows
+    step_rows = None
+    if "step" in suites:
+        step_rows = run_step(args.repeat, only)
+        print(step_markdown(step_rows))
+        result["step"] = step_rows
     if "startup" in suites:
         su = startup()
         print("start-up (s):", ", ".join(f"{k} {v:.2f}" for k, v in su.items()))
         result["startup"] = su
     if args.markdown:
-        write_markdown(args.markdown, rows or [], su, layer_rows)
+        write_markdown(args.markdown, rows or [], su, layer_rows, step_rows)
         print(f"wrote {args.markdown}")
     if args.json:
         import json

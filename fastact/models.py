@@ -22,7 +22,7 @@ from . import table as _table  # the public table (fastact.table)
 from .conv import conv2d
 from .pool import max_pool2d, max_pool2d_backward
 
-__all__ = ["vgg", "vgg_output_size", "VGG", "VGG_CFGS", "vgg11", "vgg13", "vgg16", "vgg19",
+__all__ = ["to_torch", "vgg", "vgg_output_size", "VGG", "VGG_CFGS", "vgg11", "vgg13", "vgg16", "vgg19",
            "NetDepth", "NetRes", "ResBlock", "NetResDeep", "net_depth", "net_res", "net_res_deep",
            "REFERENCE_NETS"]
 
@@ -516,3 +516,113 @@ def vgg16(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropo
 def vgg19(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 19 (configuration "E"; ``batch_norm=True``: vgg19_bn), 143.7M parameters."""
     return _vgg("vgg19", num_classes, batch_norm, dropout, seed, dtype)
+
+
+# ------------------------------------------------------------------------------------ to PyTorch
+
+def _torch_module(torch, m):
+    """The torch.nn module doing what the fastact module ``m`` does (its configuration, not weights)."""
+    tnn = torch.nn
+    if isinstance(m, nn.Conv2d):
+        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                          bias=m.bias is not None)
+    if isinstance(m, nn.Linear):
+        return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+    if isinstance(m, nn.BatchNorm2d):
+        return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+        return getattr(tnn, type(m).__name__)(m.kernel_size, m.stride, m.padding)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return tnn.AdaptiveAvgPool2d(m.output_size)
+    if isinstance(m, nn.Dropout):
+        return tnn.Dropout(m.p)
+    if isinstance(m, nn.Flatten):
+        return tnn.Flatten()
+    if isinstance(m, nn.PReLU):
+        return tnn.PReLU(m.weight.data.size)
+    if isinstance(m, nn.Sequential):
+        return tnn.Sequential(*(_torch_module(torch, c) for c in m))
+    if isinstance(m, nn.Activation):
+        import inspect
+        cls = getattr(tnn, type(m).__name__)
+        accepted = inspect.signature(cls).parameters  # Keras-style ReLU parameters have no torch twin
+        defaults = {p.name: p.default for p in _table.get(m.name).params}
+        extra = [k for k, v in m.params.items() if k not in accepted and v != defaults.get(k)]
+        if extra:
+            raise ValueError(f"to_torch: torch.nn.{cls.__name__} has no parameter {sorted(extra)}")
+        return cls(**{k: v for k, v in m.params.items() if k in accepted})
+    raise TypeError(f"to_torch: no PyTorch counterpart for {type(m).__name__}")
+
+
+def _torch_reference_net(torch, net):
+    """The book's NetDepth, NetRes or NetResDeep in PyTorch, shaped like ``net``."""
+    tnn, F = torch.nn, torch.nn.functional
+    conv1, fc1, fc2 = (_torch_module(torch, getattr(net, k)) for k in ("conv1", "fc1", "fc2"))
+    if isinstance(net, NetResDeep):
+        blocks = []
+        for b in net.resblocks:
+            block = tnn.Module()
+            block.conv, block.batch_norm = _torch_module(torch, b.conv), _torch_module(torch, b.batch_norm)
+            block.forward = (lambda blk: lambda x: torch.relu(blk.batch_norm(blk.conv(x))) + x)(block)
+            blocks.append(block)
+
+        class TorchNetResDeep(tnn.Module):
+            def forward(self, x):
+                out = F.max_pool2d(self.resblocks(F.max_pool2d(torch.relu(self.conv1(x)), 2)), 2)
+                return self.fc2(torch.relu(self.fc1(out.flatten(1))))
+
+        t = TorchNetResDeep()
+        t.conv1, t.resblocks, t.fc1, t.fc2 = conv1, tnn.Sequential(*blocks), fc1, fc2
+        return t
+    residual = isinstance(net, NetRes)
+
+    class TorchNetDepth(tnn.Module):
+        def forward(self, x):
+            out = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+            out = F.max_pool2d(torch.relu(self.conv2(out)), 2)
+            out = torch.relu(self.conv3(out)) + (out if residual else 0)
+            return self.fc2(torch.relu(self.fc1(F.max_pool2d(out, 2).flatten(1))))
+
+    t = TorchNetDepth()
+    t.conv1, t.conv2, t.conv3 = conv1, _torch_module(torch, net.conv2), _torch_module(torch, net.conv3)
+    t.fc1, t.fc2 = fc1, fc2
+    return t
+
+
+def to_torch(model, torch=None):
+    """The same network as a PyTorch module, with a copy of ``model``'s weights and buffers.
+
+    Works for an ``nn.Sequential`` of fastact's layers (``models.vgg`` included) and for the
+    reference networks (``net_depth``, ``net_res``, ``net_res_deep``); the result has the same
+    ``state_dict`` keys, dtype and train/eval mode. Needs PyTorch (``import torch``), which fastact
+    never requires: this is how its tests and benchmarks build their PyTorch twins.
+
+    Raises
+    ------
+    TypeError
+        For a module with no PyTorch counterpart (a ``VGG`` from ``vgg16``: use torchvision's).
+    ValueError
+        For an activation parameter that PyTorch's module lacks (``ReLU(max_value=6)``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastact import models
+    >>> net = models.vgg([4, "M"], in_channels=1, num_classes=3, input_size=4, hidden=())
+    >>> tnet = models.to_torch(net)                                   # doctest: +SKIP
+    >>> sorted(tnet.state_dict()) == sorted(net.state_dict())         # doctest: +SKIP
+    True
+    """
+    if torch is None:
+        import torch
+    if isinstance(model, (NetDepth, NetResDeep)):
+        t = _torch_reference_net(torch, model)
+    elif isinstance(model, nn.Sequential):
+        t = _torch_module(torch, model)
+    else:
+        raise TypeError(f"to_torch: takes an nn.Sequential or a reference network, got {type(model).__name__}")
+    state = model.state_dict()
+    dtype = next((v.dtype for v in state.values() if v.dtype.kind == "f"), np.dtype(np.float32))
+    t = t.to(torch.float64 if dtype == np.float64 else torch.float32)
+    t.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    return t.train(model.training)

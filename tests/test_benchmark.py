@@ -94,3 +94,25 @@ def test_layer_fns_compute_what_the_table_checks():
     y = fns["forward"]()
     grads = fns["train"]()
     assert y.shape == (64, 128) and set(grads) == {"x", "weight", "bias"}
+
+
+def test_cli_step_suite_one_net(capsys):
+    assert main(["bench", "--suite", "step", "--only", "digits", "--repeat", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| digits 1x8x8 |" in out and "mnist" not in out
+
+
+def test_to_torch_twins_compute_what_fastact_computes():
+    torch = fb.load_torch(2)
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    from fastact import models
+    for spec in fb.STEP_NETS.values():
+        if spec.get("model"):
+            spec = dict(spec, n_chans1=8, n_blocks=2)
+        net = fb.step_model(spec)
+        tnet = models.to_torch(net, torch)
+        x, _ = fb.step_batch(spec)
+        with torch.no_grad():
+            want = tnet(torch.from_numpy(x[:4])).numpy()
+        np.testing.assert_allclose(net(x[:4]), want, rtol=1e-4, atol=1e-5)
