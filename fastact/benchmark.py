@@ -41,6 +41,7 @@ A run from Python, and its tables::
     benchmark.write_markdown("out.md", rows)
 """
 
+import argparse
 import functools
 import math
 import os
@@ -648,20 +649,23 @@ def write_markdown(path, rows, startup_times=None, layer_rows=None, step_rows=No
 # ------------------------------------------------------------------------------------------ layers
 
 def layer_fns(op, case, torch=None, dtype=np.float32):
-    """The callables the layer benchmarks time for one case of a layer op (``fastact.ops``): fastact's
-    ``forward`` and ``train`` (forward, then backward from the forward's output), and with ``torch``
-    PyTorch's ``torch forward`` (no autograd) and ``torch train`` (forward + autograd backward)."""
+    """The callables the layer benchmarks time for one case of a layer op (``fastact.ops``): without
+    ``torch``, fastact's ``forward``, ``train`` (forward, then backward from the forward's output) and
+    ``backward``; with ``torch``, PyTorch's ``torch forward`` (no autograd) and ``torch train`` (forward
+    + autograd backward), and nothing of fastact's (no fastact kernel runs)."""
     from . import ops
     arrays = ops.make_inputs(op, case, dtype)
-    y = op.forward(arrays, case.params)
-    dy = np.ones_like(y) if np.ndim(y) else 1.0
+    fns = {}
+    if torch is None:
+        y = op.forward(arrays, case.params)
+        dy = np.ones_like(y) if np.ndim(y) else 1.0
 
-    def train():
-        out = op.forward(arrays, case.params)
-        return op.backward(dy, arrays, case.params, out)
+        def train():
+            out = op.forward(arrays, case.params)
+            return op.backward(dy, arrays, case.params, out)
 
-    fns = {"forward": lambda: op.forward(arrays, case.params), "train": train,
-           "backward": lambda: op.backward(dy, arrays, case.params, y)}
+        fns = {"forward": lambda: op.forward(arrays, case.params), "train": train,
+               "backward": lambda: op.backward(dy, arrays, case.params, y)}
     if torch is not None:
         t = {k: torch.from_numpy(v) for k, v in arrays.items()}
         grads = [k for k in op.grads if k in t]
@@ -682,24 +686,49 @@ def layer_fns(op, case, torch=None, dtype=np.float32):
     return fns
 
 
-def run_layers(repeat=7, only=None, progress=None):
+def _alone(suite, repeat, only):
+    """PyTorch's rows of ``suite`` measured in a fresh process of its own (``--peer-only``), where no
+    fastact thread has ever run: each library alone in its process."""
+    import json
+    cmd = [sys.executable, "-m", "fastact", "bench", "--suite", suite, "--repeat", str(repeat), "--peer-only"]
+    if only:
+        cmd += ["--only", *only]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise RuntimeError(f"the PyTorch process of the {suite} suite failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _libs(torch, peer_only, separate):
+    if peer_only:
+        return ("torch",)
+    return ("fastact", "torch") if torch is not None and not separate else ("fastact",)
+
+
+def run_layers(repeat=7, only=None, progress=None, separate=False, peer_only=False):
     """Every benchmark case of the layer-op table, float32: fastact and PyTorch (when installed),
     forward and training (forward + backward). All of fastact's cases are measured first, then all of
     PyTorch's: PyTorch's OpenMP threads spin for a while after each of its calls and would slow the
-    fastact call that follows (measured: 2x on the convolutions), which interleaving would time.
-    Returns one row per case."""
+    fastact call that follows (measured: 2x on the convolutions), which interleaving would time. With
+    ``separate``, PyTorch runs in a process of its own (:func:`_alone`). Returns one row per case."""
     from . import ops
     torch = load_torch(2)
     todo = [(op, case) for op in ops.OPS.values() if not only or op.name in only for case in op.bench]
     rows = [{"op": op.name, "case": case.name} for op, case in todo]
-    for lib in ("fastact", "torch") if torch is not None else ("fastact",):
+    for lib in _libs(torch, peer_only, separate):
         for row, (op, case) in zip(rows, todo):
             fns = layer_fns(op, case, torch if lib == "torch" else None)
             for kind in ("forward", "train"):
                 fn = fns[kind if lib == "fastact" else f"torch {kind}"]
                 fn()  # compilation or the cache load, first touch of the buffers
                 row[f"{kind}_{lib}_ms"] = 1e3 * median_time({lib: fn}, repeat, budget=2.0)[lib]
+    if peer_only:
+        return rows
+    if separate and torch is not None:
+        for row, peer in zip(rows, _alone("layers", repeat, only)):
+            row.update({k: v for k, v in peer.items() if k.endswith("_torch_ms")})
     for row in rows:
+        row["torch_process"] = "own" if separate else "same"
         for kind in ("forward", "train"):
             t = row.get(f"{kind}_torch_ms")
             row.setdefault(f"{kind}_torch_ms", None)
@@ -757,7 +786,7 @@ def step_fns(spec, torch=None, lib=None):
         opt.step()
 
     fns = {"fastact": step}
-    if torch is not None:
+    if torch is not None:  # the same weights in PyTorch (the fastact step above is never called)
         from . import models
         tmodel = models.to_torch(step_model(spec), torch)
         topt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
@@ -773,18 +802,25 @@ def step_fns(spec, torch=None, lib=None):
     return fns
 
 
-def run_step(repeat=7, only=None, progress=None):
+def run_step(repeat=7, only=None, progress=None, separate=False, peer_only=False):
     """One SGD step of every :data:`STEP_NETS` net (names starting with one of ``only``), fastact's
-    nets first and then PyTorch's (as :func:`run_layers`); one row per net: ms, images/s, ratio."""
+    nets first and then PyTorch's, or PyTorch in a process of its own with ``separate`` (as
+    :func:`run_layers`); one row per net: ms, images/s, ratio."""
     torch = load_torch(2)
     names = [n for n in STEP_NETS if not only or any(n.startswith(o) for o in only)]
     rows = [{"net": n} for n in names]
-    for lib in ("fastact", "torch") if torch is not None else ("fastact",):
+    for lib in _libs(torch, peer_only, separate):
         for row in rows:
             fn = step_fns(STEP_NETS[row["net"]], torch if lib == "torch" else None)[lib]
             fn()
             row[f"{lib}_ms"] = 1e3 * median_time({lib: fn}, repeat, budget=5.0)[lib]
+    if peer_only:
+        return rows
+    if separate and torch is not None:
+        for row, peer in zip(rows, _alone("step", repeat, only)):
+            row["torch_ms"] = peer["torch_ms"]
     for row in rows:
+        row["torch_process"] = "own" if separate else "same"
         row.setdefault("torch_ms", None)
         row["images_per_s"] = STEP_BATCH / row["fastact_ms"] * 1e3
         row["ratio"] = None if row["torch_ms"] is None else row["torch_ms"] / row["fastact_ms"]
@@ -800,11 +836,18 @@ def step_markdown(rows):
         t = "" if r["torch_ms"] is None else f"{r['torch_ms']:.2f}"
         lines.append(f"| {r['net']} | {r['fastact_ms']:.2f} | {t} | {format_ratio(r['ratio'])} | "
                      f"{r['images_per_s']:,.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\n{_peer_where(rows)}."
 
 
 LAYER_COLUMNS = ("op", "case", "forward ms", "PyTorch ms", "ratio", "forward + backward ms", "PyTorch ms",
                  "ratio")
+
+
+def _peer_where(rows):
+    """The sentence under a table saying where PyTorch was measured."""
+    own = rows and rows[0].get("torch_process") == "own"
+    return ("PyTorch measured in a process of its own (--separate)" if own else
+            "PyTorch measured after fastact in the same process")
 
 
 def layers_markdown(rows):
@@ -817,7 +860,7 @@ def layers_markdown(rows):
                      f"{ms(r['forward_torch_ms'])} "
                      f"| {format_ratio(r['forward_ratio'])} | {ms(r['train_fastact_ms'])} | "
                      f"{ms(r['train_torch_ms'])} | {format_ratio(r['train_ratio'])} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\n{_peer_where(rows)}."
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -842,10 +885,19 @@ def add_arguments(p):
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON (machine, rows)")
     p.add_argument("--startup", action="store_true", help="also measure cold and warm start-up "
                                                           "(the same as adding the startup suite)")
+    p.add_argument("--separate", action="store_true",
+                   help="layers and step: measure PyTorch in a process of its own, where no fastact thread "
+                        "ever ran (each library alone), instead of after fastact in the same process")
+    p.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)  # --separate's child
 
 
 def main(args):
     """``python -m fastact bench``: ``args`` holds the options of :func:`add_arguments`; returns 0."""
+    if args.peer_only:  # --separate's child: PyTorch's rows of one suite, as one JSON line
+        import json
+        run_fn = {"layers": run_layers, "step": run_step}[args.suite]
+        print(json.dumps(run_fn(args.repeat, args.only or None, peer_only=True)))
+        return 0
     suites = SUITES if args.suite == "all" else (args.suite,)
     if args.startup and "startup" not in suites:
         suites = suites + ("startup",)
@@ -867,12 +919,12 @@ def main(args):
         print("bytes moved per float32 value: forward 8, backward 12; '% of copy' = fastact GB/s / copy GB/s")
         result["elementwise"] = rows
     if "layers" in suites:
-        layer_rows = run_layers(args.repeat, only)
+        layer_rows = run_layers(args.repeat, only, separate=args.separate)
         print(layers_markdown(layer_rows))
         result["layers"] = layer_rows
     step_rows = None
     if "step" in suites:
-        step_rows = run_step(args.repeat, only)
+        step_rows = run_step(args.repeat, only, separate=args.separate)
         print(step_markdown(step_rows))
         result["step"] = step_rows
     if "startup" in suites:

@@ -116,3 +116,12 @@ def test_to_torch_twins_compute_what_fastact_computes():
         with torch.no_grad():
             want = tnet(torch.from_numpy(x[:4])).numpy()
         np.testing.assert_allclose(net(x[:4]), want, rtol=1e-4, atol=1e-5)
+
+
+def test_separate_measures_pytorch_in_its_own_process(capsys):
+    if fb.load_torch() is None:
+        pytest.skip("PyTorch is not installed")
+    rows = fb.run_layers(3, ["cross_entropy"], separate=True)
+    assert len(rows) == 1 and rows[0]["torch_process"] == "own"
+    assert rows[0]["forward_torch_ms"] > 0 and rows[0]["train_ratio"] > 0
+    assert "process of its own" in fb.layers_markdown(rows)
