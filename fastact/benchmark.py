@@ -650,22 +650,21 @@ def write_markdown(path, rows, startup_times=None, layer_rows=None, step_rows=No
 
 def layer_fns(op, case, torch=None, dtype=np.float32):
     """The callables the layer benchmarks time for one case of a layer op (``fastact.ops``): without
-    ``torch``, fastact's ``forward``, ``train`` (forward, then backward from the forward's output) and
-    ``backward``; with ``torch``, PyTorch's ``torch forward`` (no autograd) and ``torch train`` (forward
+    ``torch``, fastact's ``forward``, ``train`` (the training forward, keeping what the backward needs,
+    then the backward) and ``backward``; with ``torch``, PyTorch's ``torch forward`` (no autograd) and ``torch train`` (forward
     + autograd backward), and nothing of fastact's (no fastact kernel runs)."""
     from . import ops
     arrays = ops.make_inputs(op, case, dtype)
     fns = {}
     if torch is None:
-        y = op.forward(arrays, case.params)
+        y, saved = op.train_forward(arrays, case.params)
         dy = np.ones_like(y) if np.ndim(y) else 1.0
 
         def train():
-            out = op.forward(arrays, case.params)
-            return op.backward(dy, arrays, case.params, out)
+            return op.backward(dy, arrays, case.params, op.train_forward(arrays, case.params)[1])
 
         fns = {"forward": lambda: op.forward(arrays, case.params), "train": train,
-               "backward": lambda: op.backward(dy, arrays, case.params, y)}
+               "backward": lambda: op.backward(dy, arrays, case.params, saved)}
     if torch is not None:
         t = {k: torch.from_numpy(v) for k, v in arrays.items()}
         grads = [k for k in op.grads if k in t]

@@ -15,6 +15,8 @@ BatchNorm is folded into the convolution (``w * gamma / sqrt(var + eps)``, bias
 ``beta - mean * gamma / sqrt(var + eps)``), so a block is one conv with a fused ReLU and the add.
 """
 
+import inspect
+
 import numpy as np
 
 from . import nn
@@ -543,7 +545,6 @@ def _torch_module(torch, m):
     if isinstance(m, nn.Sequential):
         return tnn.Sequential(*(_torch_module(torch, c) for c in m))
     if isinstance(m, nn.Activation):
-        import inspect
         cls = getattr(tnn, type(m).__name__)
         accepted = inspect.signature(cls).parameters  # Keras-style ReLU parameters have no torch twin
         defaults = {p.name: p.default for p in _table.get(m.name).params}

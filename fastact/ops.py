@@ -24,7 +24,8 @@ import numpy as np
 
 from ._util import pair
 
-__all__ = ["Case", "LayerOp", "OPS", "get", "make_inputs", "markdown_table", "conv2d_reference", "conv2d_backward_reference",
+__all__ = ["Case", "LayerOp", "OPS", "get", "make_inputs", "markdown_table", "conv2d_reference",
+           "conv2d_backward_reference",
            "max_pool2d_reference", "max_pool2d_backward_reference", "avg_pool2d_reference",
            "linear_reference", "linear_backward_reference", "batch_norm2d_reference", "softmax_reference",
            "cross_entropy_reference", "cross_entropy_backward_reference"]
@@ -46,8 +47,11 @@ class Case:
 class LayerOp:
     """A layer function, its gradient and everything that checks and measures them.
 
-    ``forward(arrays, params) -> y`` and ``backward(dy, arrays, params, y) -> {input: gradient}`` call
-    fastact; ``reference`` and ``reference_backward`` are the same in float64 NumPy from the definition;
+    ``forward(arrays, params) -> y`` and ``backward(dy, arrays, params, saved) -> {input: gradient}``
+    call fastact, ``saved`` being what the training forward kept (:meth:`train_forward`: the output
+    ``y``, or what ``saving(arrays, params) -> (y, saved)`` returns for an op whose backward needs
+    more, batch norm's statistics); ``reference`` and ``reference_backward`` are the same in float64
+    NumPy from the definition;
     ``torch(torch, tensors, params) -> y`` is PyTorch's op (autograd gives its gradients). ``arrays``
     maps input names (``inputs``, in call order) to arrays; ``grads`` are the inputs with a gradient.
     ``tol`` maps a dtype name to ``(rtol, atol)``. ``cuda`` names the ``fastact.cuda`` function, or
@@ -67,6 +71,14 @@ class LayerOp:
     cuda: str = None
     bench: tuple = ()
     doc: str = ""
+    saving: object = None
+
+    def train_forward(self, arrays, params):
+        """``(y, saved)``: the forward as training runs it, keeping what :attr:`backward` needs."""
+        if self.saving is not None:
+            return self.saving(arrays, params)
+        y = self.forward(arrays, params)
+        return y, y
 
     def case(self, name):
         for c in self.cases + self.bench:
@@ -100,50 +112,45 @@ def make_inputs(op, case, dtype, seed=0):
 # Direct loops over the definitions, on Python lists (scalar access on lists is ~5x cheaper than on
 # ndarrays); written without any of fastact's kernels.
 
+def _conv_taps(x_shape, w_shape, stride, padding):
+    """(P, Q, taps): for each output position (p, q), the (c, r, s, h, v) of every weight tap whose
+    input pixel ``x[., c, h, v]`` lies inside the image (zero padding reads nothing)."""
+    _, C, H, W = x_shape
+    _, _, R, S = w_shape
+    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    taps = {(p, q): [(c, r, s, p * sh - ph + r, q * sw - pw + s)
+                     for c in range(C) for r in range(R) for s in range(S)
+                     if 0 <= p * sh - ph + r < H and 0 <= q * sw - pw + s < W]
+            for p in range(P) for q in range(Q)}
+    return P, Q, taps
+
+
 def conv2d_reference(x, weight, bias=None, stride=1, padding=0):
     """``y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] x[n,c,p*sh-ph+r,q*sw-pw+s]``, zero outside x."""
     x, w = np.asarray(x, np.float64), np.asarray(weight, np.float64)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1
+    N, K = x.shape[0], w.shape[0]
+    P, Q, taps = _conv_taps(x.shape, w.shape, stride, padding)
     xl, wl = x.tolist(), w.tolist()
     bl = [0.0] * K if bias is None else np.asarray(bias, np.float64).tolist()
     y = np.zeros((N, K, P, Q))
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
-        acc = 0.0
-        for c in range(C):
-            for r in range(R):
-                h = p * sh - ph + r
-                if 0 <= h < H:
-                    for s in range(S):
-                        v = q * sw - pw + s
-                        if 0 <= v < W:
-                            acc += wl[k][c][r][s] * xl[n][c][h][v]
-        y[n, k, p, q] = acc + bl[k]
+    for n, k, (p, q) in itertools.product(range(N), range(K), taps):
+        y[n, k, p, q] = sum(wl[k][c][r][s] * xl[n][c][h][v] for c, r, s, h, v in taps[p, q]) + bl[k]
     return y
 
 
 def conv2d_backward_reference(dy, x, weight, stride=1, padding=0):
-    """``(dx, dweight, dbias)`` of :func:`conv2d_reference` by the same loops, accumulating."""
+    """``(dx, dweight, dbias)`` of :func:`conv2d_reference` over the same taps, accumulating."""
     x, w, dy = (np.asarray(a, np.float64) for a in (x, weight, dy))
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    P, Q = dy.shape[2:]
-    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding")
+    N, K = x.shape[0], w.shape[0]
+    _, _, taps = _conv_taps(x.shape, w.shape, stride, padding)
     xl, wl, dyl = x.tolist(), w.tolist(), dy.tolist()
     dx, dw = np.zeros(x.shape).tolist(), np.zeros(w.shape).tolist()
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
+    for n, k, (p, q) in itertools.product(range(N), range(K), taps):
         g = dyl[n][k][p][q]
-        for c in range(C):
-            for r in range(R):
-                h = p * sh - ph + r
-                if 0 <= h < H:
-                    for s in range(S):
-                        v = q * sw - pw + s
-                        if 0 <= v < W:
-                            dx[n][c][h][v] += wl[k][c][r][s] * g
-                            dw[k][c][r][s] += xl[n][c][h][v] * g
+        for c, r, s, h, v in taps[p, q]:
+            dx[n][c][h][v] += wl[k][c][r][s] * g
+            dw[k][c][r][s] += xl[n][c][h][v] * g
     return np.array(dx), np.array(dw), dy.sum(axis=(0, 2, 3))
 
 
@@ -339,7 +346,8 @@ def _conv_cases():
                               dict(stride=s, padding=p)))
     for (kh, kw), st, pd in (((3, 1), (2, 1), (1, 0)), ((1, 5), (1, 3), (0, 2)), ((2, 4), (3, 2), (1, 1))):
         cases.append(Case(f"k{kh}x{kw}-s{st[0]}x{st[1]}-p{pd[0]}x{pd[1]}",
-                          dict(x=(2, 3, 7, 6), weight=(4, 3, kh, kw), bias=(4,)), dict(stride=st, padding=pd)))
+                          dict(x=(2, 3, 7, 6), weight=(4, 3, kh, kw), bias=(4,)),
+                          dict(stride=st, padding=pd)))
     cases.append(Case("no-bias", dict(x=(2, 3, 5, 5), weight=(2, 3, 3, 3)), dict(padding=1), omit=("bias",)))
     cases.append(Case("one-image-one-channel", dict(x=(1, 1, 4, 4), weight=(1, 1, 3, 3), bias=(1,)),
                       dict(padding=1)))
@@ -366,47 +374,31 @@ def _torch_conv(torch, t, p):
                                       p.get("padding", 0))
 
 
-def _conv_backward(dy, a, p, y):
-    dx, dw, db = _f().conv2d_backward(dy, a["x"], a["weight"], p.get("stride", 1), p.get("padding", 0))
-    g = {"x": dx, "weight": dw}
+def _named_grads(a, dx, dweight, dbias):
+    """A layer's ``(dx, dweight, dbias)`` by input name, without ``bias`` when the case has none."""
+    g = {"x": dx, "weight": dweight}
     if "bias" in a:
-        g["bias"] = db
+        g["bias"] = dbias
     return g
+
+
+def _conv_backward(dy, a, p, saved):
+    return _named_grads(a, *_f().conv2d_backward(dy, a["x"], a["weight"], p.get("stride", 1),
+                                                 p.get("padding", 0)))
 
 
 def _conv_reference_backward(dy, a, p):
-    dx, dw, db = conv2d_backward_reference(dy, a["x"], a["weight"], p.get("stride", 1), p.get("padding", 0))
-    g = {"x": dx, "weight": dw}
-    if "bias" in a:
-        g["bias"] = db
-    return g
+    return _named_grads(a, *conv2d_backward_reference(dy, a["x"], a["weight"], p.get("stride", 1),
+                                                      p.get("padding", 0)))
 
 
-def _linear_backward(dy, a, p, y):
-    dx, dw, db = _f().linear_backward(dy, a["x"], a["weight"])
-    return {"x": dx, "weight": dw, "bias": db}
+def _bn_saving(a, p):
+    return _f().batch_norm2d(a["x"], weight=a["weight"], bias=a["bias"], training=True, eps=p["eps"],
+                             return_saved=True)
 
 
-def _linear_reference_backward(dy, a, p):
-    dx, dw, db = linear_backward_reference(dy, a["x"], a["weight"])
-    return {"x": dx, "weight": dw, "bias": db}
-
-
-def _bn_forward(a, p):
-    return _f().batch_norm2d(a["x"], weight=a["weight"], bias=a["bias"], training=True, eps=p["eps"])
-
-
-def _bn_backward(dy, a, p, y):
-    fa = _f()
-    _, saved = fa.batch_norm2d(a["x"], weight=a["weight"], bias=a["bias"], training=True, eps=p["eps"],
-                               return_saved=True)
-    dx, dw, db = fa.batch_norm2d_backward(dy, a["x"], a["weight"], a["bias"], saved)
-    return {"x": dx, "weight": dw, "bias": db}
-
-
-def _bn_reference_backward(dy, a, p):
-    dx, dw, db = _batch_norm2d_backward_reference(dy, a["x"], a["weight"], p["eps"])
-    return {"x": dx, "weight": dw, "bias": db}
+def _bn_backward(dy, a, p, saved):
+    return _named_grads(a, *_f().batch_norm2d_backward(dy, a["x"], a["weight"], a["bias"], saved))
 
 
 def _pool_op(name, reference, reference_backward, doc, cuda=None):
@@ -427,7 +419,8 @@ def _pool_op(name, reference, reference_backward, doc, cuda=None):
 
 def _softmax_op(name, log):
     cases = (Case("rows", dict(x=(5, 7)), dict(axis=-1)), Case("axis0", dict(x=(6, 4)), dict(axis=0)),
-             Case("middle-axis", dict(x=(2, 5, 3)), dict(axis=1)), Case("one-row", dict(x=(1, 9)), dict(axis=-1)))
+             Case("middle-axis", dict(x=(2, 5, 3)), dict(axis=1)),
+             Case("one-row", dict(x=(1, 9)), dict(axis=-1)))
     return LayerOp(
         name, ("x",), ("x",),
         forward=lambda a, p: getattr(_f(), name)(a["x"], p["axis"]),
@@ -451,12 +444,15 @@ _ENTRIES = [
             cuda="conv2d", bench=(Case("3x3 16->16 @32", dict(x=(64, 16, 32, 32), weight=(16, 16, 3, 3),
                                                              bias=(16,)), dict(padding=1)),
                                    Case("3x3 32->32 @16", dict(x=(64, 32, 16, 16), weight=(32, 32, 3, 3),
-                                                             bias=(32,)), dict(padding=1))), doc="2-D convolution (cross-correlation), im2col + GEMM"),
+                                                             bias=(32,)), dict(padding=1))),
+            doc="2-D convolution (cross-correlation), im2col + GEMM"),
     LayerOp("linear", ("x", "weight", "bias"), ("x", "weight", "bias"),
             forward=lambda a, p: _f().linear(a["x"], a["weight"], a["bias"]),
-            backward=_linear_backward,
+            backward=lambda dy, a, p, saved: _named_grads(a, *_f().linear_backward(dy, a["x"],
+                                                                                   a["weight"])),
             reference=lambda a, p: linear_reference(a["x"], a["weight"], a["bias"]),
-            reference_backward=_linear_reference_backward,
+            reference_backward=lambda dy, a, p: _named_grads(a, *linear_backward_reference(dy, a["x"],
+                                                                                             a["weight"])),
             torch=lambda torch, t, p: torch.nn.functional.linear(t["x"], t["weight"], t["bias"]),
             cases=(Case("batch", dict(x=(5, 7), weight=(3, 7), bias=(3,))),
                    Case("one-row", dict(x=(1, 4), weight=(6, 4), bias=(6,))),
@@ -469,7 +465,8 @@ _ENTRIES = [
              doc="mean over windows, padding counted as zeros"),
     LayerOp("adaptive_avg_pool2d", ("x",), ("x",),
             forward=lambda a, p: _f().adaptive_avg_pool2d(a["x"], p["output_size"]),
-            backward=lambda dy, a, p, y: {"x": _f().adaptive_avg_pool2d_backward(dy, a["x"], p["output_size"])},
+            backward=lambda dy, a, p, y: {"x": _f().adaptive_avg_pool2d_backward(dy, a["x"],
+                                                                                p["output_size"])},
             reference=lambda a, p: _adaptive_avg_pool2d_reference(a["x"], p["output_size"]),
             reference_backward=lambda dy, a, p: {"x": _adaptive_avg_pool2d_backward_reference(
                 dy, a["x"], p["output_size"])},
@@ -477,13 +474,17 @@ _ENTRIES = [
             cases=(Case("global", dict(x=(2, 3, 5, 4)), dict(output_size=1)),
                    Case("uneven-bins", dict(x=(2, 3, 7, 5)), dict(output_size=(3, 2))),
                    Case("upsampling-bins", dict(x=(1, 2, 3, 3)), dict(output_size=5))),
-            bench=(Case("global 512 @7", dict(x=(64, 512, 7, 7)), dict(output_size=1)),), doc="mean over PyTorch's adaptive bins"),
+            bench=(Case("global 512 @7", dict(x=(64, 512, 7, 7)), dict(output_size=1)),),
+            doc="mean over PyTorch's adaptive bins"),
     LayerOp("batch_norm2d", ("x", "weight", "bias"), ("x", "weight", "bias"),
-            forward=_bn_forward, backward=_bn_backward,
+            forward=lambda a, p: _f().batch_norm2d(a["x"], weight=a["weight"], bias=a["bias"], training=True,
+                                                   eps=p["eps"]),
+            saving=_bn_saving, backward=_bn_backward,
             reference=lambda a, p: batch_norm2d_reference(a["x"], a["weight"], a["bias"], p["eps"]),
-            reference_backward=_bn_reference_backward,
-            torch=lambda torch, t, p: torch.nn.functional.batch_norm(t["x"], None, None, t["weight"], t["bias"],
-                                                                     training=True, eps=p["eps"]),
+            reference_backward=lambda dy, a, p: _named_grads(a, *_batch_norm2d_backward_reference(
+                dy, a["x"], a["weight"], p["eps"])),
+            torch=lambda torch, t, p: torch.nn.functional.batch_norm(
+                t["x"], None, None, t["weight"], t["bias"], training=True, eps=p["eps"]),
             cases=(Case("small", dict(x=(4, 3, 5, 5), weight=(3,), bias=(3,)), dict(eps=1e-5)),
                    Case("one-pixel", dict(x=(8, 2, 1, 1), weight=(2,), bias=(2,)), dict(eps=1e-3))),
             tol={"float32": (1e-4, 1e-5), "float64": (1e-10, 1e-12)},
@@ -501,7 +502,9 @@ _ENTRIES = [
             torch=lambda torch, t, p: torch.nn.functional.cross_entropy(t["logits"], t["target"]),
             cases=(Case("batch", dict(logits=(6, 5), target=(6,)), dict(classes=5)),
                    Case("one-sample", dict(logits=(1, 3), target=(1,)), dict(classes=3))),
-            cuda="cross_entropy", bench=(Case("64x10", dict(logits=(64, 10), target=(64,)), dict(classes=10)),), doc="mean cross-entropy of logits and class labels"),
+            cuda="cross_entropy",
+            bench=(Case("64x10", dict(logits=(64, 10), target=(64,)), dict(classes=10)),),
+            doc="mean cross-entropy of logits and class labels"),
 ]
 
 #: {name: LayerOp}, in the order of the docs' table

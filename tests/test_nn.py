@@ -1,7 +1,6 @@
 """fastact.nn / optim / models / data / checkpoint / train: gradients, PyTorch equality, files, CLI."""
 
 import gzip
-import inspect
 import os
 import pickle
 import subprocess
@@ -124,27 +123,9 @@ def test_astype_and_modes():
 # ------------------------------------------------------------------------------ equality with PyTorch
 
 def _torch_seq(net):
+    """PyTorch and the same Sequential in PyTorch, float64 (``fastact.models.to_torch``)."""
     torch = torch_or_skip()
-    tnn = torch.nn
-    mods = []
-    for m in net:
-        if isinstance(m, nn.Conv2d):
-            mods.append(tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding))
-        elif isinstance(m, nn.Linear):
-            mods.append(tnn.Linear(m.in_features, m.out_features))
-        elif isinstance(m, nn.MaxPool2d):
-            mods.append(tnn.MaxPool2d(m.kernel_size))
-        elif isinstance(m, nn.Flatten):
-            mods.append(tnn.Flatten())
-        elif isinstance(m, nn.PReLU):
-            mods.append(tnn.PReLU(m.weight.data.size))
-        else:
-            cls = getattr(tnn, type(m).__name__)
-            accepted = inspect.signature(cls).parameters  # torch's ReLU has no Keras parameters
-            mods.append(cls(**{k: v for k, v in m.params.items() if k in accepted}))
-    seq = tnn.Sequential(*mods).double()
-    seq.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in net.state_dict().items()})
-    return torch, seq
+    return torch, models.to_torch(net, torch).double()
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "prelu", "elu"])

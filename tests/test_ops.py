@@ -29,9 +29,11 @@ def helper_test_op(op, case, dtype, torch=None):
     arrays = ops.make_inputs(op, case, dtype)
     y = op.forward(arrays, case.params)
     _close(y, op.reference(arrays, case.params), op, dtype, "forward")
+    y_train, saved = op.train_forward(arrays, case.params)
+    _close(y_train, y, op, dtype, "training forward")
     dy = np.asarray(np.random.default_rng(1).standard_normal(np.shape(y)), dtype=dtype)
     dy = dy if np.ndim(y) else dtype(dy)
-    grads = op.backward(dy, arrays, case.params, y)
+    grads = op.backward(dy, arrays, case.params, saved)
     assert set(grads) == set(op.grads) - set(case.omit), f"{op.name}: gradients of {sorted(grads)}"
     want = op.reference_backward(dy, arrays, case.params)
     for name in grads:
@@ -74,7 +76,8 @@ def test_op_gradients_against_finite_differences(name, case):
         return op.forward(dict(zip(names, values)), c.params)
 
     def backward(dy, *values):
-        g = op.backward(dy, dict(zip(names, values)), c.params, fn(*values))
+        a = dict(zip(names, values))
+        g = op.backward(dy, a, c.params, op.train_forward(a, c.params)[1])
         return tuple(g.get(k) for k in names)
 
     assert fastact.gradcheck(fn, backward, [arrays[k] for k in names])
@@ -133,4 +136,6 @@ def test_worked_example_entry_gets_every_check(dtype):
         if dtype is np.float64:
             x = ops.make_inputs(entry, case, np.float64)["x"]
             assert fastact.gradcheck(lambda v: entry.forward({"x": v}, {}),
-                                     lambda dy, v: entry.backward(dy, {"x": v}, {}, None)["x"], [x])
+                                     lambda dy, v: entry.backward(dy, {"x": v}, {},
+                                                                  entry.train_forward({"x": v}, {})[1])["x"],
+                                     [x])
