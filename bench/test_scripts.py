@@ -26,14 +26,9 @@ def test_overhead():
 
 
 @pytest.mark.skipif(benchmark.load_torch() is None, reason="PyTorch is the peer here")
-def test_arrays_separate():
-    out = _run(BENCH / "arrays_separate.py", "--size", "1000", "--repeat", "1", "--only", "relu")
-    assert "| relu_backward |" in out
-
-
-def test_pool_fastact_alone():
-    out = _run(BENCH / "pool_torch.py", "--fastact", "--repeat", "1")
-    assert out.count(" bwd ") == 3
+def test_elementwise_separate():
+    out = _run("-m", "fastact", "bench", "--size", "1000", "--repeat", "1", "--only", "relu", "--separate")
+    assert "relu_backward" in out and "vs torch" in out
 
 
 def test_mpi_throughput_one_process():

@@ -450,7 +450,7 @@ def warm_up(case_list, sizes):
     return time.perf_counter() - t0
 
 
-def run(sizes=None, repeat=7, only=None, progress=None):
+def run(sizes=None, repeat=7, only=None, progress=None, separate=False, peer_only=False):
     """Measure every case at every size.
 
     Parameters
@@ -463,6 +463,11 @@ def run(sizes=None, repeat=7, only=None, progress=None):
         Activation names to run (default: all).
     progress : callable, optional
         Called with each row as it is measured.
+    separate : bool, optional
+        Measure PyTorch in a process of its own (:func:`_alone`), where no fastact thread ever ran,
+        instead of interleaved with fastact and NumPy in this one.
+    peer_only : bool, optional
+        Measure PyTorch alone and return ``{"case", "size", "t_torch"}`` rows (``--separate``'s child).
 
     Returns
     -------
@@ -474,14 +479,21 @@ def run(sizes=None, repeat=7, only=None, progress=None):
     """
     sizes = list(sizes or DEFAULT_SIZES)
     case_list = cases(only)
+    if peer_only:
+        return [{"case": c.label, "size": n, "t_torch": median_time(fns, repeat, budget=1.0)["torch"]}
+                for n in sizes for c in case_list if (fns := c.setup(n, libs=("torch",)))]
+    libs = ("fastact", "numpy") if separate else ("fastact", "numpy", "torch")
+    peer = {}
+    if separate and load_torch() is not None:
+        peer = {(r["case"], r["size"]): r["t_torch"] for r in _alone("elementwise", repeat, only, sizes)}
     rows = []
     for n in sizes:
         copy = copy_fn(n)
         copy_times = [median_time({"copy": copy}, 2 * repeat, budget=1.0)["copy"]]
         first_gbps = 8 * n / copy_times[0] / 1e9  # provisional, for progress lines
         for c in case_list:
-            t = median_time(c.setup(n), repeat, budget=1.0)
-            tf, tn, tt = t["fastact"], t["numpy"], t.get("torch")
+            t = median_time(c.setup(n, libs), repeat, budget=1.0)
+            tf, tn, tt = t["fastact"], t["numpy"], t.get("torch", peer.get((c.label, n)))
             rows.append({
                 "case": c.label, "name": c.name, "direction": c.direction, "out": c.out, "size": n,
                 "transcendental": c.transcendental, "bytes": c.nbytes(n),
@@ -490,6 +502,7 @@ def run(sizes=None, repeat=7, only=None, progress=None):
                 "gbps_torch": None if tt is None else c.nbytes(n) / tt / 1e9,
                 "ratio_numpy": tn / tf, "ratio_torch": None if tt is None else tt / tf,
                 "gbps_copy": first_gbps, "pct_copy": 100 * c.nbytes(n) / tf / 1e9 / first_gbps,
+                "torch_process": "own" if separate else "same",
             })
             if progress:
                 progress(rows[-1])
@@ -633,6 +646,8 @@ def write_markdown(path, rows, startup_times=None, layer_rows=None, step_rows=No
     with open(path, "w") as fh:
         fh.write("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in machine()))
         fh.write(f"\ndate: {time.strftime('%Y-%m-%d %H:%M')}\n")
+        if any(r.get("torch_process") == "own" for r in rows):
+            fh.write("\nPyTorch measured in a process of its own (--separate)\n")
         for n in sorted({r["size"] for r in rows}):
             part = [r for r in rows if r["size"] == n]
             fh.write(f"\n### {size_label(n)} float32 values (copy: {part[0]['gbps_copy']:.2f} GB/s)\n\n")
@@ -685,11 +700,13 @@ def layer_fns(op, case, torch=None, dtype=np.float32):
     return fns
 
 
-def _alone(suite, repeat, only):
+def _alone(suite, repeat, only, sizes=()):
     """PyTorch's rows of ``suite`` measured in a fresh process of its own (``--peer-only``), where no
     fastact thread has ever run: each library alone in its process."""
     import json
     cmd = [sys.executable, "-m", "fastact", "bench", "--suite", suite, "--repeat", str(repeat), "--peer-only"]
+    for n in sizes:
+        cmd += ["--size", str(n)]
     if only:
         cmd += ["--only", *only]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -885,8 +902,8 @@ def add_arguments(p):
     p.add_argument("--startup", action="store_true", help="also measure cold and warm start-up "
                                                           "(the same as adding the startup suite)")
     p.add_argument("--separate", action="store_true",
-                   help="layers and step: measure PyTorch in a process of its own, where no fastact thread "
-                        "ever ran (each library alone), instead of after fastact in the same process")
+                   help="measure PyTorch in a process of its own, where no fastact thread ever ran (each "
+                        "library alone), instead of beside fastact in the same process")
     p.add_argument("--peer-only", action="store_true", help=argparse.SUPPRESS)  # --separate's child
 
 
@@ -894,8 +911,12 @@ def main(args):
     """``python -m fastact bench``: ``args`` holds the options of :func:`add_arguments`; returns 0."""
     if args.peer_only:  # --separate's child: PyTorch's rows of one suite, as one JSON line
         import json
-        run_fn = {"layers": run_layers, "step": run_step}[args.suite]
-        print(json.dumps(run_fn(args.repeat, args.only or None, peer_only=True)))
+        if args.suite == "elementwise":
+            rows = run(args.size or list(DEFAULT_SIZES), args.repeat, args.only or None, peer_only=True)
+        else:
+            rows = {"layers": run_layers, "step": run_step}[args.suite](args.repeat, args.only or None,
+                                                                         peer_only=True)
+        print(json.dumps(rows))
         return 0
     suites = SUITES if args.suite == "all" else (args.suite,)
     if args.startup and "startup" not in suites:
@@ -913,7 +934,7 @@ def main(args):
         sizes = args.size or list(DEFAULT_SIZES)
         case_list = cases(only)
         print(f"warm-up (compile or load {len(case_list)} kernels' loops): {warm_up(case_list, sizes):.1f} s")
-        rows = run(sizes, args.repeat, only)
+        rows = run(sizes, args.repeat, only, separate=args.separate)
         print(format_table(rows))
         print("bytes moved per float32 value: forward 8, backward 12; '% of copy' = fastact GB/s / copy GB/s")
         result["elementwise"] = rows

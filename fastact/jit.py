@@ -69,6 +69,9 @@ def {fname}(v{sig}):
 
 
 def _make(act, backward):
+    # Source text rather than a closure: Numba needs the parameters' defaults in the function's own
+    # signature (a closure over ``*p`` would make every parameter mandatory), and each activation has
+    # its own number of them.
     params = list(act.params) + (list(act.backward_params) if backward else [])
     fname = f"{act.name}_grad" if backward else act.name
     sig = "".join(f", {p.name}={float(p.to_float(p.default))!r}" for p in params).replace("inf", "math.inf") \

@@ -24,7 +24,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + \
-    sorted(glob.glob(os.path.join(ROOT, "docs", "*.rst"))) + [os.path.join(ROOT, "kernels", "README.md")]
+    sorted(glob.glob(os.path.join(ROOT, "docs", "*.rst"))) + [os.path.join(ROOT, "kernels", "README.md"),
+                                                             os.path.join(ROOT, "bench", "README.md")]
 _ID = [os.path.relpath(p, ROOT) for p in PAGES]
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w{}-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S)
