@@ -83,6 +83,14 @@ CONV_GATHER_MAX_Q = 4
 #: by another process leaves its remaining slots to the other.
 CONV_SLOTS_PER_THREAD = 4
 
+#: ``conv2d(algorithm="auto")`` runs float32 3x3 stride-1 convolutions by Winograd F(4x4, 3x3)
+#: (fastact.winograd); False keeps them on im2col (e.g. to compare the two inside a network).
+CONV_WINOGRAD = True
+
+#: Winograd F(4x4, 3x3) works on chunks of tiles whose transformed input and products (36 values per
+#: tile per input and per output channel) take at most this many bytes, so that they stay in L2.
+WINOGRAD_CHUNK_BYTES = 1 << 20
+
 #: The fused convolution runs on one thread below this many FLOPs: handing slots to a helper thread
 #: costs ~20 us (bench/slots.py: 19 us), and at 4.7 MFLOP two threads and one take about the same time.
 CONV_PARALLEL_MIN_FLOPS = 4_000_000

@@ -34,14 +34,14 @@ import threading
 import numba
 import numpy as np
 
-from . import _blas, _epilogue, _gemm, _runtime, config
+from . import _blas, _epilogue, _gemm, _runtime, config, winograd
 from ._util import check_preactivation
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
 from ._util import row_sum as _row_sum
 
 __all__ = ["conv2d", "conv2d_backward", "conv_output_shape", "images_per_tile", "im2col", "gemm_epilogue",
-           "release_workspaces"]
+           "release_workspaces", "ALGORITHMS", "choose_algorithm"]
 
 
 def conv_output_shape(x_shape, w_shape, stride=1, padding=0):
@@ -619,7 +619,7 @@ def _prepare(x, weight, bias, stride, padding):
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None,
-           return_preactivation=False):
+           return_preactivation=False, algorithm="auto"):
     """2-D convolution (cross-correlation, as PyTorch) with bias and activation fused into its epilogue.
 
     ``z[n, k, p, q] = bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, c, p*sh + r, q*sw + s]`` and
@@ -641,6 +641,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
         Also return the pre-activation ``z``, written in the same pass as ``y``: what
         :func:`conv2d_backward` needs to differentiate through the activation. Without an activation
         ``z`` is ``y`` itself (no copy).
+    algorithm : {'auto', 'im2col', 'winograd'}, default 'auto'
+        How to compute it. ``'im2col'``: unfold the input and multiply by the weights (any kernel,
+        stride and dtype). ``'winograd'``: Winograd F(4x4, 3x3) (:mod:`fastact.winograd`), 3x3 kernels at
+        stride 1 only, 2.25 multiplies per output and channel pair instead of 9, with a float32 error of
+        a few ulps of the output's scale. ``'auto'``: Winograd for float32 3x3 stride-1 convolutions,
+        im2col otherwise (the rule and its measurements: docs/performance.md).
 
     Returns
     -------
@@ -662,13 +668,41 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
     array([[ 4., -1.]], dtype=float32)
     """
     keep_z = return_preactivation and activation is not None
-    y, z = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z)
+    y, z = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z,
+                           algorithm)
     if not return_preactivation:
         return y
     return y, (z if keep_z else y)
 
 
-def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z):
+ALGORITHMS = ("auto", "im2col", "winograd")
+
+
+def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
+    """The algorithm :func:`conv2d` runs: ``algorithm`` itself when it is ``'im2col'`` or
+    ``'winograd'`` (ValueError if Winograd cannot compute this convolution), else the rule of
+    ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions when the compiled BLAS call
+    is available (``fastact._gemm``), im2col otherwise."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    stride = _pair(stride, "stride")
+    fits = winograd.applies(weight_shape, stride)
+    if algorithm == "winograd":
+        if not fits:
+            raise ValueError(f"conv2d: algorithm='winograd' needs a 3x3 kernel at stride 1, got weight of "
+                             f"shape {tuple(weight_shape)} and stride {stride}")
+        if not _gemm.available():
+            raise ValueError(f"conv2d: algorithm='winograd' needs BLAS callable from compiled code, which "
+                             f"is unavailable here ({_gemm.REASON}); use algorithm='im2col'")
+        return "winograd"
+    if algorithm == "auto" and fits and np.dtype(dtype) == np.float32 and config.CONV_WINOGRAD \
+            and _gemm.available():
+        return "winograd"
+    return "im2col"
+
+
+def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z,
+                    algorithm="auto"):
     """conv2d, returning (y, z) where z is the pre-activation output when keep_z (else None)."""
     x, weight, bias, dt, (N, K, P, Q) = _prepare(x, weight, bias, stride, padding)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
@@ -682,7 +716,14 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
     z = np.empty((N, K, P, Q), dtype=dt) if keep_z else None
     b = np.zeros(K, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt)
     w2 = weight.reshape(K, CRS)
+    algorithm = choose_algorithm(algorithm, x.shape, weight.shape, (sh, sw), dt)
     if N == 0 or PQ == 0:
+        return y, z
+    # Winograd mixes each 6x6 input tile, so an inf or NaN would spread over the tile's 16 outputs; where
+    # an output is not finite the direct method recomputes it all, with its exact inf and NaN pattern
+    if algorithm == "winograd" and winograd.conv2d_forward(
+            x, winograd.transform_weight(weight), b, y, z if keep_z else np.empty((0, 0, 0, 0), dtype=dt),
+            (ph, pw), activation, pv):
         return y, z
     no_z = np.empty((0, 0, 0), dtype=dt)
     m, nslots = _chunking(N, PQ)
