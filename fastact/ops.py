@@ -351,6 +351,16 @@ def _conv_cases():
     cases.append(Case("no-bias", dict(x=(2, 3, 5, 5), weight=(2, 3, 3, 3)), dict(padding=1), omit=("bias",)))
     cases.append(Case("one-image-one-channel", dict(x=(1, 1, 4, 4), weight=(1, 1, 3, 3), bias=(1,)),
                       dict(padding=1)))
+    # 3x3 stride 1 runs by Winograd in float32 and by im2col in float64 unless told: each way, both dtypes,
+    # on sizes that leave partial 4x4 tiles and on a batch of several chunks of tiles
+    for algo in ("im2col", "winograd"):
+        for p in (0, 1, 2):
+            cases.append(Case(f"k3-s1-p{p}-{algo}", dict(x=(2, 3, 7, 6), weight=(4, 3, 3, 3), bias=(4,)),
+                              dict(padding=p, algorithm=algo)))
+        cases.append(Case(f"k3-p1x0-{algo}", dict(x=(3, 5, 9, 5), weight=(6, 5, 3, 3), bias=(6,)),
+                          dict(padding=(1, 0), algorithm=algo)))
+    cases.append(Case("k3-many-tiles-winograd", dict(x=(9, 8, 13, 15), weight=(7, 8, 3, 3), bias=(7,)),
+                      dict(padding=1, algorithm="winograd")))
     return tuple(cases)
 
 
@@ -436,16 +446,21 @@ def _softmax_op(name, log):
 _ENTRIES = [
     LayerOp("conv2d", ("x", "weight", "bias"), ("x", "weight", "bias"),
             forward=lambda a, p: _f().conv2d(a["x"], a["weight"], a.get("bias"), p.get("stride", 1),
-                                             p.get("padding", 0)),
+                                             p.get("padding", 0), algorithm=p.get("algorithm", "auto")),
             backward=_conv_backward,
             reference=lambda a, p: conv2d_reference(a["x"], a["weight"], a.get("bias"), p.get("stride", 1),
                                                     p.get("padding", 0)),
             reference_backward=_conv_reference_backward, torch=_torch_conv, cases=_conv_cases(),
+            # float32 3x3 stride-1 runs by Winograd: its error is a few ulps of the layer's scale at
+            # every output (tests/test_winograd.py holds it to that), so the absolute part is wider
+            tol={"float32": (1e-4, 1e-4), "float64": (1e-12, 1e-12)},
             cuda="conv2d", bench=(Case("3x3 16->16 @32", dict(x=(64, 16, 32, 32), weight=(16, 16, 3, 3),
                                                              bias=(16,)), dict(padding=1)),
                                    Case("3x3 32->32 @16", dict(x=(64, 32, 16, 16), weight=(32, 32, 3, 3),
-                                                             bias=(32,)), dict(padding=1))),
-            doc="2-D convolution (cross-correlation), im2col + GEMM"),
+                                                             bias=(32,)), dict(padding=1)),
+                                   Case("3x3 16->16 @32, im2col", dict(x=(64, 16, 32, 32), weight=(16, 16, 3, 3),
+                                                                      bias=(16,)), dict(padding=1, algorithm="im2col"))),
+            doc="2-D convolution (cross-correlation): im2col + GEMM, or Winograd F(4x4, 3x3) for 3x3 stride 1"),
     LayerOp("linear", ("x", "weight", "bias"), ("x", "weight", "bias"),
             forward=lambda a, p: _f().linear(a["x"], a["weight"], a["bias"]),
             backward=lambda dy, a, p, saved: _named_grads(a, *_f().linear_backward(dy, a["x"],
