@@ -1,6 +1,6 @@
 """Conv layer report: fastact's conv3x3 + bias + ReLU against NumPy and PyTorch, side by side in one process.
 
-    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick]
+    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick | --layers | --accuracy | --threads]
 
 For each layer shape of the peer table in docs/performance.md and float32/float64 it prints, as a
 markdown table: fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy
@@ -376,19 +376,121 @@ def pool_fight_markdown(repeat=31):
     return "\n".join(out)
 
 
+def layer_step_fns(name, lib, torch=None):
+    """(training forward, backward) of net layer ``name`` (3x3 + bias + ReLU, float32) for ``lib``:
+    fastact by ``'im2col'`` or ``'winograd'`` (forward keeping the pre-activation; the backward is the
+    same for both), or ``'torch'`` (the forward builds autograd's graph, the backward runs it)."""
+    x, w, b, dy = make_inputs(SHAPES[name], np.float32)
+    if lib != "torch":
+        _, z = fa.conv2d(x, w, b, 1, PAD, activation="relu", return_preactivation=True, algorithm=lib)
+        return (lambda: fa.conv2d(x, w, b, 1, PAD, activation="relu", return_preactivation=True, algorithm=lib),
+                lambda: fa.conv2d_backward(dy, x, w, 1, PAD, preactivation=z, activation="relu"))
+    F = torch.nn.functional
+    gx, gw, gb = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
+    tdy = torch.from_numpy(dy)
+
+    def fwd():
+        return F.relu(F.conv2d(gx, gw, gb, padding=PAD))
+    y = fwd()
+    return fwd, lambda: torch.autograd.grad(y, (gx, gw, gb), tdy, retain_graph=True)
+
+
+def layer_times(libs, repeat=9, names=None):
+    """{layer: {"<lib> fwd": s, "<lib> bwd": s}} for every net layer, the libraries interleaved."""
+    torch = benchmark.load_torch(TORCH_THREADS) if "torch" in libs else None
+    out = {}
+    for name in names or NET_LAYERS:
+        fns = {}
+        for lib in libs:
+            fns[f"{lib} fwd"], fns[f"{lib} bwd"] = layer_step_fns(name, lib, torch)
+        out[name] = interleaved(fns, repeat)
+    return out
+
+
+def layers_markdown(repeat=9, alone=False):
+    """Per net layer, training forward and backward (ms): fastact by im2col and by Winograd, and
+    PyTorch; ``alone``: PyTorch measured in a child process of its own (no fastact thread ever ran
+    there), else interleaved with fastact in this process."""
+    libs = ("im2col", "winograd") if alone else ("im2col", "winograd", "torch")
+    t = layer_times(libs, repeat)
+    if alone:
+        import json
+        import subprocess
+        done = subprocess.run([sys.executable, __file__, "--layers-peer", "--repeat", str(repeat)],
+                              capture_output=True, text=True, check=True)
+        peer = json.loads(done.stdout.strip().splitlines()[-1])
+        for name in t:
+            t[name].update(peer[name])
+    how = "each library alone in its process" if alone else "interleaved in one process"
+    lines = [f"Training forward (keeping the pre-activation) and backward of 3x3 + bias + ReLU layers, "
+             f"batch 64, float32, {how}; ms, medians of {repeat}; ratio = PyTorch / fastact.\n",
+             "| layer | im2col fwd | Winograd fwd | PyTorch fwd | fwd ratio | fastact bwd | PyTorch bwd | bwd ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in t.items():
+        best_bwd = min(r["im2col bwd"], r["winograd bwd"])
+        lines.append(f"| {name[4:]} | {_ms(r['im2col fwd'])} | {_ms(r['winograd fwd'])} | {_ms(r['torch fwd'])} | "
+                     f"{r['torch fwd'] / r['winograd fwd']:.2f}x | {_ms(best_bwd)} | {_ms(r['torch bwd'])} | "
+                     f"{r['torch bwd'] / best_bwd:.2f}x |")
+    return "\n".join(lines)
+
+
+def accuracy_markdown(seeds=3):
+    """Worst float32 error of each algorithm on every net layer (batch 8; x standard normal, weights
+    Kaiming-scaled), against float64 im2col, in ulps of the layer's scale: the largest sum of
+    |w| |x| + |b| over an output's window (float32's eps times that is one ulp of the largest output
+    the layer could produce). The per-output column divides instead by each output's own sum."""
+    eps = np.finfo(np.float32).eps
+    lines = ["| layer | im2col, ulps of the layer's scale | Winograd | im2col, ulps of each output's sum | "
+             "Winograd |", "|---|---|---|---|---|"]
+    for name in NET_LAYERS:
+        worst = np.zeros(4)
+        for seed in range(seeds):
+            N, C, H, W, K = SHAPES[name]
+            x, w, b, _ = make_inputs((8, C, H, W, K), np.float32, seed)
+            x64, w64, b64 = (a.astype(np.float64) for a in (x, w, b))
+            want = fa.conv2d(x64, w64, b64, 1, PAD, algorithm="im2col")
+            scale = fa.conv2d(np.abs(x64), np.abs(w64), np.abs(b64), 1, PAD, algorithm="im2col")
+            for i, algo in enumerate(("im2col", "winograd")):
+                err = np.abs(fa.conv2d(x, w, b, 1, PAD, algorithm=algo) - want)
+                worst[i] = max(worst[i], err.max() / (eps * scale.max()))
+                worst[2 + i] = max(worst[2 + i], (err / (eps * scale)).max())
+        lines.append(f"| {name[4:]} | " + " | ".join(f"{v:.2f}" for v in worst) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="float32 only, no backward")
     p.add_argument("--threads", action="store_true",
                    help="only the backward/forward ratios and the pool-fight measurement")
+    p.add_argument("--layers", action="store_true",
+                   help="only the per-layer training forward/backward table (im2col, Winograd, PyTorch), "
+                        "interleaved and each library alone")
+    p.add_argument("--layers-peer", action="store_true", help=argparse.SUPPRESS)  # --layers' PyTorch child
+    p.add_argument("--accuracy", action="store_true",
+                   help="only the float32 error of im2col and Winograd on the net layers")
     a = p.parse_args(argv)
+    if a.layers_peer:
+        import json
+        print(json.dumps(layer_times(("torch",), a.repeat)))
+        return
     benchmark.load_torch(TORCH_THREADS)
     for k, v in benchmark.machine():
         print(f"{k:20s} {v}")
     print(f"CONV_WORKSPACE_BYTES = {fa.config.CONV_WORKSPACE_BYTES}")
     print(f"conv GEMM: {fa.system.info()['conv GEMM']}")
     print("Peer time / fastact time: above 1.00x fastact is faster.\n")
+    if a.accuracy:
+        print(accuracy_markdown())
+        return
+    if a.layers:
+        if benchmark.load_torch() is None:
+            sys.exit("--layers compares with PyTorch, which is not installed")
+        print(layers_markdown(a.repeat))
+        print()
+        print(layers_markdown(a.repeat, alone=True))
+        return
     if a.threads:
         print(backward_ratio_markdown(a.repeat))
         print()

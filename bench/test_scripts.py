@@ -72,6 +72,17 @@ def test_conv_report_quick():
     assert "| layer |" in out and "SGEMM" in out
 
 
+@pytest.mark.skipif(benchmark.load_torch() is None, reason="PyTorch is the peer here")
+def test_conv_report_layers():
+    out = _run(BENCH / "conv_report.py", "--layers", "--repeat", "1", timeout=600)
+    assert out.count("| 64->64 @8 |") == 2 and "each library alone" in out
+
+
+def test_conv_report_accuracy():
+    out = _run(BENCH / "conv_report.py", "--accuracy", timeout=600)
+    assert "| 64->64 @8 |" in out
+
+
 def test_step_report_one_net():
     out = _run(BENCH / "step_report.py", "--repeat", "1", "--only", "digits", timeout=600)
     assert "| digits 1x8x8 |" in out

@@ -49,7 +49,7 @@ from . import table as _table  # the public table (fastact.table)
 from . import elementwise as ew
 from . import init
 from .batchnorm import batch_norm2d, batch_norm2d_backward
-from .conv import conv2d, conv2d_backward
+from .conv import ALGORITHMS, conv2d, conv2d_backward
 from .linear import linear, linear_backward
 from .loss import cross_entropy, cross_entropy_backward
 from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward,
@@ -307,12 +307,16 @@ class Conv2d(Module):
     """2-D convolution, weight (out_channels, in_channels, k, k) as PyTorch.
 
     Initialised like ``torch.nn.Conv2d`` (Kaiming-uniform with a = sqrt(5)) from ``seed``;
-    :func:`fastact.models.vgg` re-initialises with Kaiming-normal.
+    :func:`fastact.models.vgg` re-initialises with Kaiming-normal. ``algorithm`` is the forward's
+    method, as :func:`fastact.conv2d`'s (``'auto'``, ``'im2col'`` or ``'winograd'``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, algorithm="auto"):
         super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
         kh, kw = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kh", kh), ("kw", kw)):
             if int(v) < 1:
@@ -328,18 +332,19 @@ class Conv2d(Module):
             self.bias = None
 
     def extra_repr(self):
+        algo = "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}{algo}")
 
     def forward(self, x, activation=None, activation_params=None):
         bias = None if self.bias is None else self.bias.data
         if not self.training:
             return conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
-                          activation_params=activation_params)
+                          activation_params=activation_params, algorithm=self.algorithm)
         # training keeps the pre-activation for the backward (without an activation it is y itself,
         # and the backward does not read it)
         y, z = conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
-                      activation_params=activation_params, return_preactivation=True)
+                      activation_params=activation_params, return_preactivation=True, algorithm=self.algorithm)
         self._saved = (np.ascontiguousarray(x, dtype=y.dtype), None if activation is None else z,
                        activation, activation_params)
         return y

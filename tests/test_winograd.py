@@ -218,3 +218,15 @@ def test_against_pytorch(shape):
                                                  padding=padding)).numpy()
     scale = np.abs(want).max()
     assert np.abs(got - want).max() <= 1e-5 * scale
+
+
+def test_nn_conv2d_takes_the_algorithm():
+    x = np.random.default_rng(10).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    layer = fa.nn.Conv2d(3, 4, 3, padding=1, seed=0, algorithm="im2col")
+    assert "algorithm='im2col'" in repr(layer)
+    want = fa.conv2d(x, layer.weight.data, layer.bias.data, padding=1, algorithm="im2col")
+    np.testing.assert_array_equal(layer(x), want)
+    layer.eval()
+    np.testing.assert_array_equal(layer(x), want)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        fa.nn.Conv2d(3, 4, 3, algorithm="direct")
