@@ -1,6 +1,6 @@
 """Conv layer report: fastact's conv3x3 + bias + ReLU against NumPy and PyTorch, side by side in one process.
 
-    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick | --layers | --accuracy | --threads]
+    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick | --layers | --rule | --accuracy | --threads]
 
 For each layer shape of the peer table in docs/performance.md and float32/float64 it prints, as a
 markdown table: fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy
@@ -458,6 +458,28 @@ def accuracy_markdown(seeds=3):
     return "\n".join(lines)
 
 
+#: (C, K, H): the layers of the reference nets (digits, mnist, cifar) and narrower first layers
+RULE_SHAPES = [(1, 16, 8), (16, 16, 8), (16, 32, 4), (32, 32, 4), (1, 16, 28), (16, 16, 28), (16, 32, 14),
+               (32, 32, 14), (32, 64, 7), (64, 64, 7), (3, 16, 32), (3, 32, 32), (8, 8, 32), (8, 16, 32),
+               (16, 16, 32), (16, 32, 16), (32, 32, 16), (32, 64, 8), (64, 64, 8)]
+
+
+def rule_markdown(repeat=11):
+    """The measurements behind ``conv2d(algorithm='auto')``: the training forward (3x3, padding 1, bias +
+    ReLU, keeping the pre-activation; batch 64, float32) by im2col and by Winograd, interleaved, over
+    :data:`RULE_SHAPES`."""
+    lines = ["| layer | im2col ms | Winograd ms | im2col / Winograd | auto picks |", "|---|---|---|---|---|"]
+    for C, K, H in RULE_SHAPES:
+        x, w, b, _ = make_inputs((64, C, H, H, K), np.float32)
+        fns = {a: (lambda a=a: fa.conv2d(x, w, b, 1, PAD, activation="relu", return_preactivation=True,
+                                         algorithm=a)) for a in ("im2col", "winograd")}
+        t = interleaved(fns, repeat)
+        pick = fa.conv.choose_algorithm("auto", x.shape, w.shape, 1, np.float32)
+        lines.append(f"| {C}->{K} @{H} | {_ms(t['im2col'])} | {_ms(t['winograd'])} | "
+                     f"{t['im2col'] / t['winograd']:.2f}x | {pick} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7)
@@ -468,6 +490,8 @@ def main(argv=None):
                    help="only the per-layer training forward/backward table (im2col, Winograd, PyTorch), "
                         "interleaved and each library alone")
     p.add_argument("--layers-peer", action="store_true", help=argparse.SUPPRESS)  # --layers' PyTorch child
+    p.add_argument("--rule", action="store_true",
+                   help="only im2col against Winograd over the layer shapes behind algorithm='auto'")
     p.add_argument("--accuracy", action="store_true",
                    help="only the float32 error of im2col and Winograd on the net layers")
     a = p.parse_args(argv)
@@ -481,6 +505,9 @@ def main(argv=None):
     print(f"CONV_WORKSPACE_BYTES = {fa.config.CONV_WORKSPACE_BYTES}")
     print(f"conv GEMM: {fa.system.info()['conv GEMM']}")
     print("Peer time / fastact time: above 1.00x fastact is faster.\n")
+    if a.rule:
+        print(rule_markdown(a.repeat))
+        return
     if a.accuracy:
         print(accuracy_markdown())
         return

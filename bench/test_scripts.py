@@ -78,6 +78,11 @@ def test_conv_report_layers():
     assert out.count("| 64->64 @8 |") == 2 and "each library alone" in out
 
 
+def test_conv_report_rule():
+    out = _run(BENCH / "conv_report.py", "--rule", "--repeat", "1", timeout=600)
+    assert "| 64->64 @8 |" in out and "| 1->16 @8 |" in out
+
+
 def test_conv_report_accuracy():
     out = _run(BENCH / "conv_report.py", "--accuracy", timeout=600)
     assert "| 64->64 @8 |" in out

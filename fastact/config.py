@@ -87,6 +87,11 @@ CONV_SLOTS_PER_THREAD = 4
 #: (fastact.winograd); False keeps them on im2col (e.g. to compare the two inside a network).
 CONV_WINOGRAD = True
 
+#: ... when the input has at least this many channels: with 1 or 3 input channels the transforms cost
+#: more than the multiplies they save (1->16 at 8x8 0.56x, 3->16 at 32x32 0.75x im2col's speed; from 8
+#: channels on 1.0-1.8x, ``python bench/conv_report.py --rule``, docs/performance.md).
+CONV_WINOGRAD_MIN_CHANNELS = 8
+
 #: Winograd F(4x4, 3x3) works on chunks of tiles whose transformed input and products (36 values per
 #: tile per input and per output channel) take at most this many bytes, so that they stay in L2.
 WINOGRAD_CHUNK_BYTES = 1 << 20

@@ -645,8 +645,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
         How to compute it. ``'im2col'``: unfold the input and multiply by the weights (any kernel,
         stride and dtype). ``'winograd'``: Winograd F(4x4, 3x3) (:mod:`fastact.winograd`), 3x3 kernels at
         stride 1 only, 2.25 multiplies per output and channel pair instead of 9, with a float32 error of
-        a few ulps of the output's scale. ``'auto'``: Winograd for float32 3x3 stride-1 convolutions,
-        im2col otherwise (the rule and its measurements: docs/performance.md).
+        a few ulps of the output's scale. ``'auto'``: Winograd for float32 3x3 stride-1 convolutions of
+        8 or more input channels, im2col otherwise (the rule and its measurements: docs/performance.md).
 
     Returns
     -------
@@ -681,8 +681,9 @@ ALGORITHMS = ("auto", "im2col", "winograd")
 def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
     """The algorithm :func:`conv2d` runs: ``algorithm`` itself when it is ``'im2col'`` or
     ``'winograd'`` (ValueError if Winograd cannot compute this convolution), else the rule of
-    ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions when the compiled BLAS call
-    is available (``fastact._gemm``), im2col otherwise."""
+    ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions of at least
+    ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels when the compiled BLAS call is available
+    (``fastact._gemm``), im2col otherwise."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     stride = _pair(stride, "stride")
@@ -696,7 +697,7 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
                              f"is unavailable here ({_gemm.REASON}); use algorithm='im2col'")
         return "winograd"
     if algorithm == "auto" and fits and np.dtype(dtype) == np.float32 and config.CONV_WINOGRAD \
-            and _gemm.available():
+            and x_shape[1] >= config.CONV_WINOGRAD_MIN_CHANNELS and _gemm.available():
         return "winograd"
     return "im2col"
 

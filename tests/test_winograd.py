@@ -142,7 +142,8 @@ def test_choose_algorithm():
     f32, f64 = np.float32, np.float64
     w3 = (8, 4, 3, 3)
     blas = _gemm.available()
-    assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f32) == ("winograd" if blas else "im2col")
+    assert fa.conv.choose_algorithm("auto", (2, 8, 8, 8), w3, 1, f32) == ("winograd" if blas else "im2col")
+    assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f32) == "im2col"  # few channels
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f64) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 2, f32) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), (8, 4, 5, 5), 1, f32) == "im2col"
