@@ -759,7 +759,7 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
 # ----------------------------------------------------------------------------------------- backward
 
 def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, activation=None,
-                    activation_params=None, need_input_grad=True):
+                    activation_params=None, need_input_grad=True, algorithm="auto"):
     """Gradients of :func:`conv2d`: returns ``(dx, dweight, dbias)``.
 
     Without ``activation``, ``dy`` is the gradient of the pre-activation ``z`` (conv + bias). With
@@ -786,6 +786,10 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     need_input_grad : bool, default True
         False skips the input gradient (``dx`` is None), saving a GEMM and the col2im: a network's
         first layer never needs it.
+    algorithm : {'auto', 'im2col', 'winograd'}, default 'auto'
+        As in :func:`conv2d`, with the same rule for ``'auto'`` (and padding at most 2 for Winograd):
+        by Winograd, ``dx`` is the 3x3 convolution of ``dz`` with the flipped kernel and ``dweight``
+        sums the transformed tiles of ``dz`` against those of ``x`` (:func:`fastact.winograd.conv2d_backward`).
 
     Returns
     -------
@@ -829,6 +833,17 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     else:
         z = check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
     _, C, R, S = weight.shape
+    ph, pw = _pair(padding, "padding")
+    if choose_algorithm(algorithm, x.shape, weight.shape, stride, dt) == "winograd" and N and P * Q:
+        if max(ph, pw) > 2:
+            if algorithm == "winograd":
+                raise ValueError(f"conv2d_backward: algorithm='winograd' needs padding of at most 2, got "
+                                 f"{padding!r}")
+        else:
+            grads = _backward_winograd(dy, z if activation is not None else None, x, weight, (ph, pw), dt,
+                                       activation, activation_params, need_input_grad)
+            if grads is not None:
+                return grads
     if N and P * Q and _use_fused(N, C, K, C * R * S, P * Q, _chunking(N, P * Q)[0]):
         # dz = dy * act'(z) and the bias sums inside the chunk loop, while the chunk is in cache
         dy = np.ascontiguousarray(dy, dtype=dt)
@@ -849,6 +864,23 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
                                          activation_params)
         dz = dz.reshape(shape)
     dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_input_grad)
+    return dx, dw, dbias
+
+
+def _backward_winograd(dy, z, x, weight, padding, dt, activation, activation_params, need_input_grad):
+    """(dx or None, dweight, dbias) by Winograd (:func:`fastact.winograd.conv2d_backward`), or None when
+    a result was not finite (the caller recomputes by im2col)."""
+    N, K, P, Q = dy.shape
+    if activation is None:
+        dz = np.ascontiguousarray(dy, dtype=dt)
+        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    else:
+        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
+                                         activation_params)
+        dz = dz.reshape(dy.shape)
+    dx, dw = winograd.conv2d_backward(dz, x, weight, padding, need_input_grad)
+    if dw is None:
+        return None
     return dx, dw, dbias
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _codegen, _epilogue, _gemm, _runtime, config
 
-__all__ = ["BT", "G", "AT", "applies", "transform_weight", "conv2d_forward", "tile_chunk"]
+__all__ = ["BT", "G", "AT", "applies", "transform_weight", "conv2d_forward", "conv2d_backward", "tile_chunk"]
 
 #: Input transform B^T (6x6), filter transform G (6x3), output transform A^T (4x6): the interpolation
 #: points 0, 1, -1, 2, -2 and infinity.
@@ -352,3 +352,166 @@ def conv2d_forward(x, u, bias, y, z, padding, activation=None, params=()):
         _runtime.run_slots(kern, nslots, (x, u, bias, y, z, ph, pw, TY, TX, tc, nonfinite, *params),
                            2 * 36 * K * C * T >= config.CONV_PARALLEL_MIN_FLOPS)
     return not nonfinite[0]
+
+
+# ------------------------------------------------------------------------------------------ backward
+# The weight gradient by the same transforms: with E = A dY A^T (6x6 from each 4x4 tile of dz, the
+# transpose of the output transform), dU[xi] = sum over tiles E[xi] V[xi]^T, one GEMM per tile position
+# again, and dW = G^T dU G. The input gradient is a 3x3 stride-1 convolution of dz with the kernel
+# flipped and its channel axes swapped (padding 2 - p), which conv2d_forward computes.
+
+@_runtime.jit(inline="always")
+def _a6(d0, d1, d2, d3):
+    """``A (d0 .. d3)`` (A = AT^T, 6x4): one row or column of dY's transform."""
+    s = d0 + d2
+    t = d1 + d3
+    u = d0 - d2
+    w = d1 - d3
+    d2_2 = d2 + d2
+    d2_4 = d2_2 + d2_2
+    d1_2 = d1 + d1
+    d3_8 = d3 + d3
+    d3_8 = d3_8 + d3_8
+    d3_8 = d3_8 + d3_8
+    return (d0, s + t, s - t, d0 + d1_2 + d2_4 + d3_8, d0 - d1_2 + d2_4 - d3_8, d3)
+
+
+@_runtime.jit(inline="always")
+def _dz_tile_rows(dzf, base, rows, cols, Q, e1, j):
+    """The 4x4 tile of dz at ``dzf[base]`` (its first ``rows`` x ``cols`` inside the plane, zero
+    beyond), each row expanded along its length: ``e1[p*6 + i, j] = (A dz[p, :])[i]``."""
+    zero = dzf[0] - dzf[0]
+    for p in range(4):
+        o = base + p * Q
+        if p < rows and cols == 4:
+            d0, d1, d2, d3 = dzf[o], dzf[o + 1], dzf[o + 2], dzf[o + 3]
+        elif p < rows:
+            d0 = dzf[o] if cols > 0 else zero
+            d1 = dzf[o + 1] if cols > 1 else zero
+            d2 = dzf[o + 2] if cols > 2 else zero
+            d3 = zero
+        else:
+            d0 = d1 = d2 = d3 = zero
+        r0, r1, r2, r3, r4, r5 = _a6(d0, d1, d2, d3)
+        e1[p * 6, j] = r0
+        e1[p * 6 + 1, j] = r1
+        e1[p * 6 + 2, j] = r2
+        e1[p * 6 + 3, j] = r3
+        e1[p * 6 + 4, j] = r4
+        e1[p * 6 + 5, j] = r5
+
+
+@_runtime.jit(inline="always")
+def _a_columns(e1, e, k, K, n):
+    """Down each column, vectorised along the tiles: ``e[(i*6 + b)*K + k, :n] = sum_p A[i, p] e1[p*6 + b, :n]``."""
+    for b in range(6):
+        for j in range(n):
+            r0, r1, r2, r3, r4, r5 = _a6(e1[b, j], e1[6 + b, j], e1[12 + b, j], e1[18 + b, j])
+            e[b * K + k, j] = r0
+            e[(6 + b) * K + k, j] = r1
+            e[(12 + b) * K + k, j] = r2
+            e[(18 + b) * K + k, j] = r3
+            e[(24 + b) * K + k, j] = r4
+            e[(30 + b) * K + k, j] = r5
+
+
+@_runtime.jit()
+def _weight_grad_slots(counter, nslots, x, dz, du, ph, pw, TY, TX, tc):
+    """Slot kernel: ``du[sl] (36, K, C)`` = the sum over chunk sl's tiles of ``E[xi] V[xi]^T``."""
+    N, C, H, W = x.shape
+    K, P, Q = dz.shape[1], dz.shape[2], dz.shape[3]
+    TT = TY * TX
+    T = N * TT
+    xf = x.reshape(-1)
+    dzf = dz.reshape(-1)
+    isz = x.itemsize
+    t1 = np.empty((36, tc), dtype=x.dtype)    # this thread's buffers, for every slot it takes
+    vt = np.empty((36 * C, tc), dtype=x.dtype)
+    e1 = np.empty((24, tc), dtype=x.dtype)
+    e = np.empty((36 * K, tc), dtype=x.dtype)
+    tn = np.empty(tc, dtype=np.int64)
+    tp = np.empty(tc, dtype=np.int64)
+    tq = np.empty(tc, dtype=np.int64)
+    iw = np.empty(8, dtype=np.int32)
+    fw = np.empty(2, dtype=x.dtype)
+    sl = _runtime.next_slot(counter)
+    while sl < nslots:
+        t0 = sl * tc
+        nt = min(tc, T - t0)
+        for j in range(nt):
+            t = t0 + j
+            n = t // TT
+            r = t - n * TT
+            ty = r // TX
+            tn[j] = n
+            tp[j] = 4 * ty
+            tq[j] = 4 * (r - ty * TX)
+        for c in range(C):
+            for j in range(nt):
+                _input_tiles(xf, H, W, (tn[j] * C + c) * H * W, tp[j] - ph, tq[j] - pw, t1, j)
+            _bt_columns(t1, vt, c, C, nt)
+        for k in range(K):
+            for j in range(nt):
+                _dz_tile_rows(dzf, ((tn[j] * K + k) * P + tp[j]) * Q + tq[j], min(4, P - tp[j]),
+                              min(4, Q - tq[j]), Q, e1, j)
+            _a_columns(e1, e, k, K, nt)
+        for xi in range(36):
+            _gemm.gemm(0, 1, K, C, nt, e.ctypes.data + xi * K * tc * isz, tc, vt.ctypes.data + xi * C * tc * isz,
+                 tc, 0.0, du.ctypes.data + (sl * 36 + xi) * K * C * isz, C, iw, fw)
+        sl = _runtime.next_slot(counter)
+
+
+@_runtime.jit()
+def _weight_from_u(du, dw):
+    """``dw[k, c] = G^T du[:, k, c] G`` (3x3 from 6x6), in float64, rounded once."""
+    K, C = dw.shape[0], dw.shape[1]
+    h = np.empty((18, C))
+    for k in range(K):
+        for a in range(6):   # du G: row a of the 6x6, times G
+            for s in range(3):
+                for c in range(C):
+                    acc = 0.0
+                    for b in range(6):
+                        acc += np.float64(du[a * 6 + b, k, c]) * _G[b, s]
+                    h[a * 3 + s, c] = acc
+        for r in range(3):   # G^T (du G)
+            for s in range(3):
+                for c in range(C):
+                    acc = 0.0
+                    for a in range(6):
+                        acc += _G[a, r] * h[a * 3 + s, c]
+                    dw[k, c, r, s] = acc
+
+
+def conv2d_backward(dz, x, weight, padding, need_input_grad=True):
+    """``(dx or None, dweight)`` of the 3x3 stride-1 convolution of ``x`` by ``weight`` given ``dz``, the
+    gradient of its pre-activation output; all C-contiguous, one dtype. ``dx`` is the convolution of
+    ``dz`` with the flipped kernel by :func:`conv2d_forward`, ``dweight`` the Winograd weight gradient.
+    Returns ``(None, None)`` when a result is not finite: the caller recomputes by im2col, which gives
+    the direct method's inf and NaN pattern."""
+    if not _gemm.available():
+        raise RuntimeError(f"winograd.conv2d_backward needs BLAS callable from compiled code: {_gemm.REASON}")
+    N, C, H, W = x.shape
+    K, P, Q = dz.shape[1], dz.shape[2], dz.shape[3]
+    ph, pw = padding
+    dt = x.dtype
+    dx = None
+    if need_input_grad:
+        flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dx = np.empty(x.shape, dtype=dt)
+        if not conv2d_forward(dz, transform_weight(flipped), np.zeros(C, dtype=dt), dx,
+                              np.empty((0, 0, 0, 0), dtype=dt), (2 - ph, 2 - pw)):
+            return None, None
+    TY, TX = -(-P // 4), -(-Q // 4)
+    T = N * TY * TX
+    tc = min(tile_chunk(C, K, x.itemsize), -(-T // 16) * 16)
+    nslots = -(-T // tc)
+    du = np.empty((nslots, 36, K, C), dtype=dt)
+    with _gemm.single_threaded():
+        _runtime.run_slots(_weight_grad_slots, nslots, (x, dz, du, ph, pw, TY, TX, tc),
+                           2 * 36 * K * C * T >= config.CONV_PARALLEL_MIN_FLOPS)
+    dw = np.empty(weight.shape, dtype=dt)
+    _weight_from_u(du[0] if nslots == 1 else du.sum(axis=0), dw)
+    if not np.isfinite(dw).all():
+        return None, None
+    return dx, dw

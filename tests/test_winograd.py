@@ -179,8 +179,7 @@ def test_empty_batch_and_noncontiguous_input():
 
 @needs_blas
 def test_gradients_by_finite_differences():
-    # the forward by Winograd (float64: rounding far below the finite differences' step), the backward
-    # by im2col: together they must still differentiate the same function
+    # forward and backward by Winograd, in float64 (rounding far below the finite differences' step)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 2, 6, 5))
     w = rng.standard_normal((3, 2, 3, 3))
@@ -192,7 +191,7 @@ def test_gradients_by_finite_differences():
         return float((y * dy).sum())
 
     _, z = fa.conv2d(x, w, b, padding=1, activation="gelu", return_preactivation=True, algorithm="winograd")
-    dx, dw, db = fa.conv2d_backward(dy, x, w, padding=1, preactivation=z, activation="gelu")
+    dx, dw, db = fa.conv2d_backward(dy, x, w, padding=1, preactivation=z, activation="gelu", algorithm="winograd")
     h = 1e-6
     for arr, grad in ((x, dx), (w, dw), (b, db)):
         for idx in itertools.islice(np.ndindex(arr.shape), 0, None, 7):
@@ -231,3 +230,66 @@ def test_nn_conv2d_takes_the_algorithm():
     np.testing.assert_array_equal(layer(x), want)
     with pytest.raises(ValueError, match="algorithm must be one of"):
         fa.nn.Conv2d(3, 4, 3, algorithm="direct")
+
+
+@needs_blas
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_against_the_float64_reference(shape, dtype):
+    N, C, H, W, K, padding = shape
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    P, Q = fa.conv_output_shape(x.shape, w.shape, 1, padding)[2:]
+    dz = rng.standard_normal((N, K, P, Q)).astype(dtype)
+    want = ops.conv2d_backward_reference(dz, x, w, 1, padding)
+    got = fa.conv2d_backward(dz, x, w, 1, padding, algorithm="winograd")
+    eps = np.finfo(dtype).eps
+    # the same bound as the forward's: dx is a convolution of dz, dweight one of x with dz
+    flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    assert np.abs(got[0] - want[0]).max() <= 32 * eps * _bound(dz, flipped, (2 - ph, 2 - pw))
+    dw_scale = np.einsum("nkpq,nchw->kc", np.abs(dz), np.abs(x)).max()
+    assert np.abs(got[1] - want[1]).max() <= 32 * eps * dw_scale
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+    assert all(g.dtype == dtype for g in got)
+
+
+@needs_blas
+def test_backward_through_an_activation_and_without_input_grad():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 8, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    y, z = fa.conv2d(x, w, b, padding=1, activation="silu", return_preactivation=True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    kw = dict(padding=1, preactivation=z, activation="silu")
+    got = fa.conv2d_backward(dy, x, w, algorithm="winograd", **kw)
+    want = fa.conv2d_backward(dy, x, w, algorithm="im2col", **kw)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * np.abs(r).max())
+    dx, dw, db = fa.conv2d_backward(dy, x, w, algorithm="winograd", need_input_grad=False, **kw)
+    assert dx is None
+    np.testing.assert_array_equal(dw, got[1])
+    np.testing.assert_array_equal(db, got[2])
+    # auto takes Winograd here (8 input channels, float32)
+    np.testing.assert_array_equal(fa.conv2d_backward(dy, x, w, **kw)[1], got[1])
+
+
+@needs_blas
+def test_backward_nonfinite_and_padding_limits():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 8, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    dz = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    dz[1, 2, 3, 3] = np.nan
+    got = fa.conv2d_backward(dz, x, w, padding=1, algorithm="winograd")
+    want = fa.conv2d_backward(dz, x, w, padding=1, algorithm="im2col")
+    for g, r in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+    assert np.isfinite(got[0]).sum() == 2 * 8 * 64 - 8 * 9  # the direct pattern: 9 pixels per channel
+    # padding 3 is beyond the flipped kernel's padding: auto falls back, Winograd is refused
+    dz3 = rng.standard_normal((2, 4, 12, 12)).astype(np.float32)
+    fa.conv2d_backward(dz3, x, w, padding=3)
+    with pytest.raises(ValueError, match="padding of at most 2"):
+        fa.conv2d_backward(dz3, x, w, padding=3, algorithm="winograd")
