@@ -132,10 +132,19 @@ def _check_classes(name, num_classes):
 
 
 def _pool(x, training, saved):
-    """2x2 max-pool; in training mode the input is appended to ``saved`` for the backward."""
-    if training:
-        saved.append(x)
-    return max_pool2d(x, 2)
+    """2x2 max-pool; in training mode the input's shape and the winners' indices are appended to
+    ``saved`` for :func:`_unpool`."""
+    if not training:
+        return max_pool2d(x, 2)
+    y, idx = max_pool2d(x, 2, return_indices=True)
+    saved.append((x.shape, idx))
+    return y
+
+
+def _unpool(dy, saved):
+    """Backward of :func:`_pool` from what it saved."""
+    shape, idx = saved
+    return max_pool2d_backward(dy, shape, 2, indices=idx)
 
 
 def _flatten(x):
@@ -143,8 +152,8 @@ def _flatten(x):
 
 
 def _head(net, out, pools):
-    """The reference nets' tail: 2x2 max-pool, flatten, ``fc1`` + ReLU, ``fc2``; in training mode the
-    pools' inputs (``pools`` plus this one) are saved on ``net`` for :func:`_head_backward`."""
+    """The reference nets' tail: 2x2 max-pool, flatten, ``fc1`` + ReLU, ``fc2``; in training mode what
+    the pools saved (``pools`` plus this one's) is kept on ``net`` for :func:`_head_backward`."""
     out = _pool(out, net.training, pools)
     out = net.fc1.forward(_flatten(out), activation="relu")
     net._saved = tuple(pools) if net.training else None
@@ -152,13 +161,13 @@ def _head(net, out, pools):
 
 
 def _head_backward(net, dy):
-    """Backward of :func:`_head`: (the earlier pools' inputs, the gradient of the last pool's input)."""
+    """Backward of :func:`_head`: (what the earlier pools saved, the gradient of the last pool's input)."""
     if net._saved is None:
         raise RuntimeError(f"{type(net).__name__}.backward called without a forward in training mode")
     *earlier, p = net._saved
     d = net.fc1.backward(net.fc2.backward(dy))
-    N, C, H, W = p.shape
-    return earlier, max_pool2d_backward(d.reshape(N, C, H // 2, W // 2), p, 2)
+    N, C, H, W = p[0]
+    return earlier, _unpool(d.reshape(N, C, H // 2, W // 2), p)
 
 
 class NetDepth(nn.Module):
@@ -223,7 +232,7 @@ class NetDepth(nn.Module):
         d_in = self.conv3.backward(d)
         if self.skip:
             d_in += d
-        d = max_pool2d_backward(self.conv2.backward(max_pool2d_backward(d_in, p2, 2)), p1, 2)
+        d = _unpool(self.conv2.backward(_unpool(d_in, p2)), p1)
         return self.conv1.backward(d, need_input_grad=need_input_grad)
 
 
@@ -363,7 +372,7 @@ class NetResDeep(nn.Module):
     def backward(self, dy, need_input_grad=True):
         """Gradient of the images; parameter gradients accumulate into ``.grad``."""
         (p1,), d = _head_backward(self, dy)
-        d = max_pool2d_backward(self.resblocks.backward(d), p1, 2)
+        d = _unpool(self.resblocks.backward(d), p1)
         return self.conv1.backward(d, need_input_grad=need_input_grad)
 
 

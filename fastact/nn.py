@@ -352,7 +352,8 @@ class Conv2d(Module):
     def backward(self, dy, need_input_grad=True):
         x, z, activation, params = _need_saved(self)
         dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, preactivation=z,
-                                     activation=activation, activation_params=params, need_input_grad=need_input_grad)
+                                     activation=activation, activation_params=params, need_input_grad=need_input_grad,
+                                     algorithm=self.algorithm)
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
