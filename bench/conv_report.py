@@ -75,8 +75,8 @@ def numpy_conv_relu(x, w, b, pad=PAD):
     return np.maximum(y.transpose(0, 3, 1, 2) + b[:, None, None], 0)
 
 
-def fastact_fwd(x, w, b):
-    return fa.conv2d(x, w, b, 1, PAD, activation="relu")
+def fastact_fwd(x, w, b, algorithm="auto"):
+    return fa.conv2d(x, w, b, 1, PAD, activation="relu", algorithm=algorithm)
 
 
 def fastact_fwd_bwd(x, w, b, dy):
@@ -157,7 +157,8 @@ def conv_memory(shape, dtype):
 # ------------------------------------------------------------------------------------------ stages
 
 def stage_times(shape, dtype, repeat=7):
-    """Median seconds of the forward's three stages (summed over tiles) and of the whole conv2d."""
+    """Median seconds of the im2col forward's three stages (summed over tiles) and of the whole
+    conv2d by im2col."""
     matmul = np.matmul
     x, w, b, _ = make_inputs(shape, dtype)
     N, C, H, W = x.shape
@@ -186,13 +187,13 @@ def stage_times(shape, dtype, repeat=7):
             fa.gemm_epilogue(gs[i].reshape(K, m, PQ), b, y[n0:n0 + m].reshape(m, K, PQ), activation="relu")
 
     t = interleaved({"im2col": im2col, "GEMM": gemm, "epilogue": epilogue,
-                     "conv2d (all)": lambda: fastact_fwd(x, w, b)}, repeat)
+                     "conv2d (all)": lambda: fastact_fwd(x, w, b, "im2col")}, repeat)
     # the three stages, run in order tile by tile, really compute the conv
     for i, (n0, m) in enumerate(tiles):
         fa.im2col(x[n0:n0 + m], (R, S), 1, PAD, out=cols[m])
         matmul(w2, cols[m], out=gs[i])
     epilogue()
-    np.testing.assert_allclose(y, fastact_fwd(x, w, b), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, fastact_fwd(x, w, b, "im2col"), rtol=1e-5, atol=1e-5)
     isz = x.dtype.itemsize
     work = {"im2col": (f"{CRS * N * PQ * isz / t['im2col'] / 1e9:.1f} GB/s written "
                        f"(col {CRS}x{nb * PQ}, {len(tiles)} tile(s) of {nb} images)"),
@@ -286,7 +287,7 @@ def memory_markdown(shapes=None, dtypes=DTYPES):
 
 
 def stages_markdown(name="N64 64->64 @32", dtypes=DTYPES):
-    out = [f"Forward stages of {name} (3x3, pad 1, bias + ReLU), median ms:", "",
+    out = [f"Forward stages of {name} by im2col (3x3, pad 1, bias + ReLU), median ms:", "",
            "| dtype | stage | ms | share of conv2d | rate |", "|---|---|---|---|---|"]
     for dt in dtypes:
         t, work = stage_times(SHAPES[name], dt)
