@@ -11,7 +11,7 @@
   fastact plot``: it trains three CNNs for several minutes): training loss and test accuracy of the
   reference networks NetDepth, NetRes and NetResDeep trained with fastact.
 * ``speedup.png`` and ``conv_gflops.png``: speed-up over NumPy and PyTorch against array size, and conv
-  GFLOP/s against the SGEMM floor, read from a directory of benchmark results (``--results DIR``; by
+  GFLOP/s against the SGEMM rate, read from a directory of benchmark results (``--results DIR``; by
   default the newest ``bench/results/<date>/`` under the current directory, which a source checkout
   has and an installed wheel does not): ``activations.md`` from ``python -m fastact bench --markdown``
   and ``conv.txt``, the output of ``bench/conv_report.py``.
@@ -367,9 +367,9 @@ def performance(outdir, results=None):
     rows, sgemm = _read_conv_table(os.path.join(results, "conv.txt"))
     f32 = [r for r in rows if r[1] == "float32"]
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.bar(range(len(f32)), [r[2] for r in f32], color="C0", label="fastact conv + bias + ReLU")
+    ax.bar(range(len(f32)), [r[2] for r in f32], color="C0", label="fastact conv + bias + ReLU (direct-convolution FLOPs / time)")
     if sgemm:
-        ax.axhline(max(sgemm), color="C3", ls="--", label=f"SGEMM floor (same run): {max(sgemm):.0f} GFLOP/s")
+        ax.axhline(max(sgemm), color="C3", ls="--", label=f"SGEMM rate (same run): {max(sgemm):.0f} GFLOP/s, im2col's ceiling")
     ax.set_xticks(range(len(f32)))
     ax.set_xticklabels([r[0] for r in f32], rotation=20, fontsize=7, ha="right")
     ax.set_ylabel("GFLOP/s")

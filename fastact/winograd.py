@@ -28,9 +28,9 @@ import threading
 
 import numpy as np
 
-from . import _codegen, _epilogue, _gemm, _runtime, config
+from . import _blas, _codegen, _epilogue, _gemm, _runtime, config
 
-__all__ = ["BT", "G", "AT", "applies", "transform_weight", "conv2d_forward", "conv2d_backward", "tile_chunk"]
+__all__ = ["BT", "G", "AT", "KRON", "applies", "transform_weight", "conv2d_forward", "conv2d_backward", "tile_chunk"]
 
 #: Input transform B^T (6x6), filter transform G (6x3), output transform A^T (4x6): the interpolation
 #: points 0, 1, -1, 2, -2 and infinity.
@@ -50,7 +50,6 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, -1, 2, -2, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)
-_G = G.copy()  # the compiled weight transform's constant (a global array is frozen into it)
 
 
 def applies(weight_shape, stride, dilation=1):
@@ -58,35 +57,19 @@ def applies(weight_shape, stride, dilation=1):
     return tuple(weight_shape[2:]) == (3, 3) and stride == (1, 1) and dilation in (1, (1, 1))
 
 
+#: ``vec(G g G^T) = KRON @ vec(g)`` (36 x 9): the filter transform of every channel pair as one product
+KRON = np.kron(G, G)
+
+
 def transform_weight(weight):
     """``U = G g G^T`` for every (output, input) channel pair, laid out for the GEMMs: (36, K, C), in
-    the weight's dtype (computed in float64, rounded once)."""
-    w = np.ascontiguousarray(weight)
+    the weight's dtype (one float64 product with :data:`KRON`, rounded once)."""
+    w = np.asarray(weight)
     if w.ndim != 4 or w.shape[2:] != (3, 3):
         raise ValueError(f"transform_weight: weight must have shape (K, C, 3, 3), got {w.shape}")
-    u = np.empty((36,) + w.shape[:2], dtype=w.dtype)
-    _transform_weight(w, u)
-    return u
-
-
-@_runtime.jit()
-def _transform_weight(w, u):
-    K, C = w.shape[0], w.shape[1]
-    g = np.empty((9, C))
-    h = np.empty((18, C))
-    for k in range(K):
-        for i in range(9):   # the pair's 3x3 kernels, one row per tap, channels along it
-            for c in range(C):
-                g[i, c] = w[k, c, i // 3, i % 3]
-        for a in range(6):   # G g
-            for s in range(3):
-                for c in range(C):
-                    h[a * 3 + s, c] = _G[a, 0] * g[s, c] + _G[a, 1] * g[3 + s, c] + _G[a, 2] * g[6 + s, c]
-        for a in range(6):   # (G g) G^T
-            for b in range(6):
-                for c in range(C):
-                    u[a * 6 + b, k, c] = h[a * 3, c] * _G[b, 0] + h[a * 3 + 1, c] * _G[b, 1] + \
-                        h[a * 3 + 2, c] * _G[b, 2]
+    K, C = w.shape[:2]
+    u = _blas.matmul(KRON, np.ascontiguousarray(w.reshape(K * C, 9).T, dtype=np.float64))
+    return np.ascontiguousarray(u.reshape(36, K, C), dtype=w.dtype)
 
 
 def tile_chunk(C, K, itemsize=4):
@@ -461,28 +444,6 @@ def _weight_grad_slots(counter, nslots, x, dz, du, ph, pw, TY, TX, tc):
         sl = _runtime.next_slot(counter)
 
 
-@_runtime.jit()
-def _weight_from_u(du, dw):
-    """``dw[k, c] = G^T du[:, k, c] G`` (3x3 from 6x6), in float64, rounded once."""
-    K, C = dw.shape[0], dw.shape[1]
-    h = np.empty((18, C))
-    for k in range(K):
-        for a in range(6):   # du G: row a of the 6x6, times G
-            for s in range(3):
-                for c in range(C):
-                    acc = 0.0
-                    for b in range(6):
-                        acc += np.float64(du[a * 6 + b, k, c]) * _G[b, s]
-                    h[a * 3 + s, c] = acc
-        for r in range(3):   # G^T (du G)
-            for s in range(3):
-                for c in range(C):
-                    acc = 0.0
-                    for a in range(6):
-                        acc += _G[a, r] * h[a * 3 + s, c]
-                    dw[k, c, r, s] = acc
-
-
 def conv2d_backward(dz, x, weight, padding, need_input_grad=True):
     """``(dx or None, dweight)`` of the 3x3 stride-1 convolution of ``x`` by ``weight`` given ``dz``, the
     gradient of its pre-activation output; all C-contiguous, one dtype. ``dx`` is the convolution of
@@ -510,8 +471,9 @@ def conv2d_backward(dz, x, weight, padding, need_input_grad=True):
     with _gemm.single_threaded():
         _runtime.run_slots(_weight_grad_slots, nslots, (x, dz, du, ph, pw, TY, TX, tc),
                            2 * 36 * K * C * T >= config.CONV_PARALLEL_MIN_FLOPS)
-    dw = np.empty(weight.shape, dtype=dt)
-    _weight_from_u(du[0] if nslots == 1 else du.sum(axis=0), dw)
+    du = (du[0] if nslots == 1 else du.sum(axis=0)).astype(np.float64).reshape(36, K * C)
+    dw = _blas.matmul(np.ascontiguousarray(KRON.T), du)  # vec(G^T dU G) = KRON^T vec(dU), (9, K*C)
+    dw = np.ascontiguousarray(dw.T.reshape(weight.shape), dtype=dt)
     if not np.isfinite(dw).all():
         return None, None
     return dx, dw

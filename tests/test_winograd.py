@@ -142,8 +142,10 @@ def test_choose_algorithm():
     f32, f64 = np.float32, np.float64
     w3 = (8, 4, 3, 3)
     blas = _gemm.available()
-    assert fa.conv.choose_algorithm("auto", (2, 8, 8, 8), w3, 1, f32) == ("winograd" if blas else "im2col")
-    assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f32) == "im2col"  # few channels
+    big = (64, 8, 32, 32)  # 2 * 64 * 8 * 8 * 9 * 32 * 32 = 75 MFLOP
+    assert fa.conv.choose_algorithm("auto", big, (8, 8, 3, 3), 1, f32) == ("winograd" if blas else "im2col")
+    assert fa.conv.choose_algorithm("auto", (64, 4, 32, 32), (8, 4, 3, 3), 1, f32) == "im2col"  # few channels
+    assert fa.conv.choose_algorithm("auto", (2, 8, 8, 8), (8, 8, 3, 3), 1, f32) == "im2col"  # little work
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f64) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 2, f32) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), (8, 4, 5, 5), 1, f32) == "im2col"
@@ -272,8 +274,17 @@ def test_backward_through_an_activation_and_without_input_grad():
     assert dx is None
     np.testing.assert_array_equal(dw, got[1])
     np.testing.assert_array_equal(db, got[2])
-    # auto takes Winograd here (8 input channels, float32)
-    np.testing.assert_array_equal(fa.conv2d_backward(dy, x, w, **kw)[1], got[1])
+
+@needs_blas
+def test_backward_auto_follows_the_rule(monkeypatch):
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((3, 8, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((6, 8, 3, 3)).astype(np.float32)
+    dz = rng.standard_normal((3, 6, 9, 10)).astype(np.float32)
+    by = {a: fa.conv2d_backward(dz, x, w, padding=1, algorithm=a)[1] for a in ("im2col", "winograd")}
+    np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["im2col"])  # little work
+    monkeypatch.setattr(config, "CONV_WINOGRAD_MIN_FLOPS", 0)
+    np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["winograd"])
 
 
 @needs_blas
