@@ -92,12 +92,13 @@ CONV_WINOGRAD = True
 #: channels on 1.0-1.8x, ``python bench/conv_report.py --rule``, docs/performance.md).
 CONV_WINOGRAD_MIN_CHANNELS = 8
 
-#: ... and at least this much work, ``2 * N * K * C * 9 * H * W`` FLOPs (a direct convolution's): the
-#: Winograd kernels take about 9 s to compile on first use (then they are cached), and on smaller
-#: layers (digits' 16 channels at 8x8, batch 32: 9 MFLOP) they save well under a millisecond per call,
-#: so a short job would not earn its compile time back; from ~0.2 GFLOP (16 channels at 28x28, batch
-#: 64) they save 1-3 ms per call (``python bench/conv_report.py --rule``).
-CONV_WINOGRAD_MIN_FLOPS = 50_000_000
+#: ... and at least this much work per image, ``2 * K * C * 9 * H * W`` FLOPs (a direct convolution's):
+#: the Winograd kernels take about 9 s to compile on first use (then they are cached), and layers as
+#: small as the digits net's (16 channels at 8x8: 0.3 MFLOP per image) save a fraction of a millisecond
+#: per call, which a short job would not earn back; the mnist and CIFAR nets' layers (1.8-4.7 MFLOP per
+#: image) save 1-3 ms per call at batch 64 (``python bench/conv_report.py --rule``). Per image, not per
+#: call, so that a layer takes one method for every batch size (training and evaluation alike).
+CONV_WINOGRAD_MIN_IMAGE_FLOPS = 1_000_000
 
 #: Winograd F(4x4, 3x3) works on chunks of tiles whose transformed input and products (36 values per
 #: tile per input and per output channel) take at most this many bytes, so that they stay in L2.

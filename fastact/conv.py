@@ -646,8 +646,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
         stride and dtype). ``'winograd'``: Winograd F(4x4, 3x3) (:mod:`fastact.winograd`), 3x3 kernels at
         stride 1 only, 2.25 multiplies per output and channel pair instead of 9, with a float32 error of
         a few ulps of the output's scale. ``'auto'``: Winograd for float32 3x3 stride-1 convolutions of
-        8 or more input channels and at least 50 MFLOP (a batch of 64 at 28x28 with 16 channels, not
-        8x8 images), im2col otherwise (the rule and its measurements: docs/performance.md).
+        8 or more input channels and at least 1 MFLOP per image (16 channels at 14x14, not at 8x8),
+        im2col otherwise (the rule and its measurements: docs/performance.md).
 
     Returns
     -------
@@ -683,8 +683,8 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
     """The algorithm :func:`conv2d` runs: ``algorithm`` itself when it is ``'im2col'`` or
     ``'winograd'`` (ValueError if Winograd cannot compute this convolution), else the rule of
     ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions of at least
-    ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels and ``config.CONV_WINOGRAD_MIN_FLOPS`` of work
-    when the compiled BLAS call is available (``fastact._gemm``), im2col otherwise."""
+    ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels and ``config.CONV_WINOGRAD_MIN_IMAGE_FLOPS`` of
+    work per image when the compiled BLAS call is available (``fastact._gemm``), im2col otherwise."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     stride = _pair(stride, "stride")
@@ -697,10 +697,10 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
             raise ValueError(f"conv2d: algorithm='winograd' needs BLAS callable from compiled code, which "
                              f"is unavailable here ({_gemm.REASON}); use algorithm='im2col'")
         return "winograd"
-    N, C, H, W = x_shape
-    work = 2 * N * weight_shape[0] * C * 9 * H * W
+    _, C, H, W = x_shape
+    work = 2 * weight_shape[0] * C * 9 * H * W
     if algorithm == "auto" and fits and np.dtype(dtype) == np.float32 and config.CONV_WINOGRAD \
-            and C >= config.CONV_WINOGRAD_MIN_CHANNELS and work >= config.CONV_WINOGRAD_MIN_FLOPS \
+            and C >= config.CONV_WINOGRAD_MIN_CHANNELS and work >= config.CONV_WINOGRAD_MIN_IMAGE_FLOPS \
             and _gemm.available():
         return "winograd"
     return "im2col"

@@ -142,10 +142,10 @@ def test_choose_algorithm():
     f32, f64 = np.float32, np.float64
     w3 = (8, 4, 3, 3)
     blas = _gemm.available()
-    big = (64, 8, 32, 32)  # 2 * 64 * 8 * 8 * 9 * 32 * 32 = 75 MFLOP
+    big = (2, 8, 32, 32)  # 2 * 8 * 8 * 9 * 32 * 32 = 1.2 MFLOP per image
     assert fa.conv.choose_algorithm("auto", big, (8, 8, 3, 3), 1, f32) == ("winograd" if blas else "im2col")
-    assert fa.conv.choose_algorithm("auto", (64, 4, 32, 32), (8, 4, 3, 3), 1, f32) == "im2col"  # few channels
-    assert fa.conv.choose_algorithm("auto", (2, 8, 8, 8), (8, 8, 3, 3), 1, f32) == "im2col"  # little work
+    assert fa.conv.choose_algorithm("auto", (2, 4, 32, 32), (8, 4, 3, 3), 1, f32) == "im2col"  # few channels
+    assert fa.conv.choose_algorithm("auto", (512, 16, 8, 8), (16, 16, 3, 3), 1, f32) == "im2col"  # small images
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f64) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 2, f32) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), (8, 4, 5, 5), 1, f32) == "im2col"
@@ -283,7 +283,7 @@ def test_backward_auto_follows_the_rule(monkeypatch):
     dz = rng.standard_normal((3, 6, 9, 10)).astype(np.float32)
     by = {a: fa.conv2d_backward(dz, x, w, padding=1, algorithm=a)[1] for a in ("im2col", "winograd")}
     np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["im2col"])  # little work
-    monkeypatch.setattr(config, "CONV_WINOGRAD_MIN_FLOPS", 0)
+    monkeypatch.setattr(config, "CONV_WINOGRAD_MIN_IMAGE_FLOPS", 0)
     np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["winograd"])
 
 
