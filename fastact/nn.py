@@ -307,8 +307,8 @@ class Conv2d(Module):
     """2-D convolution, weight (out_channels, in_channels, k, k) as PyTorch.
 
     Initialised like ``torch.nn.Conv2d`` (Kaiming-uniform with a = sqrt(5)) from ``seed``;
-    :func:`fastact.models.vgg` re-initialises with Kaiming-normal. ``algorithm`` is the forward's
-    method, as :func:`fastact.conv2d`'s (``'auto'``, ``'im2col'`` or ``'winograd'``).
+    :func:`fastact.models.vgg` re-initialises with Kaiming-normal. ``algorithm`` is the method of its
+    forward and backward, as :func:`fastact.conv2d`'s (``'auto'``, ``'im2col'`` or ``'winograd'``).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,

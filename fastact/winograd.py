@@ -119,6 +119,8 @@ def _input_tiles(xf, H, W, base, y0, x0, t1, j):
     """Rows of the 6x6 input tile at (y0, x0) of the image plane starting at ``xf[base]``, each
     transformed along its length: ``t1[a*6 + i, j] = (B^T d[a, :])[i]``; zero outside the plane."""
     inside = y0 >= 0 and x0 >= 0 and y0 + 6 <= H and x0 + 6 <= W
+    # a zero of x's dtype (a float literal would be float64); NaN if x[0] is not finite, which flags
+    # the call as non-finite and so recomputes it by im2col, as any non-finite input does
     zero = xf[0] - xf[0]
     for a in range(6):
         yy = y0 + a
@@ -363,7 +365,7 @@ def _a6(d0, d1, d2, d3):
 def _dz_tile_rows(dzf, base, rows, cols, Q, e1, j):
     """The 4x4 tile of dz at ``dzf[base]`` (its first ``rows`` x ``cols`` inside the plane, zero
     beyond), each row expanded along its length: ``e1[p*6 + i, j] = (A dz[p, :])[i]``."""
-    zero = dzf[0] - dzf[0]
+    zero = dzf[0] - dzf[0]  # as in _input_tiles
     for p in range(4):
         o = base + p * Q
         if p < rows and cols == 4:
