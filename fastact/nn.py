@@ -55,7 +55,8 @@ from .loss import cross_entropy, cross_entropy_backward
 from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward,
                    max_pool2d, max_pool2d_backward)
 
-__all__ = ["Parameter", "Module", "Sequential", "Residual", "Conv2d", "Linear", "BatchNorm2d",
+__all__ = ["Parameter", "Module", "Sequential", "Residual", "Identity", "SqueezeExcitation", "Conv2d", "Linear",
+           "BatchNorm2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Flatten", "Activation", "PReLU",
            "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "init"]
 
@@ -651,6 +652,84 @@ class Residual(Module):
     def backward(self, dy, need_input_grad=True):
         dy = np.asarray(dy)
         return self.block.backward(dy) + dy
+
+
+class Identity(Module):
+    """``y = x``, as ``torch.nn.Identity`` (its arguments are accepted and ignored): the placeholder a
+    network puts where a block has nothing to do (a shortcut without projection, a removed head).
+
+    >>> import numpy as np
+    >>> from fastact import nn
+    >>> nn.Identity(54, unused="x")(np.ones(3)).tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy, need_input_grad=True):
+        return dy
+
+
+class SqueezeExcitation(Module):
+    """Squeeze-and-excitation (Hu et al., 2018) with torchvision's semantics and keys:
+    ``x * scale_activation(fc2(activation(fc1(avgpool(x)))))``, ``avgpool`` the global average pool,
+    ``fc1`` (``input_channels -> squeeze_channels``) and ``fc2`` (back) 1x1 convolutions with bias.
+
+    ``activation`` and ``scale_activation`` are module classes (or any callable returning a module),
+    called without arguments: MobileNetV3 uses ``nn.ReLU`` and ``nn.Hardsigmoid``. Keys ``fc1.weight``,
+    ``fc1.bias``, ``fc2.weight``, ``fc2.bias``, so torchvision's weights load unchanged. The two
+    convolutions are initialised as ``nn.Conv2d`` from seeds drawn from ``seed``.
+
+    >>> import numpy as np
+    >>> from fastact import nn
+    >>> se = nn.SqueezeExcitation(16, 4, scale_activation=nn.Hardsigmoid, seed=0)
+    >>> list(se.state_dict())
+    ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+    >>> se(np.ones((2, 16, 5, 5), np.float32)).shape
+    (2, 16, 5, 5)
+    """
+
+    def __init__(self, input_channels, squeeze_channels, activation=None, scale_activation=None, *,
+                 dtype=np.float32, seed=None):
+        super().__init__()
+        s1, s2 = np.random.SeedSequence(seed).spawn(2) if seed is not None else (None, None)
+        self.avgpool = AdaptiveAvgPool2d(1)
+        self.fc1 = Conv2d(input_channels, squeeze_channels, 1, dtype=dtype, seed=s1)
+        self.fc2 = Conv2d(squeeze_channels, input_channels, 1, dtype=dtype, seed=s2)
+        self.activation = _make_module("activation", ReLU if activation is None else activation)
+        self.scale_activation = _make_module("scale_activation",
+                                             Sigmoid if scale_activation is None else scale_activation)
+
+    def _scale(self, x):
+        return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[1] != self.fc1.in_channels:
+            raise ValueError(f"SqueezeExcitation: x must be (N, {self.fc1.in_channels}, H, W), got shape "
+                             f"{x.shape}")
+        scale = self._scale(x)
+        if self.training:
+            self._saved = (x, scale)
+        return scale * x
+
+    def backward(self, dy, need_input_grad=True):
+        x, scale = _need_saved(self)
+        dy = np.asarray(dy)
+        dscale = (dy * x).sum(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype)
+        d = self.fc1.backward(self.activation.backward(self.fc2.backward(self.scale_activation.backward(dscale))))
+        return dy * scale + self.avgpool.backward(d)
+
+
+def _make_module(name, factory):
+    m = factory() if not isinstance(factory, Module) else factory
+    if not isinstance(m, Module):
+        raise TypeError(f"SqueezeExcitation: {name} must make a fastact.nn Module, got {type(m).__name__}")
+    return m
 
 
 class Flatten(Module):
