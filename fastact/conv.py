@@ -34,46 +34,90 @@ import threading
 import numba
 import numpy as np
 
-from . import _blas, _epilogue, _gemm, _runtime, config, winograd
+from . import _blas, _epilogue, _gemm, _runtime, config, depthwise, winograd
 from ._util import check_preactivation
 from ._util import compute_dtype as _compute_dtype
 from ._util import pair as _pair
 from ._util import row_sum as _row_sum
 
-__all__ = ["conv2d", "conv2d_backward", "conv_output_shape", "images_per_tile", "im2col", "gemm_epilogue",
-           "release_workspaces", "ALGORITHMS", "choose_algorithm"]
+__all__ = ["conv2d", "conv2d_backward", "conv_output_shape", "conv_geometry", "images_per_tile", "im2col",
+           "gemm_epilogue", "release_workspaces", "ALGORITHMS", "choose_algorithm"]
 
 
-def conv_output_shape(x_shape, w_shape, stride=1, padding=0):
+def conv_output_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
     """(N, K, P, Q) of conv2d for these shapes; ValueError naming the shapes when they don't fit.
 
     >>> import fastact as fa
     >>> fa.conv_output_shape((8, 3, 32, 32), (16, 3, 3, 3), stride=2, padding=1)
     (8, 16, 16, 16)
+    >>> fa.conv_output_shape((8, 32, 15, 15), (32, 1, 3, 3), padding="same", dilation=2, groups=32)
+    (8, 32, 15, 15)
     """
+    return conv_geometry(x_shape, w_shape, stride, padding, dilation, groups)[0]
+
+
+def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """``((N, K, P, Q), (sh, sw), (top, bottom, left, right), (dh, dw), groups)`` of a convolution, with
+    PyTorch's rules and errors: ``padding`` an int, a pair, ``"valid"`` (none) or ``"same"`` (stride 1
+    only; the output keeps the input's size, the odd pixel of an even total padding at the bottom and
+    right); ``weight`` (K, C // groups, R, S); C and K divisible by ``groups``."""
     if len(x_shape) != 4:
         raise ValueError(f"conv2d: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     if len(w_shape) != 4:
-        raise ValueError(f"conv2d: weight must be 4-D (K, C, R, S), got shape {tuple(w_shape)}")
+        raise ValueError(f"conv2d: weight must be 4-D (K, C // groups, R, S), got shape {tuple(w_shape)}")
     N, C, H, W = x_shape
     K, Cw, R, S = w_shape
     sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if type(groups) is not int and not (isinstance(groups, (int, np.integer)) and not isinstance(groups, bool)):
+        raise TypeError(f"conv2d: groups must be an int, got {groups!r}")
+    groups = int(groups)
     if sh < 1 or sw < 1:
         raise ValueError(f"conv2d: stride must be >= 1, got {stride!r}")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"conv2d: padding must be >= 0, got {padding!r}")
-    if C != Cw:
-        raise ValueError(f"conv2d: x has {C} channels (shape {tuple(x_shape)}) but weight expects {Cw} "
-                         f"(shape {tuple(w_shape)})")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"conv2d: dilation must be >= 1, got {dilation!r}")
+    if groups < 1:
+        raise ValueError(f"conv2d: groups must be >= 1, got {groups}")
+    if C % groups:
+        raise ValueError(f"conv2d: in_channels must be divisible by groups: x has {C} channels (shape "
+                         f"{tuple(x_shape)}), groups={groups}")
+    if K % groups:
+        raise ValueError(f"conv2d: out_channels must be divisible by groups: weight has {K} (shape "
+                         f"{tuple(w_shape)}), groups={groups}")
+    if C // groups != Cw:
+        raise ValueError(f"conv2d: x has {C} channels (shape {tuple(x_shape)}) but weight expects "
+                         f"{Cw * groups} (shape {tuple(w_shape)}, groups={groups})")
     if R < 1 or S < 1 or K < 1:
         raise ValueError(f"conv2d: weight shape {tuple(w_shape)} has an empty dimension")
-    if R > H + 2 * ph or S > W + 2 * pw:
-        raise ValueError(f"conv2d: kernel {R}x{S} is larger than the padded input {H + 2 * ph}x"
-                         f"{W + 2 * pw} (x shape {tuple(x_shape)}, padding {padding!r})")
-    P = (H + 2 * ph - R) // sh + 1
-    Q = (W + 2 * pw - S) // sw + 1
-    return N, K, P, Q
+    Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions "
+                                 f"(stride {stride!r})")
+            pads = ((Re - 1) // 2, Re - 1 - (Re - 1) // 2, (Se - 1) // 2, Se - 1 - (Se - 1) // 2)
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    else:
+        ph, pw = _pair(padding, "padding")
+        if ph < 0 or pw < 0:
+            raise ValueError(f"conv2d: padding must be >= 0, got {padding!r}")
+        pads = (ph, ph, pw, pw)
+    Hp, Wp = H + pads[0] + pads[1], W + pads[2] + pads[3]
+    if Re > Hp or Se > Wp:
+        raise ValueError(f"conv2d: kernel {R}x{S} (dilation {dh}x{dw}: {Re}x{Se}) is larger than the "
+                         f"padded input {Hp}x{Wp} (x shape {tuple(x_shape)}, padding {padding!r})")
+    P = (Hp - Re) // sh + 1
+    Q = (Wp - Se) // sw + 1
+    return (N, K, P, Q), (sh, sw), pads, (dh, dw), groups
+
+
+def _is_plain(pads, dilation, groups):
+    """True for the convolutions of the im2col/Winograd kernels: one group, no dilation, the same
+    padding on both sides of each axis."""
+    return groups == 1 and dilation == (1, 1) and pads[0] == pads[1] and pads[2] == pads[3]
 
 
 # ---------------------------------------------------------------------------------- im2col / col2im
@@ -618,20 +662,30 @@ def _prepare(x, weight, bias, stride, padding):
     return x, weight, bias, dt, (N, K, P, Q)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activation_params=None,
-           return_preactivation=False, algorithm="auto"):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
+           activation_params=None, return_preactivation=False, algorithm="auto"):
     """2-D convolution (cross-correlation, as PyTorch) with bias and activation fused into its epilogue.
 
-    ``z[n, k, p, q] = bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, c, p*sh + r, q*sw + s]`` and
-    ``y = act(z)``, where ``xpad`` is ``x`` zero-padded by ``padding`` on each side.
+    ``z[n, k, p, q] = bias[k] + sum_{c,r,s} weight[k, c, r, s] * xpad[n, g*C/G + c, p*sh + r*dh, q*sw + s*dw]``
+    and ``y = act(z)``, where ``xpad`` is ``x`` zero-padded by ``padding``, ``g = k // (K/G)`` the group
+    of output channel k and ``G = groups``.
 
     Parameters
     ----------
     x : array_like, shape (N, C, H, W)
-    weight : array_like, shape (K, C, R, S)
+    weight : array_like, shape (K, C // groups, R, S)
     bias : array_like, shape (K,), optional
-    stride, padding : int or (int, int)
-        Zero padding on each side.
+    stride : int or (int, int)
+    padding : int, (int, int), 'same' or 'valid'
+        Zero padding on each side; ``'valid'`` none, ``'same'`` (stride 1 only) what keeps the output
+        the input's size (with an even total, the extra row and column at the bottom and right, as
+        PyTorch).
+    dilation : int or (int, int)
+        Spacing between the kernel's taps.
+    groups : int
+        Input and output channels split into this many groups, each convolved on its own; C and K
+        must be divisible by it. ``groups == C`` is a depthwise convolution (a direct kernel of its own,
+        :mod:`fastact.depthwise`).
     activation : str, optional
         Any elementwise activation of the table (``'relu'``, ``'gelu'``, ...), applied in the same pass
         that writes ``y``.
@@ -669,8 +723,16 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, *, activation=None, activa
     array([[ 4., -1.]], dtype=float32)
     """
     keep_z = return_preactivation and activation is not None
-    y, z = _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z,
-                           algorithm)
+    x, weight = np.asarray(x), np.asarray(weight)
+    shape, stride, pads, dilation, groups = conv_geometry(x.shape, weight.shape, stride, padding, dilation,
+                                                          groups)
+    if _is_plain(pads, dilation, groups):
+        y, z = _conv2d_forward(x, weight, bias, stride, (pads[0], pads[2]), activation, activation_params,
+                               keep_z, algorithm)
+    else:
+        _general_algorithm(algorithm)
+        y, z = _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, activation,
+                               activation_params, keep_z)
     if not return_preactivation:
         return y
     return y, (z if keep_z else y)
@@ -760,10 +822,160 @@ def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_par
     return y, z
 
 
+def _general_algorithm(algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "winograd":
+        raise ValueError("conv2d: algorithm='winograd' needs one group, no dilation and the same padding on "
+                         "both sides")
+
+
+def _unfold(xp, R, S, stride, dilation, P, Q):
+    """im2col of an already padded ``xp`` (m, C, Hp, Wp) with dilation, by strided slices: (C*R*S, m*P*Q)."""
+    m, C = xp.shape[:2]
+    (sh, sw), (dh, dw) = stride, dilation
+    col = np.empty((C, R, S, m, P, Q), dtype=xp.dtype)
+    for r in range(R):
+        for s in range(S):
+            col[:, r, s] = xp[:, :, r * dh:r * dh + sh * (P - 1) + 1:sh,
+                              s * dw:s * dw + sw * (Q - 1) + 1:sw].transpose(1, 0, 2, 3)
+    return col.reshape(C * R * S, m * P * Q)
+
+
+def _pad(x, pads):
+    pt, pb, pl, pr = pads
+    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(pads) else x
+
+
+def _conv_unfold(x, w, stride, pads, dilation, out):
+    """``out`` (N, K, P, Q) = the convolution of one group (no bias): im2col by slices of the padded
+    input, tile by tile of images, and one GEMM per tile."""
+    N, C = x.shape[:2]
+    K, _, R, S = w.shape
+    P, Q = out.shape[2:]
+    xp = _pad(x, pads)
+    w2 = np.ascontiguousarray(w.reshape(K, C * R * S))
+    nb = _tile(N, C * R * S, P * Q, x.itemsize)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        g = _blas.matmul(w2, _unfold(xp[n0:n0 + m], R, S, stride, dilation, P, Q))
+        out[n0:n0 + m] = g.reshape(K, m, P, Q).transpose(1, 0, 2, 3)
+
+
+def _conv_unfold_backward(dz, x, w, stride, pads, dilation, need_input_grad):
+    """(dx or None, dweight) of :func:`_conv_unfold` given ``dz``: dweight = dz @ col^T per tile, and
+    dcol = w^T @ dz added back through the same slices (one slice never repeats a pixel)."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    P, Q = dz.shape[2:]
+    (sh, sw), (dh, dw) = stride, dilation
+    xp = _pad(x, pads)
+    w2 = np.ascontiguousarray(w.reshape(K, C * R * S))
+    dw2 = np.zeros((K, C * R * S), dtype=x.dtype)
+    dxp = np.zeros(xp.shape, dtype=x.dtype) if need_input_grad else None
+    nb = _tile(N, C * R * S, P * Q, x.itemsize)
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        col = _unfold(xp[n0:n0 + m], R, S, stride, dilation, P, Q)
+        dzc = np.ascontiguousarray(dz[n0:n0 + m].transpose(1, 0, 2, 3)).reshape(K, m * P * Q)
+        dw2 += _blas.matmul(dzc, col.T)
+        if need_input_grad:
+            dcol = _blas.matmul(w2.T, dzc).reshape(C, R, S, m, P, Q)
+            for r in range(R):
+                for s in range(S):
+                    dxp[n0:n0 + m, :, r * dh:r * dh + sh * (P - 1) + 1:sh,
+                        s * dw:s * dw + sw * (Q - 1) + 1:sw] += dcol[:, r, s].transpose(1, 0, 2, 3)
+    dx = None
+    if need_input_grad:
+        pt, pl = pads[0], pads[2]
+        dx = np.ascontiguousarray(dxp[:, :, pt:pt + H, pl:pl + W])
+    return dx, dw2.reshape(w.shape)
+
+
+def _groups(C, K, groups):
+    """[(input channel slice, output channel slice)] of each group."""
+    Cg, Kg = C // groups, K // groups
+    return [(slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)) for g in range(groups)]
+
+
+def _is_depthwise(C, groups):
+    return groups == C and groups > 1
+
+
+def _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, activation, activation_params,
+                    keep_z):
+    """conv2d with groups, dilation or uneven padding: depthwise by its direct kernel, other groups one
+    by one through im2col by slices; then the bias and the activation in place."""
+    N, K, P, Q = shape
+    dt = _compute_dtype(x.dtype, weight.dtype)
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.shape != (K,):
+            raise ValueError(f"conv2d: bias must have shape ({K},) for weight of shape {weight.shape}, "
+                             f"got {bias.shape}")
+        dt = _compute_dtype(dt, bias.dtype)
+    pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
+    x = np.ascontiguousarray(x, dtype=dt)
+    weight = np.ascontiguousarray(weight, dtype=dt)
+    b = np.zeros(K, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt)
+    y = np.empty(shape, dtype=dt)
+    z = np.empty(shape, dtype=dt) if keep_z else None
+    if N == 0 or P * Q == 0:
+        return y, z
+    C = x.shape[1]
+    if _is_depthwise(C, groups):
+        depthwise.forward(x, weight, y, *stride, pads[0], pads[2], *dilation)
+    else:
+        for cs, ks in _groups(C, K, groups):
+            yg = np.empty((N, ks.stop - ks.start, P, Q), dtype=dt)
+            _conv_unfold(np.ascontiguousarray(x[:, cs]), weight[ks], stride, pads, dilation, yg)
+            y[:, ks] = yg
+    zt = z.reshape(N, K, P * Q) if keep_z else np.empty((0, 0, 0), dtype=dt)
+    _epilogue.get("conv_inplace", activation)(y.reshape(N, K, P * Q), b, zt, *pv)
+    return y, z
+
+
+def _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, groups, preactivation, activation,
+                             activation_params, need_input_grad):
+    N, K, P, Q = shape
+    dt = _compute_dtype(x.dtype, weight.dtype)
+    x = np.ascontiguousarray(x, dtype=dt)
+    weight = np.ascontiguousarray(weight, dtype=dt)
+    dy = np.asarray(dy)
+    if dy.shape != shape:
+        raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with weight "
+                         f"{weight.shape} gives {shape}")
+    if activation is None:
+        _epilogue.param_values(None, activation_params)
+        dz = np.ascontiguousarray(dy, dtype=dt)
+        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    else:
+        z = check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
+        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
+                                         activation_params)
+        dz = dz.reshape(shape)
+    C = x.shape[1]
+    dx = np.zeros(x.shape, dtype=dt) if need_input_grad else None
+    dw = np.zeros(weight.shape, dtype=dt)
+    if N == 0 or P * Q == 0:
+        return dx, dw, dbias
+    if _is_depthwise(C, groups):
+        depthwise.backward_weight(dz, x, dw, *stride, pads[0], pads[2], *dilation)
+        if need_input_grad:
+            depthwise.backward_input(dz, weight, dx, *stride, pads[0], pads[2], *dilation)
+        return dx, dw, dbias
+    for cs, ks in _groups(C, K, groups):
+        dxg, dw[ks] = _conv_unfold_backward(np.ascontiguousarray(dz[:, ks]), np.ascontiguousarray(x[:, cs]),
+                                            weight[ks], stride, pads, dilation, need_input_grad)
+        if need_input_grad:
+            dx[:, cs] = dxg
+    return dx, dw, dbias
+
+
 # ----------------------------------------------------------------------------------------- backward
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, activation=None,
-                    activation_params=None, need_input_grad=True, algorithm="auto"):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *, preactivation=None,
+                    activation=None, activation_params=None, need_input_grad=True, algorithm="auto"):
     """Gradients of :func:`conv2d`: returns ``(dx, dweight, dbias)``.
 
     Without ``activation``, ``dy`` is the gradient of the pre-activation ``z`` (conv + bias). With
@@ -777,8 +989,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     ----------
     dy : array_like, shape (N, K, P, Q)
     x : array_like, shape (N, C, H, W)
-    weight : array_like, shape (K, C, R, S)
-    stride, padding : int or (int, int)
+    weight : array_like, shape (K, C // groups, R, S)
+    stride, padding, dilation, groups
         As in the forward.
     preactivation : array_like, shape (N, K, P, Q), optional
         The forward's ``z``; required with ``activation``, ignored without.
@@ -826,6 +1038,14 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, *, preactivation=None, a
     (array([[4., 5.],
            [7., 8.]]), array([1.]))
     """
+    x, weight = np.asarray(x), np.asarray(weight)
+    shape, stride, pads, dilation, groups = conv_geometry(x.shape, weight.shape, stride, padding, dilation,
+                                                          groups)
+    if not _is_plain(pads, dilation, groups):
+        _general_algorithm(algorithm)
+        return _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, groups, preactivation,
+                                        activation, activation_params, need_input_grad)
+    padding = (pads[0], pads[2])
     x, weight, _, dt, shape = _prepare(x, weight, None, stride, padding)
     dy = np.asarray(dy)
     if dy.shape != shape:
