@@ -535,8 +535,8 @@ def _torch_module(torch, m):
     """The torch.nn module doing what the fastact module ``m`` does (its configuration, not weights)."""
     tnn = torch.nn
     if isinstance(m, nn.Conv2d):
-        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                          bias=m.bias is not None)
+        return tnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                          m.groups, bias=m.bias is not None)
     if isinstance(m, nn.Linear):
         return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, nn.BatchNorm2d):

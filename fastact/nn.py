@@ -305,15 +305,17 @@ def _need_saved(module):
 
 
 class Conv2d(Module):
-    """2-D convolution, weight (out_channels, in_channels, k, k) as PyTorch.
+    """2-D convolution, weight (out_channels, in_channels // groups, kh, kw) as PyTorch
+    (:func:`fastact.conv2d`: ``padding`` an int, a pair, ``'same'`` or ``'valid'``; ``dilation``;
+    ``groups``, ``groups == in_channels`` being a depthwise convolution).
 
     Initialised like ``torch.nn.Conv2d`` (Kaiming-uniform with a = sqrt(5)) from ``seed``;
     :func:`fastact.models.vgg` re-initialises with Kaiming-normal. ``algorithm`` is the method of its
     forward and backward, as :func:`fastact.conv2d`'s (``'auto'``, ``'im2col'`` or ``'winograd'``).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, *,
-                 dtype=np.float32, seed=None, algorithm="auto"):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, *, dtype=np.float32, seed=None, algorithm="auto"):
         super().__init__()
         if algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -322,37 +324,54 @@ class Conv2d(Module):
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kh", kh), ("kw", kw)):
             if int(v) < 1:
                 raise ValueError(f"Conv2d: {name} must be >= 1, got {v}")
+        if int(groups) < 1:
+            raise ValueError(f"Conv2d: groups must be >= 1, got {groups}")
+        if in_channels % groups:
+            raise ValueError(f"Conv2d: in_channels must be divisible by groups ({in_channels}, {groups})")
+        if out_channels % groups:
+            raise ValueError(f"Conv2d: out_channels must be divisible by groups ({out_channels}, {groups})")
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            raise ValueError(f"Conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and stride not in (1, (1, 1)):
+            raise ValueError("Conv2d: padding='same' is not supported for strided convolutions")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dilation, self.groups = dilation, int(groups)
         rng = np.random.default_rng(seed)
-        bound = 1.0 / np.sqrt(in_channels * kh * kw)
-        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels, kh, kw)).astype(dtype))
+        fan_in = in_channels // groups * kh * kw
+        bound = 1.0 / np.sqrt(fan_in)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_channels, in_channels // groups, kh, kw))
+                                .astype(dtype))
         if bias:
             self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(dtype))
         else:
             self.bias = None
 
     def extra_repr(self):
-        algo = "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
+        extra = "" if self.dilation in (1, (1, 1)) else f", dilation={self.dilation}"
+        extra += "" if self.groups == 1 else f", groups={self.groups}"
+        extra += "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}{algo}")
+                f"stride={self.stride}, padding={self.padding}{extra}")
 
     def forward(self, x, activation=None, activation_params=None):
         bias = None if self.bias is None else self.bias.data
         if not self.training:
-            return conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
-                          activation_params=activation_params, algorithm=self.algorithm)
+            return conv2d(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups,
+                          activation=activation, activation_params=activation_params, algorithm=self.algorithm)
         # training keeps the pre-activation for the backward (without an activation it is y itself,
         # and the backward does not read it)
-        y, z = conv2d(x, self.weight.data, bias, self.stride, self.padding, activation=activation,
-                      activation_params=activation_params, return_preactivation=True, algorithm=self.algorithm)
+        y, z = conv2d(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups,
+                      activation=activation, activation_params=activation_params, return_preactivation=True,
+                      algorithm=self.algorithm)
         self._saved = (np.ascontiguousarray(x, dtype=y.dtype), None if activation is None else z,
                        activation, activation_params)
         return y
 
     def backward(self, dy, need_input_grad=True):
         x, z, activation, params = _need_saved(self)
-        dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, preactivation=z,
+        dx, dw, db = conv2d_backward(dy, x, self.weight.data, self.stride, self.padding, self.dilation,
+                                     self.groups, preactivation=z,
                                      activation=activation, activation_params=params, need_input_grad=need_input_grad,
                                      algorithm=self.algorithm)
         _accumulate(self.weight, dw)

@@ -93,6 +93,8 @@ def _kernels():
 
 
 def _geometry(x, w, stride, padding):
+    if isinstance(padding, str):
+        raise ValueError(f"fastact.cuda.conv2d: padding must be an int or a pair here, got {padding!r}")
     shape = conv_output_shape(x.shape, w.shape, stride, padding)
     sh, sw = pair(stride, "stride")
     ph, pw = pair(padding, "padding")

@@ -54,6 +54,10 @@ class DeviceNet:
             act = None if j is None else mods[j]
             if not isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten, nn.Activation)):
                 raise TypeError(f"DeviceNet: module {i} ({type(m).__name__}) has no GPU implementation")
+            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation not in (1, (1, 1))
+                                             or isinstance(m.padding, str)):
+                raise ValueError(f"DeviceNet: module {i} ({m!r}): the GPU convolution has no groups, dilation "
+                                 f"or 'same'/'valid' padding")
             self.plan.append((i, m, act))
         self._saved = None
 
