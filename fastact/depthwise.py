@@ -35,23 +35,32 @@ def forward(x, w, y, sh, sw, pt, pl, dh, dw):
     K, _, R, S = w.shape
     P, Q = y.shape[2], y.shape[3]
     m = K // C
+    xf = x.reshape(-1)   # flat offsets: a view per row or plane would cost more than the plane's work
+    yf = y.reshape(-1)
+    wf = w.reshape(-1)
     for nk in _runtime.prange(N * K):
         n = nk // K
         k = nk - n * K
-        c = k // m
-        for p in range(P):
-            for q in range(Q):
-                y[n, k, p, q] = 0.0
+        xb = (n * C + k // m) * H * W
+        yb = nk * P * Q
+        for t in range(P * Q):
+            yf[yb + t] = 0.0
         for r in range(R):
             for s in range(S):
-                wv = w[k, 0, r, s]
+                wv = wf[(k * R + r) * S + s]
                 q0, q1 = _columns(Q, W, sw, pl, s, dw)
                 off = s * dw - pl
                 for p in range(P):
                     h = p * sh - pt + r * dh
                     if 0 <= h < H:
-                        for q in range(q0, q1):
-                            y[n, k, p, q] += wv * x[n, c, h, q * sw + off]
+                        yo = yb + p * Q
+                        xo = xb + h * W + off
+                        if sw == 1:   # unit stride known to the compiler: the loop vectorises
+                            for q in range(q0, q1):
+                                yf[yo + q] += wv * xf[xo + q]
+                        else:
+                            for q in range(q0, q1):
+                                yf[yo + q] += wv * xf[xo + q * sw]
 
 
 @_runtime.jit(parallel=True)
@@ -61,33 +70,46 @@ def backward_input(dz, w, dx, sh, sw, pt, pl, dh, dw):
     K, _, R, S = w.shape
     P, Q = dz.shape[2], dz.shape[3]
     m = K // C
+    dxf = dx.reshape(-1)
+    dzf = dz.reshape(-1)
+    wf = w.reshape(-1)
     for nc in _runtime.prange(N * C):
         n = nc // C
         c = nc - n * C
-        for h in range(H):
-            for v in range(W):
-                dx[n, c, h, v] = 0.0
+        xb = nc * H * W
+        for t in range(H * W):
+            dxf[xb + t] = 0.0
         for k in range(c * m, (c + 1) * m):
+            zb = (n * K + k) * P * Q
             for r in range(R):
                 for s in range(S):
-                    wv = w[k, 0, r, s]
+                    wv = wf[(k * R + r) * S + s]
                     q0, q1 = _columns(Q, W, sw, pl, s, dw)
                     off = s * dw - pl
                     for p in range(P):
                         h = p * sh - pt + r * dh
                         if 0 <= h < H:
-                            for q in range(q0, q1):
-                                dx[n, c, h, q * sw + off] += wv * dz[n, k, p, q]
+                            zo = zb + p * Q
+                            xo = xb + h * W + off
+                            if sw == 1:
+                                for q in range(q0, q1):
+                                    dxf[xo + q] += wv * dzf[zo + q]
+                            else:
+                                for q in range(q0, q1):
+                                    dxf[xo + q * sw] += wv * dzf[zo + q]
 
 
 @_runtime.jit(parallel=True)
 def backward_weight(dz, x, dw_out, sh, sw, pt, pl, dh, dw):
     """``dw_out`` (K, 1, R, S): the gradient of :func:`forward`'s weight given ``dz``, each sum over
-    (n, p, q) accumulated in float64 (one accumulator per output column, so the loop vectorises)."""
+    (n, p, q) accumulated in float64 per output column (so the loop over columns vectorises)."""
     N, C, H, W = x.shape
     K, _, R, S = dw_out.shape
     P, Q = dz.shape[2], dz.shape[3]
     m = K // C
+    xf = x.reshape(-1)
+    dzf = dz.reshape(-1)
+    dwf = dw_out.reshape(-1)
     for krs in _runtime.prange(K * R * S):
         k = krs // (R * S)
         rs = krs - k * (R * S)
@@ -98,9 +120,17 @@ def backward_weight(dz, x, dw_out, sh, sw, pt, pl, dh, dw):
         off = s * dw - pl
         acc = np.zeros(max(q1 - q0, 1))
         for n in range(N):
+            xb = (n * C + c) * H * W
+            zb = (n * K + k) * P * Q
             for p in range(P):
                 h = p * sh - pt + r * dh
                 if 0 <= h < H:
-                    for q in range(q0, q1):
-                        acc[q - q0] += np.float64(dz[n, k, p, q]) * np.float64(x[n, c, h, q * sw + off])
-        dw_out[k, 0, r, s] = acc.sum() if q1 > q0 else 0.0
+                    zo = zb + p * Q
+                    xo = xb + h * W + off
+                    if sw == 1:
+                        for q in range(q0, q1):
+                            acc[q - q0] += np.float64(dzf[zo + q]) * np.float64(xf[xo + q])
+                    else:
+                        for q in range(q0, q1):
+                            acc[q - q0] += np.float64(dzf[zo + q]) * np.float64(xf[xo + q * sw])
+        dwf[krs] = acc.sum() if q1 > q0 else 0.0
