@@ -1,6 +1,6 @@
 """Conv layer report: fastact's conv3x3 + bias + ReLU against NumPy and PyTorch, side by side in one process.
 
-    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick | --layers | --rule | --accuracy | --threads]
+    PYTHONPATH=. python bench/conv_report.py [--repeat 7] [--quick | --layers | --rule | --depthwise | --accuracy | --threads]
 
 For each layer shape of the peer table in docs/performance.md and float32/float64 it prints, as a
 markdown table: fastact's forward time and GFLOP/s (a conv does 2*N*K*C*R*S*P*Q FLOPs), the NumPy
@@ -481,6 +481,38 @@ def rule_markdown(repeat=11):
     return "\n".join(lines)
 
 
+#: (C, H, stride): MobileNetV2's depthwise 3x3 layers at CIFAR size (32x32 input), batch 64
+DEPTHWISE_SHAPES = [(96, 16, 1), (144, 16, 1), (144, 16, 2), (192, 8, 1), (384, 4, 1), (960, 2, 1)]
+
+
+def depthwise_markdown(repeat=9):
+    """Depthwise 3x3 + bias + ReLU6 (padding 1, batch 64, float32), training forward (keeping the
+    pre-activation) and backward, fastact against PyTorch, interleaved."""
+    torch = benchmark.load_torch(TORCH_THREADS)
+    F = torch.nn.functional
+    lines = ["| layer | fastact fwd ms | PyTorch fwd ms | ratio | fastact bwd ms | PyTorch bwd ms | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for C, H, st in DEPTHWISE_SHAPES:
+        x, _, _, _ = make_inputs((64, C, H, H, C), np.float32)
+        rng = np.random.default_rng(1)
+        w = (rng.standard_normal((C, 1, 3, 3)) / 3).astype(np.float32)
+        b = np.zeros(C, np.float32)
+        y, z = fa.conv2d(x, w, b, st, 1, 1, C, activation="relu6", return_preactivation=True)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
+        ty = F.relu6(F.conv2d(tx, tw, tb, st, 1, 1, C))
+        tdy = torch.from_numpy(dy)
+        t = interleaved({
+            "fa fwd": lambda: fa.conv2d(x, w, b, st, 1, 1, C, activation="relu6", return_preactivation=True),
+            "fa bwd": lambda: fa.conv2d_backward(dy, x, w, st, 1, 1, C, preactivation=z, activation="relu6"),
+            "torch fwd": lambda: F.relu6(F.conv2d(tx, tw, tb, st, 1, 1, C)),
+            "torch bwd": lambda: torch.autograd.grad(ty, (tx, tw, tb), tdy, retain_graph=True)}, repeat)
+        lines.append(f"| {C} @{H} stride {st} | {_ms(t['fa fwd'])} | {_ms(t['torch fwd'])} | "
+                     f"{t['torch fwd'] / t['fa fwd']:.2f}x | {_ms(t['fa bwd'])} | {_ms(t['torch bwd'])} | "
+                     f"{t['torch bwd'] / t['fa bwd']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=7)
@@ -491,6 +523,8 @@ def main(argv=None):
                    help="only the per-layer training forward/backward table (im2col, Winograd, PyTorch), "
                         "interleaved and each library alone")
     p.add_argument("--layers-peer", action="store_true", help=argparse.SUPPRESS)  # --layers' PyTorch child
+    p.add_argument("--depthwise", action="store_true",
+                   help="only depthwise 3x3 + ReLU6 at MobileNetV2's CIFAR shapes against PyTorch")
     p.add_argument("--rule", action="store_true",
                    help="only im2col against Winograd over the layer shapes behind algorithm='auto'")
     p.add_argument("--accuracy", action="store_true",
@@ -506,6 +540,11 @@ def main(argv=None):
     print(f"CONV_WORKSPACE_BYTES = {fa.config.CONV_WORKSPACE_BYTES}")
     print(f"conv GEMM: {fa.system.info()['conv GEMM']}")
     print("Peer time / fastact time: above 1.00x fastact is faster.\n")
+    if a.depthwise:
+        if benchmark.load_torch() is None:
+            sys.exit("--depthwise compares with PyTorch, which is not installed")
+        print(depthwise_markdown(a.repeat))
+        return
     if a.rule:
         print(rule_markdown(a.repeat))
         return

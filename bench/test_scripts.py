@@ -78,6 +78,12 @@ def test_conv_report_layers():
     assert out.count("| 64->64 @8 |") == 2 and "each library alone" in out
 
 
+@pytest.mark.skipif(benchmark.load_torch() is None, reason="PyTorch is the peer here")
+def test_conv_report_depthwise():
+    out = _run(BENCH / "conv_report.py", "--depthwise", "--repeat", "1", timeout=600)
+    assert "| 960 @2 stride 1 |" in out
+
+
 def test_conv_report_rule():
     out = _run(BENCH / "conv_report.py", "--rule", "--repeat", "1", timeout=600)
     assert "| 64->64 @8 |" in out and "| 1->16 @8 |" in out

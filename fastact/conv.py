@@ -923,7 +923,9 @@ def _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, acti
     if N == 0 or P * Q == 0:
         return y, z
     C = x.shape[1]
-    if _is_depthwise(C, groups):
+    if _is_depthwise(C, groups) and stride == (1, 1):
+        depthwise.forward_s1(x, weight, y, pads[0], pads[2], *dilation)
+    elif _is_depthwise(C, groups):
         depthwise.forward(x, weight, y, *stride, pads[0], pads[2], *dilation)
     else:
         for cs, ks in _groups(C, K, groups):
@@ -961,7 +963,11 @@ def _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, group
         return dx, dw, dbias
     if _is_depthwise(C, groups):
         depthwise.backward_weight(dz, x, dw, *stride, pads[0], pads[2], *dilation)
-        if need_input_grad:
+        R, S = weight.shape[2:]
+        if need_input_grad and stride == (1, 1) and pads[0] <= (R - 1) * dilation[0] \
+                and pads[2] <= (S - 1) * dilation[1]:
+            depthwise.backward_input_s1(dz, weight, dx, pads[0], pads[2], *dilation)
+        elif need_input_grad:
             depthwise.backward_input(dz, weight, dx, *stride, pads[0], pads[2], *dilation)
         return dx, dw, dbias
     for cs, ks in _groups(C, K, groups):
