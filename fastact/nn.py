@@ -719,9 +719,8 @@ class SqueezeExcitation(Module):
         self.avgpool = AdaptiveAvgPool2d(1)
         self.fc1 = Conv2d(input_channels, squeeze_channels, 1, dtype=dtype, seed=s1)
         self.fc2 = Conv2d(squeeze_channels, input_channels, 1, dtype=dtype, seed=s2)
-        self.activation = _make_module("activation", ReLU if activation is None else activation)
-        self.scale_activation = _make_module("scale_activation",
-                                             Sigmoid if scale_activation is None else scale_activation)
+        self.activation = _make_module("activation", activation or ACTIVATION_MODULES["relu"])
+        self.scale_activation = _make_module("scale_activation", scale_activation or ACTIVATION_MODULES["sigmoid"])
 
     def _scale(self, x):
         return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))

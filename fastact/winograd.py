@@ -350,8 +350,6 @@ def _a6(d0, d1, d2, d3):
     """``A (d0 .. d3)`` (A = AT^T, 6x4): one row or column of dY's transform."""
     s = d0 + d2
     t = d1 + d3
-    u = d0 - d2
-    w = d1 - d3
     d2_2 = d2 + d2
     d2_4 = d2_2 + d2_2
     d1_2 = d1 + d1
