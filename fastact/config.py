@@ -88,12 +88,13 @@ CONV_SLOTS_PER_THREAD = 4
 CONV_WINOGRAD = True
 
 #: ... when the input has at least this many channels: with 1 or 3 input channels the transforms cost
-#: more than the multiplies they save (1->16 at 8x8 0.56x, 3->16 at 32x32 0.75x im2col's speed; from 8
-#: channels on 1.0-1.8x, ``python bench/conv_report.py --rule``, docs/performance.md).
+#: more than the multiplies they save (1->16 at 8x8 0.51x, 3->16 at 32x32 0.71x im2col's speed; from 8
+#: channels on 1.0-1.7x: ``python bench/conv_report.py --rule``, bench/results/2026-12-07/winograd-rule.txt).
 CONV_WINOGRAD_MIN_CHANNELS = 8
 
 #: ... and at least this much work per image, ``2 * K * C * 9 * H * W`` FLOPs (a direct convolution's):
-#: the Winograd kernels take about 9 s to compile on first use (then they are cached), and layers as
+#: the Winograd kernels take about 10 s to compile on first use (then they are cached; raw:
+#: bench/results/2026-12-07/compile_profile-net_res_deep.txt), and layers as
 #: small as the digits net's (16 channels at 8x8: 0.3 MFLOP per image) save a fraction of a millisecond
 #: per call, which a short job would not earn back; the mnist and CIFAR nets' layers (1.8-4.7 MFLOP per
 #: image) save 1-3 ms per call at batch 64 (``python bench/conv_report.py --rule``). Per image, not per

@@ -646,10 +646,10 @@ def release_workspaces():
 
 # ------------------------------------------------------------------------------------------ forward
 
-def _prepare(x, weight, bias, stride, padding):
-    x = np.asarray(x)
-    weight = np.asarray(weight)
-    N, K, P, Q = conv_output_shape(x.shape, weight.shape, stride, padding)
+def _cast(x, weight, bias):
+    """(x, weight, bias, dt): the compute dtype of the inputs (NumPy's casting; float16 computes in
+    float32, integers in float64), x and weight C-contiguous in it; bias checked against weight's K."""
+    K = weight.shape[0]
     dt = _compute_dtype(x.dtype, weight.dtype)
     if bias is not None:
         bias = np.asarray(bias)
@@ -659,7 +659,7 @@ def _prepare(x, weight, bias, stride, padding):
         dt = _compute_dtype(dt, bias.dtype)
     x = np.ascontiguousarray(x, dtype=dt)
     weight = np.ascontiguousarray(weight, dtype=dt)
-    return x, weight, bias, dt, (N, K, P, Q)
+    return x, weight, bias, dt
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None,
@@ -727,8 +727,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     shape, stride, pads, dilation, groups = conv_geometry(x.shape, weight.shape, stride, padding, dilation,
                                                           groups)
     if _is_plain(pads, dilation, groups):
-        y, z = _conv2d_forward(x, weight, bias, stride, (pads[0], pads[2]), activation, activation_params,
-                               keep_z, algorithm)
+        y, z = _conv2d_forward(x, weight, bias, shape, stride, (pads[0], pads[2]), activation,
+                               activation_params, keep_z, algorithm)
     else:
         _general_algorithm(algorithm)
         y, z = _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, activation,
@@ -768,10 +768,12 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
     return "im2col"
 
 
-def _conv2d_forward(x, weight, bias, stride, padding, activation, activation_params, keep_z,
+def _conv2d_forward(x, weight, bias, shape, stride, padding, activation, activation_params, keep_z,
                     algorithm="auto"):
-    """conv2d, returning (y, z) where z is the pre-activation output when keep_z (else None)."""
-    x, weight, bias, dt, (N, K, P, Q) = _prepare(x, weight, bias, stride, padding)
+    """conv2d of one group, no dilation, ``padding`` (ph, pw) on both sides, ``shape`` (N, K, P, Q) from
+    :func:`conv_geometry`: (y, z), z the pre-activation output when keep_z (else None)."""
+    x, weight, bias, dt = _cast(x, weight, bias)
+    N, K, P, Q = shape
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
     epi = _epilogue.get("conv", activation)
     _, C, H, W = x.shape
@@ -907,16 +909,8 @@ def _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, acti
     """conv2d with groups, dilation or uneven padding: depthwise by its direct kernel, other groups one
     by one through im2col by slices; then the bias and the activation in place."""
     N, K, P, Q = shape
-    dt = _compute_dtype(x.dtype, weight.dtype)
-    if bias is not None:
-        bias = np.asarray(bias)
-        if bias.shape != (K,):
-            raise ValueError(f"conv2d: bias must have shape ({K},) for weight of shape {weight.shape}, "
-                             f"got {bias.shape}")
-        dt = _compute_dtype(dt, bias.dtype)
+    x, weight, bias, dt = _cast(x, weight, bias)
     pv = [dt.type(v) for v in _epilogue.param_values(activation, activation_params)]
-    x = np.ascontiguousarray(x, dtype=dt)
-    weight = np.ascontiguousarray(weight, dtype=dt)
     b = np.zeros(K, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt)
     y = np.empty(shape, dtype=dt)
     z = np.empty(shape, dtype=dt) if keep_z else None
@@ -940,22 +934,17 @@ def _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, acti
 def _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, groups, preactivation, activation,
                              activation_params, need_input_grad):
     N, K, P, Q = shape
-    dt = _compute_dtype(x.dtype, weight.dtype)
-    x = np.ascontiguousarray(x, dtype=dt)
-    weight = np.ascontiguousarray(weight, dtype=dt)
+    x, weight, _, dt = _cast(x, weight, None)
     dy = np.asarray(dy)
     if dy.shape != shape:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with weight "
                          f"{weight.shape} gives {shape}")
     if activation is None:
         _epilogue.param_values(None, activation_params)
-        dz = np.ascontiguousarray(dy, dtype=dt)
-        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+        z = None
     else:
         z = check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
-        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
-                                         activation_params)
-        dz = dz.reshape(shape)
+    dz, dbias = _dz_dbias(dy, z, dt, activation, activation_params)
     C = x.shape[1]
     dx = np.zeros(x.shape, dtype=dt) if need_input_grad else None
     dw = np.zeros(weight.shape, dtype=dt)
@@ -1052,7 +1041,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
         return _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, groups, preactivation,
                                         activation, activation_params, need_input_grad)
     padding = (pads[0], pads[2])
-    x, weight, _, dt, shape = _prepare(x, weight, None, stride, padding)
+    x, weight, _, dt = _cast(x, weight, None)
     dy = np.asarray(dy)
     if dy.shape != shape:
         raise ValueError(f"conv2d_backward: dy has shape {dy.shape}, but conv2d of x {x.shape} with "
@@ -1086,13 +1075,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
             step = _epilogue.step_params(_get_activation(activation).name, pv, dt)
         kern = _fused_backward_kernel(activation, step is not None)
         return _backward_fused(kern, dy, z, x, weight, stride, padding, need_input_grad, step or pv)
-    if activation is None:
-        dz = np.ascontiguousarray(dy, dtype=dt)
-        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
-    else:
-        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
-                                         activation_params)
-        dz = dz.reshape(shape)
+    dz, dbias = _dz_dbias(dy, z if activation is not None else None, dt, activation, activation_params)
     dx, dw = _conv2d_backward_data_weight(dz, x, weight, stride, padding, need_input_grad)
     return dx, dw, dbias
 
@@ -1100,18 +1083,23 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
 def _backward_winograd(dy, z, x, weight, padding, dt, activation, activation_params, need_input_grad):
     """(dx or None, dweight, dbias) by Winograd (:func:`fastact.winograd.conv2d_backward`), or None when
     a result was not finite (the caller recomputes by im2col)."""
-    N, K, P, Q = dy.shape
-    if activation is None:
-        dz = np.ascontiguousarray(dy, dtype=dt)
-        dbias = dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
-    else:
-        dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
-                                         activation_params)
-        dz = dz.reshape(dy.shape)
+    dz, dbias = _dz_dbias(dy, z, dt, activation, activation_params)
     dx, dw = winograd.conv2d_backward(dz, x, weight, padding, need_input_grad)
     if dw is None:
         return None
     return dx, dw, dbias
+
+
+def _dz_dbias(dy, z, dt, activation, activation_params):
+    """(dz, dbias) of a convolution: ``dz = dy * act'(z)`` (``dy`` itself without an activation) and
+    its sums over (n, p, q), in one pass; dz C-contiguous in ``dt``, shaped as dy."""
+    if activation is None:
+        dz = np.ascontiguousarray(dy, dtype=dt)
+        return dz, dz.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    N, K, P, Q = dy.shape
+    dz, dbias = _activation_backward(dy.reshape(N, K, P * Q), z.reshape(N, K, P * Q), dt, activation,
+                                     activation_params)
+    return dz.reshape(dy.shape), dbias
 
 
 def _activation_backward(dy, z, dt, activation, activation_params):

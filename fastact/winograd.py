@@ -206,6 +206,26 @@ def _store_tiles(d, yf, base, rows, cols, Q, j):
                 yf[base + p * Q + q] = d[p * 4 + q, j]
 
 
+@_runtime.jit(inline="always")
+def _transform_chunk(xf, C, H, W, ph, pw, TY, TX, t0, nt, tn, tp, tq, t1, vt):
+    """The input side of a chunk of tiles t0 .. t0 + nt, for the forward and the weight gradient alike:
+    each tile's image and output corner (``tn``, ``tp``, ``tq``, divided out once per chunk), then every
+    input channel's 6x6 tiles transformed into ``vt`` (36 * C, >= nt), ``t1`` the row-pass scratch."""
+    TT = TY * TX
+    for j in range(nt):
+        t = t0 + j
+        n = t // TT
+        r = t - n * TT
+        ty = r // TX
+        tn[j] = n
+        tp[j] = 4 * ty
+        tq[j] = 4 * (r - ty * TX)
+    for c in range(C):
+        for j in range(nt):
+            _input_tiles(xf, H, W, (tn[j] * C + c) * H * W, tp[j] - ph, tq[j] - pw, t1, j)
+        _bt_columns(t1, vt, c, C, nt)
+
+
 # The slot kernel (its locals must not be named p0, p1, ... (the activation's parameters) or v (the epilogue's)).
 # Source text for one reason only: the activation ``F`` takes its own number of
 # parameters, and a kernel that calls a captured function would not be found in the on-disk cache by
@@ -215,8 +235,7 @@ def {fname}(counter, nslots, x, u, b, y, z, ph, pw, TY, TX, tc, nonfinite{a}):
     N, C, H, W = x.shape
     K = u.shape[1]
     P, Q = y.shape[2], y.shape[3]
-    TT = TY * TX
-    T = N * TT
+    T = N * TY * TX
     keep = z.size != 0
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -238,18 +257,7 @@ def {fname}(counter, nslots, x, u, b, y, z, ph, pw, TY, TX, tc, nonfinite{a}):
     while sl < nslots:
         t0 = sl * tc
         nt = min(tc, T - t0)
-        for j in range(nt):   # each tile's image and output corner, divided out once per slot
-            t = t0 + j
-            n = t // TT
-            r = t - n * TT
-            ty = r // TX
-            tn[j] = n
-            tp[j] = 4 * ty
-            tq[j] = 4 * (r - ty * TX)
-        for c in range(C):
-            for j in range(nt):
-                _input_tiles(xf, H, W, (tn[j] * C + c) * H * W, tp[j] - ph, tq[j] - pw, t1, j)
-            _bt_columns(t1, vt, c, C, nt)
+        _transform_chunk(xf, C, H, W, ph, pw, TY, TX, t0, nt, tn, tp, tq, t1, vt)
         for xi in range(36):
             gemm(0, 0, K, nt, C, u.ctypes.data + xi * K * C * isz, C, vt.ctypes.data + xi * C * tc * isz,
                  tc, 0.0, m.ctypes.data + xi * K * tc * isz, tc, iw, fw)
@@ -296,9 +304,8 @@ def _forward_kernel(activation):
                 src = _FWD_SRC.format(fname=fname, a=_codegen.args(p),
                                       epilogue=_codegen.bias_act_rows("dr", "dr", "dz[i]", "bk", "nt", fv, 16))
                 glb = {"F": _epilogue.identity_jit if act is None else _codegen.scalar(act), "np": np,
-                       "gemm": _gemm.gemm, "next_slot": _runtime.next_slot, "_input_tiles": _input_tiles,
-                       "_bt_columns": _bt_columns, "_at_rows": _at_rows, "_at_columns": _at_columns,
-                       "_store_tiles": _store_tiles}
+                       "gemm": _gemm.gemm, "next_slot": _runtime.next_slot, "_transform_chunk": _transform_chunk,
+                       "_at_rows": _at_rows, "_at_columns": _at_columns, "_store_tiles": _store_tiles}
                 fn = _kernels[key] = _runtime.jit()(_codegen.compile_source(fname, src, glb))
     return fn
 
@@ -403,8 +410,7 @@ def _weight_grad_slots(counter, nslots, x, dz, du, ph, pw, TY, TX, tc):
     """Slot kernel: ``du[sl] (36, K, C)`` = the sum over chunk sl's tiles of ``E[xi] V[xi]^T``."""
     N, C, H, W = x.shape
     K, P, Q = dz.shape[1], dz.shape[2], dz.shape[3]
-    TT = TY * TX
-    T = N * TT
+    T = N * TY * TX
     xf = x.reshape(-1)
     dzf = dz.reshape(-1)
     isz = x.itemsize
@@ -421,18 +427,7 @@ def _weight_grad_slots(counter, nslots, x, dz, du, ph, pw, TY, TX, tc):
     while sl < nslots:
         t0 = sl * tc
         nt = min(tc, T - t0)
-        for j in range(nt):
-            t = t0 + j
-            n = t // TT
-            r = t - n * TT
-            ty = r // TX
-            tn[j] = n
-            tp[j] = 4 * ty
-            tq[j] = 4 * (r - ty * TX)
-        for c in range(C):
-            for j in range(nt):
-                _input_tiles(xf, H, W, (tn[j] * C + c) * H * W, tp[j] - ph, tq[j] - pw, t1, j)
-            _bt_columns(t1, vt, c, C, nt)
+        _transform_chunk(xf, C, H, W, ph, pw, TY, TX, t0, nt, tn, tp, tq, t1, vt)
         for k in range(K):
             for j in range(nt):
                 _dz_tile_rows(dzf, ((tn[j] * K + k) * P + tp[j]) * Q + tq[j], min(4, P - tp[j]),

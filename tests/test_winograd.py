@@ -62,15 +62,22 @@ def _bound(x, w, padding, b=None):
     return s.max()
 
 
+def _layer(shape, dtype, seed):
+    """x, weight, bias and the output's (P, Q) of a SHAPES entry, standard normal."""
+    N, C, H, W, K, padding = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    return x, w, b, fa.conv_output_shape(x.shape, w.shape, 1, padding)[2:], rng
+
+
 @needs_blas
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_against_the_float64_reference(shape, dtype):
-    N, C, H, W, K, padding = shape
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
-    b = rng.standard_normal(K).astype(dtype)
+    padding = shape[-1]
+    x, w, b, _, _ = _layer(shape, dtype, 2)
     want = ops.conv2d_reference(x, w, b, 1, padding)
     got = fa.conv2d(x, w, b, padding=padding, algorithm="winograd")
     assert got.dtype == dtype and got.shape == want.shape
@@ -239,10 +246,7 @@ def test_nn_conv2d_takes_the_algorithm():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_backward_against_the_float64_reference(shape, dtype):
     N, C, H, W, K, padding = shape
-    rng = np.random.default_rng(11)
-    x = rng.standard_normal((N, C, H, W)).astype(dtype)
-    w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
-    P, Q = fa.conv_output_shape(x.shape, w.shape, 1, padding)[2:]
+    x, w, _, (P, Q), rng = _layer(shape, dtype, 11)
     dz = rng.standard_normal((N, K, P, Q)).astype(dtype)
     want = ops.conv2d_backward_reference(dz, x, w, 1, padding)
     got = fa.conv2d_backward(dz, x, w, 1, padding, algorithm="winograd")
