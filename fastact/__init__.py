@@ -39,7 +39,7 @@ __all__ = ["__version__", "config", "nn", "optim", "models", "ACTIVATIONS",
 #: submodules imported on first attribute access (``fastact.ufuncs``, ``fastact.capi``, ...): most
 #: programs never need them, and some cost a second to import (capi builds cfuncs, cuda numba-cuda)
 _LAZY_SUBMODULES = ("benchmark", "capi", "checkpoint", "cuda", "data", "distributed", "duck", "jit", "plots",
-                    "stubs", "system", "table", "train", "ufuncs", "warmup")
+                    "safetensors_io", "stubs", "system", "table", "train", "ufuncs", "warmup")
 
 
 def __getattr__(name):

@@ -672,7 +672,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
 
     Parameters
     ----------
-    x : array_like, shape (N, C, H, W)
+    x : array_like, shape (N, C, H, W), or unbatched (C, H, W) (then y is (K, P, Q))
     weight : array_like, shape (K, C // groups, R, S)
     bias : array_like, shape (K,), optional
     stride : int or (int, int)
@@ -724,6 +724,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, a
     """
     keep_z = return_preactivation and activation is not None
     x, weight = np.asarray(x), np.asarray(weight)
+    if x.ndim != 4:
+        if x.ndim != 3:
+            raise ValueError(f"conv2d: x must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape {x.shape}")
+        # unbatched (C, H, W), as PyTorch: one image, the batch axis added and removed
+        out = conv2d(x[None], weight, bias, stride, padding, dilation, groups, activation=activation,
+                     activation_params=activation_params, return_preactivation=return_preactivation,
+                     algorithm=algorithm)
+        return (out[0][0], out[1][0]) if return_preactivation else out[0]
     shape, stride, pads, dilation, groups = conv_geometry(x.shape, weight.shape, stride, padding, dilation,
                                                           groups)
     if _is_plain(pads, dilation, groups):
@@ -982,8 +990,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
 
     Parameters
     ----------
-    dy : array_like, shape (N, K, P, Q)
-    x : array_like, shape (N, C, H, W)
+    dy : array_like, shape (N, K, P, Q), or (K, P, Q) for an unbatched x
+    x : array_like, shape (N, C, H, W), or unbatched (C, H, W) (then dx is (C, H, W))
     weight : array_like, shape (K, C // groups, R, S)
     stride, padding, dilation, groups
         As in the forward.
@@ -1034,6 +1042,24 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
            [7., 8.]]), array([1.]))
     """
     x, weight = np.asarray(x), np.asarray(weight)
+    if x.ndim != 4:
+        if x.ndim != 3:
+            raise ValueError(f"conv2d_backward: x must be 4-D (N, C, H, W) or 3-D (C, H, W), got shape "
+                             f"{x.shape}")
+        # unbatched (C, H, W): dy (K, P, Q) and the preactivation too
+        dy = np.asarray(dy)
+        if dy.ndim != 3:
+            raise ValueError(f"conv2d_backward: x is unbatched (shape {x.shape}), so dy must be 3-D (K, P, Q), "
+                             f"got shape {dy.shape}")
+        z = None if preactivation is None else np.asarray(preactivation)
+        if z is not None and z.ndim != 3:
+            raise ValueError(f"conv2d_backward: x is unbatched (shape {x.shape}), so preactivation must be "
+                             f"3-D (K, P, Q), got shape {z.shape}")
+        dx, dw, db = conv2d_backward(dy[None], x[None], weight, stride, padding, dilation, groups,
+                                     preactivation=None if z is None else z[None], activation=activation,
+                                     activation_params=activation_params, need_input_grad=need_input_grad,
+                                     algorithm=algorithm)
+        return (None if dx is None else dx[0]), dw, db
     shape, stride, pads, dilation, groups = conv_geometry(x.shape, weight.shape, stride, padding, dilation,
                                                           groups)
     if not _is_plain(pads, dilation, groups):

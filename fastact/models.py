@@ -3,6 +3,9 @@
 * ``vgg(cfg)``: a small VGG-style ``nn.Sequential`` (the ``python -m fastact train`` default);
 * ``vgg11``, ``vgg13``, ``vgg16``, ``vgg19`` (``batch_norm=True`` for the ``_bn`` variants): torchvision's
   VGG module tree (``features``, ``avgpool``, ``classifier``) and initialisation;
+* ``resnet18``, ``resnet34`` (:mod:`fastact.resnet`), ``mobilenet_v2``, ``mobilenet_v3_small``,
+  ``mobilenet_v3_large`` (:mod:`fastact.mobilenet`): torchvision's module trees, keys and initialisation,
+  so torchvision's weights load unchanged;
 * ``net_depth``, ``net_res``, ``net_res_deep``: the reference networks of *Deep Learning with PyTorch*
   (Stevens, Antiga, Viehmann, 2020, chapter 8) for 3x32x32 CIFAR-10 images and 2 classes (airplane,
   bird): a deeper plain CNN, the same with one skip connection, and a 10-block ResNet with BatchNorm.
@@ -22,11 +25,14 @@ import numpy as np
 from . import nn
 from . import table as _table  # the public table (fastact.table)
 from .conv import conv2d
+from .mobilenet import MobileNetV2, MobileNetV3, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small
 from .pool import max_pool2d, max_pool2d_backward
+from .resnet import ResNet, resnet18, resnet34
 
 __all__ = ["to_torch", "vgg", "vgg_output_size", "VGG", "VGG_CFGS", "vgg11", "vgg13", "vgg16", "vgg19",
            "NetDepth", "NetRes", "ResBlock", "NetResDeep", "net_depth", "net_res", "net_res_deep",
-           "REFERENCE_NETS"]
+           "REFERENCE_NETS", "ResNet", "resnet18", "resnet34", "MobileNetV2", "MobileNetV3", "mobilenet_v2",
+           "mobilenet_v3_small", "mobilenet_v3_large", "TORCHVISION_NETS"]
 
 
 def vgg_output_size(cfg, input_size):
@@ -136,7 +142,7 @@ def _pool(x, training, saved):
     ``saved`` for :func:`_unpool`."""
     if not training:
         return max_pool2d(x, 2)
-    y, idx = max_pool2d(x, 2, return_indices=True)
+    y, idx = max_pool2d(x, 2, return_indices="window")
     saved.append((x.shape, idx))
     return y
 
@@ -416,6 +422,10 @@ def net_res_deep(n_chans1=32, n_blocks=10, seed=0, dtype=np.float32, *, num_clas
 #: name -> builder of the reference networks (``python -m fastact train --model NAME``)
 REFERENCE_NETS = {"net_depth": net_depth, "net_res": net_res, "net_res_deep": net_res_deep}
 
+#: torchvision's networks by name (each ``f(num_classes=1000, ..., seed=0, dtype=np.float32)``)
+TORCHVISION_NETS = {"resnet18": resnet18, "resnet34": resnet34, "mobilenet_v2": mobilenet_v2,
+                    "mobilenet_v3_small": mobilenet_v3_small, "mobilenet_v3_large": mobilenet_v3_large}
+
 
 # ---------------------------------------------------------------------------- torchvision's VGG
 
@@ -541,8 +551,12 @@ def _torch_module(torch, m):
         return tnn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, nn.BatchNorm2d):
         return tnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
-        return getattr(tnn, type(m).__name__)(m.kernel_size, m.stride, m.padding)
+    if isinstance(m, nn.MaxPool2d):
+        return tnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, bool(m.return_indices),
+                             bool(m.ceil_mode))
+    if isinstance(m, nn.AvgPool2d):
+        return tnn.AvgPool2d(m.kernel_size, m.stride, m.padding, bool(m.ceil_mode), bool(m.count_include_pad),
+                             m.divisor_override)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return tnn.AdaptiveAvgPool2d(m.output_size)
     if isinstance(m, nn.Dropout):

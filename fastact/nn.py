@@ -58,7 +58,8 @@ from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d
 __all__ = ["Parameter", "Module", "Sequential", "Residual", "Identity", "SqueezeExcitation", "Conv2d", "Linear",
            "BatchNorm2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Flatten", "Activation", "PReLU",
-           "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "init"]
+           "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "fold_batchnorm", "folding_pays",
+           "Conv2dNormActivation", "init"]
 
 
 class Parameter:
@@ -238,8 +239,11 @@ class Module:
         own = {key: (owner, name) for key, owner, name in self._state_items()}
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
-        if strict and (missing or unexpected):
-            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        if strict and (missing or unexpected):  # as PyTorch's strict=True: every key named
+            named = [f"{what} keys {keys}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+                     if keys]
+            raise ValueError(f"load_state_dict into {type(self).__name__}: {', '.join(named)} "
+                             f"(strict=False ignores them)")
         targets = []
         for k, (owner, name) in own.items():
             if k not in state:
@@ -381,7 +385,8 @@ class Conv2d(Module):
 
 
 class Linear(Module):
-    """Fully connected layer, weight (out_features, in_features) as PyTorch."""
+    """Fully connected layer, weight (out_features, in_features) as PyTorch; x (*, in_features) of any
+    leading shape ((in_features,) and empty batches too) gives (*, out_features)."""
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         super().__init__()
@@ -418,46 +423,78 @@ class Linear(Module):
 
 
 class _Pool2d(Module):
-    """A window pool's hyperparameters (kernel_size, stride, padding), shared by MaxPool2d and AvgPool2d."""
+    """A window pool's hyperparameters, shared by MaxPool2d and AvgPool2d: ``stride`` defaults to the
+    kernel size (stored so, as PyTorch)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.padding, self.ceil_mode = kernel_size, padding, ceil_mode
+        self.stride = kernel_size if stride is None else stride
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class MaxPool2d(_Pool2d):
+    """Maximum over windows, as ``torch.nn.MaxPool2d`` (the same arguments in the same order);
+    x (N, C, H, W) or unbatched (C, H, W). With ``return_indices`` the forward returns ``(y, indices)``,
+    the indices as PyTorch's (flat ``h * W + w``, int64); the module itself keeps the compact
+    window-local ones for its backward."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation, self.return_indices = dilation, return_indices
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+    def _window(self):
+        return self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+
     def forward(self, x):
-        if not self.training:
-            return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        if not self.training and not self.return_indices:
+            return max_pool2d(x, *self._window())
         # the winners' positions, so that backward scatters dy without searching the windows again
-        y, indices = max_pool2d(x, self.kernel_size, self.stride, self.padding, return_indices=True)
-        # x's shape and dtype, not x: the input would otherwise stay alive until the backward only
-        # for them (the next layer keeps y, and the indices are a quarter of y's bytes or less)
-        self._saved = (np.shape(x), np.result_type(x), indices)
+        y, indices = max_pool2d(x, *self._window(), return_indices="window")
+        if self.training:
+            # x's shape and dtype, not x: the input would otherwise stay alive until the backward only
+            # for them (the next layer keeps y, and the indices are a quarter of y's bytes or less)
+            self._saved = (np.shape(x), np.result_type(x), indices)
+        if self.return_indices:
+            from .pool import max_pool2d_flat_indices
+            return y, max_pool2d_flat_indices(indices, np.shape(x), *self._window())
         return y
 
     def backward(self, dy, need_input_grad=True):
         shape, dtype, indices = _need_saved(self)
         dy = np.asarray(dy)
         dy = dy.astype(np.result_type(dy.dtype, dtype), copy=False)  # dx's dtype as from x itself
-        return max_pool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding, indices=indices)
+        return max_pool2d_backward(dy, shape, *self._window(), indices=indices)
 
 
 class AvgPool2d(_Pool2d):
-    """Average over windows, as ``torch.nn.AvgPool2d`` (count_include_pad=True, floor mode)."""
+    """Average over windows, as ``torch.nn.AvgPool2d`` (the same arguments in the same order:
+    ``ceil_mode``, ``count_include_pad``, ``divisor_override``); x (N, C, H, W) or unbatched (C, H, W)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
+
+    def _window(self):
+        return (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                self.divisor_override)
 
     def forward(self, x):
-        y = avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        y = avg_pool2d(x, *self._window())
         if self.training:
             self._saved = (np.shape(x),)
         return y
 
     def backward(self, dy, need_input_grad=True):
         (shape,) = _need_saved(self)
-        return avg_pool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding)
+        return avg_pool2d_backward(dy, shape, *self._window())
 
 
 class AdaptiveAvgPool2d(Module):
@@ -895,6 +932,60 @@ def can_die(module):
 _CAN_DIE = {}
 
 
+def _fusable_activation(m):
+    """True for an activation module of the table (a GEMM epilogue can apply it; PReLU cannot)."""
+    return isinstance(m, Activation) and type(m) in ACTIVATION_MODULES.values()
+
+
+def _foldable(conv, bn):
+    return isinstance(bn, BatchNorm2d) and bn.track_running_stats and bn.num_features == conv.out_channels
+
+
+def fold_batchnorm(conv, bn):
+    """(weight, bias) of the one convolution equal to ``bn(conv(x))`` with ``bn``'s running statistics.
+
+    ``s = gamma / sqrt(running_var + eps)`` per output channel; ``weight = conv.weight * s``,
+    ``bias = beta + (conv.bias - running_mean) * s``, the per-channel factors computed in float64 and
+    rounded once to the conv's dtype. What eval mode runs for a Conv2d followed by a BatchNorm2d
+    (:class:`Sequential`, the ResNet and MobileNet blocks of :mod:`fastact.models`).
+
+    >>> import numpy as np
+    >>> from fastact import nn
+    >>> conv, bn = nn.Conv2d(2, 3, 3, seed=0), nn.BatchNorm2d(3)
+    >>> bn.running_var[...] = 4.0
+    >>> w, b = nn.fold_batchnorm(conv, bn)
+    >>> bool(np.allclose(w, conv.weight.data / np.sqrt(4.0 + 1e-5)))
+    True
+    """
+    if not _foldable(conv, bn):
+        raise ValueError(f"fold_batchnorm: needs a Conv2d and a BatchNorm2d with running statistics over "
+                         f"its {getattr(conv, 'out_channels', '?')} output channels, got "
+                         f"{type(conv).__name__} and {type(bn).__name__}")
+    w = conv.weight.data
+    s = 1.0 / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    shift = -bn.running_mean.astype(np.float64)
+    if conv.bias is not None:
+        shift = shift + conv.bias.data
+    shift = shift * s
+    if bn.affine:
+        s = s * bn.weight.data
+        shift = shift * bn.weight.data + bn.bias.data
+    weight = w * s.astype(w.dtype)[:, None, None, None]
+    return weight, shift.astype(w.dtype)
+
+
+def folding_pays(conv, x_shape):
+    """Whether eval mode folds a BatchNorm into ``conv`` for an input of ``x_shape``: folding costs one
+    pass over the weights per call, a separate BatchNorm (and activation) one pass over the output,
+    so it folds when the output has at least half as many values per channel as a filter has weights
+    (every layer of a batch-8 224x224 MobileNet or ResNet; not ResNet's 7x7 stages at batch 1)."""
+    n_out = int(np.prod(x_shape[:1] + x_shape[2:], dtype=np.int64)) if len(x_shape) == 4 else \
+        int(np.prod(x_shape[1:], dtype=np.int64))
+    sh, sw = (conv.stride, conv.stride) if np.isscalar(conv.stride) else conv.stride
+    per_filter = conv.weight.data[0].size
+    return 2 * n_out >= per_filter * sh * sw
+
+
 class Sequential(Module):
     """Modules in order, keyed "0", "1", ...; a Conv2d/Linear followed by an activation runs fused.
 
@@ -929,8 +1020,7 @@ class Sequential(Module):
         while i < len(mods):
             m = mods[i]
             nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if isinstance(m, (Conv2d, Linear)) and type(nxt) in ACTIVATION_MODULES.values() \
-                    and isinstance(nxt, Activation):
+            if isinstance(m, (Conv2d, Linear)) and _fusable_activation(nxt):
                 plan.append((i, i + 1))
                 i += 2
             elif isinstance(m, BatchNorm2d) and _is_plain_relu(nxt):
@@ -943,6 +1033,8 @@ class Sequential(Module):
 
     def forward(self, x):
         mods = list(self._modules.values())
+        if not self.training:
+            return self._forward_eval(mods, x)
         for i, j in self.fusion_plan():
             if j is None:
                 x = mods[i](x)
@@ -956,6 +1048,33 @@ class Sequential(Module):
                 out_index = j
             if self.activity is not None and self.training and can_die(mods[out_index]):
                 self._record_activity(mods, i, j, out_index, x)
+        return x
+
+    def _forward_eval(self, mods, x):
+        """Eval mode: as training's plan, and a Conv2d followed by a BatchNorm2d with running statistics
+        (and an activation module) runs as one convolution with the BatchNorm folded in
+        (:func:`fold_batchnorm`) where that pays (:func:`folding_pays`)."""
+        i = 0
+        while i < len(mods):
+            m = mods[i]
+            bn = mods[i + 1] if i + 1 < len(mods) else None
+            if isinstance(m, Conv2d) and _foldable(m, bn) and folding_pays(m, np.shape(x)):
+                act = mods[i + 2] if i + 2 < len(mods) and _fusable_activation(mods[i + 2]) else None
+                w, b = fold_batchnorm(m, bn)
+                x = conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups,
+                           activation=None if act is None else act.name,
+                           activation_params=None if act is None else act.params, algorithm=m.algorithm)
+                i += 2 if act is None else 3
+                continue
+            if isinstance(m, (Conv2d, Linear)) and i + 1 < len(mods) and _fusable_activation(mods[i + 1]):
+                x = m.forward(x, activation=mods[i + 1].name, activation_params=mods[i + 1].params)
+                i += 2
+            elif isinstance(m, BatchNorm2d) and i + 1 < len(mods) and _is_plain_relu(mods[i + 1]):
+                x = m.forward(x, activation="relu")
+                i += 2
+            else:
+                x = m(x)
+                i += 1
         return x
 
     def _record_activity(self, mods, i, j, out_index, y):
@@ -980,6 +1099,40 @@ class Sequential(Module):
             else:
                 dy = mods[i].backward(dy)
         return dy
+
+
+class Conv2dNormActivation(Sequential):
+    """``Conv2d``, a norm layer and an activation as one ``Sequential`` keyed "0", "1", "2":
+    torchvision's ``Conv2dNormActivation`` (the unit of MobileNetV2 and V3).
+
+    ``padding`` defaults to ``(kernel_size - 1) // 2 * dilation`` (the output keeps the input's size
+    at stride 1) and ``bias`` to ``norm_layer is None``. ``norm_layer`` and ``activation_layer`` are
+    module classes or factories (``norm_layer(out_channels)``, ``activation_layer()``; ReLU by
+    default), None to leave the layer out; a BatchNorm2d ``norm_layer`` gets the block's ``dtype``. The convolution is
+    initialised from ``seed`` as ``Conv2d``.
+
+    >>> from fastact import nn
+    >>> block = nn.Conv2dNormActivation(3, 8, stride=2, activation_layer=nn.ReLU6)
+    >>> [type(m).__name__ for m in block], block[0].padding
+    (['Conv2d', 'BatchNorm2d', 'ReLU6'], 1)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None, groups=1,
+                 norm_layer=BatchNorm2d, activation_layer=ACTIVATION_MODULES["relu"], dilation=1, bias=None, *,
+                 dtype=np.float32, seed=None):
+        if padding is None:
+            padding = (kernel_size - 1) // 2 * dilation
+        if bias is None:
+            bias = norm_layer is None
+        layers = [Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         dtype=dtype, seed=seed)]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_channels, dtype=dtype) if norm_layer is BatchNorm2d
+                          else norm_layer(out_channels))
+        if activation_layer is not None:
+            layers.append(activation_layer())
+        super().__init__(*layers)
+        self.out_channels = int(out_channels)
 
 
 class CrossEntropyLoss(Module):
