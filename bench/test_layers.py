@@ -176,7 +176,8 @@ def test_max_pool_forward(benchmark, name, impl):
     import fastact as fa
     x, _ = _pool_inputs(POOL_SHAPES[name])
     if impl.startswith("fastact"):
-        fn = lambda: fa.max_pool2d(x, 2, return_indices=impl.endswith("indices"))  # noqa: E731
+        # the compact window-local indices that nn.MaxPool2d keeps (True: PyTorch's flat int64 ones)
+        fn = lambda: fa.max_pool2d(x, 2, return_indices="window" if impl.endswith("indices") else False)  # noqa: E731
     else:
         torch = _torch()
         tx = torch.from_numpy(x)
@@ -193,7 +194,7 @@ def test_max_pool_backward(benchmark, name, impl):
     import fastact as fa
     x, dy = _pool_inputs(POOL_SHAPES[name])
     if impl.startswith("fastact"):
-        idx = fa.max_pool2d(x, 2, return_indices=True)[1] if impl.endswith("indices") else None
+        idx = fa.max_pool2d(x, 2, return_indices="window")[1] if impl.endswith("indices") else None
         fn = lambda: fa.max_pool2d_backward(dy, x, 2, indices=idx)  # noqa: E731
         np.testing.assert_array_equal(fn(), fa.max_pool2d_backward(dy, x, 2))
     else:

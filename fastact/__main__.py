@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastact {train,warmup,info,bench,plot}`` (also installed as the ``fastact``
+"""Command line: ``python -m fastact {train,warmup,study,info,bench,plot}`` (also installed as the ``fastact``
 script)."""
 
 import argparse
@@ -40,6 +40,11 @@ def _train(args):
     return train.run(args)
 
 
+def _study(args):
+    from fastact import study
+    return study.main(args)
+
+
 def _warmup(args):
     from fastact import train
     return train.run_warmup(args)
@@ -49,7 +54,7 @@ def build_parser():
     """The ``python -m fastact`` argument parser (its subcommands and every option)."""
     parser = argparse.ArgumentParser(
         prog="fastact", description="fastact's command line: train a CNN with no framework (train), compile "
-        "a training run's kernels ahead of time (warmup), describe this installation (info), time fastact "
+        "a training run's kernels ahead of time (warmup), compare activations on one network (study), describe this installation (info), time fastact "
         "against NumPy and PyTorch (bench), draw the documentation's figures (plot).")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a CNN: VGG-style (default, on the bundled digits set) or a "
@@ -63,6 +68,12 @@ def build_parser():
                                       "build step or a cluster's login node")
     add_arguments(w)
     w.set_defaults(fn=_warmup)
+    st = sub.add_parser("study", help="the activation study: train one network with each of several "
+                                      "activations (same data, initial weights and schedule) and write a "
+                                      "table and a figure")
+    from fastact.study import add_arguments as add_study_arguments
+    add_study_arguments(st)
+    st.set_defaults(fn=_study)
     sub.add_parser("info", help="versions, threading layer, threads, JIT cache, CUDA").set_defaults(fn=_info)
     b = sub.add_parser("bench", help="speed ratios against NumPy (and PyTorch when installed)")
     from fastact.benchmark import add_arguments as add_bench_arguments

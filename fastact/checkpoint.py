@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["CheckpointError", "save", "load", "read_header", "FORMAT_VERSION"]
+__all__ = ["CheckpointError", "save", "load", "read_header", "atomic_write", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 
@@ -29,18 +29,26 @@ class CheckpointError(Exception):
     """The checkpoint is missing, corrupt, truncated, of another format or for another model."""
 
 
-def save(path, header, model_state, optim_state):
-    """Write the checkpoint atomically (temp file + fsync + rename + directory fsync)."""
-    arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-              "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)}
-    arrays.update({f"model/{k}": np.asarray(v) for k, v in model_state.items()})
-    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optim_state.items()})
+def atomic_write(path, write):
+    """Create or replace the file ``path`` atomically: ``write(fh)`` fills a temporary file (binary) in
+    the same directory, which is flushed, fsync'ed and renamed over ``path`` (``os.replace``), then the
+    directory is fsync'ed. A failure at any point leaves the old file (or none) and no temporary file.
+    Checkpoints, safetensors files (:mod:`fastact.safetensors_io`) and the study's outputs are written
+    this way.
+
+    >>> import os, tempfile
+    >>> from fastact import checkpoint
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.bin")
+    >>> checkpoint.atomic_write(p, lambda fh: fh.write(b"abc"))
+    >>> open(p, "rb").read(), os.listdir(os.path.dirname(p))
+    (b'abc', ['x.bin'])
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # a file object: np.savez would append ".npz" to a name
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -58,6 +66,16 @@ def save(path, header, model_state, optim_state):
             os.close(dfd)
     except OSError:  # some file systems refuse fsync on directories; the rename is still atomic
         pass
+
+
+def save(path, header, model_state, optim_state):
+    """Write the checkpoint atomically (:func:`atomic_write`)."""
+    arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+              "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)}
+    arrays.update({f"model/{k}": np.asarray(v) for k, v in model_state.items()})
+    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optim_state.items()})
+    # a file object: np.savez would append ".npz" to a name
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def _member_headers(zf, path):

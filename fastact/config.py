@@ -101,6 +101,11 @@ CONV_WINOGRAD_MIN_CHANNELS = 8
 #: call, so that a layer takes one method for every batch size (training and evaluation alike).
 CONV_WINOGRAD_MIN_IMAGE_FLOPS = 1_000_000
 
+#: ... and when the 4x4 output tiles covering the image are at least this full (the image's H * W over
+#: the tiles' 16 * ceil(H / 4) * ceil(W / 4)): a 1x1 or 2x2 map (ResNet-18's last stages at 32x32) would
+#: pay the 6x6 transforms and 36 products of a whole tile for one to four outputs.
+CONV_WINOGRAD_MIN_TILE_USE = 0.5
+
 #: Winograd F(4x4, 3x3) works on chunks of tiles whose transformed input and products (36 values per
 #: tile per input and per output channel) take at most this many bytes, so that they stay in L2.
 WINOGRAD_CHUNK_BYTES = 1 << 20

@@ -753,8 +753,9 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
     """The algorithm :func:`conv2d` runs: ``algorithm`` itself when it is ``'im2col'`` or
     ``'winograd'`` (ValueError if Winograd cannot compute this convolution), else the rule of
     ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions of at least
-    ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels and ``config.CONV_WINOGRAD_MIN_IMAGE_FLOPS`` of
-    work per image when the compiled BLAS call is available (``fastact._gemm``), im2col otherwise."""
+    ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels, ``config.CONV_WINOGRAD_MIN_IMAGE_FLOPS`` of
+    work per image and 4x4 tiles at least ``config.CONV_WINOGRAD_MIN_TILE_USE`` full when the compiled
+    BLAS call is available (``fastact._gemm``), im2col otherwise."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     stride = _pair(stride, "stride")
@@ -769,9 +770,10 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
         return "winograd"
     _, C, H, W = x_shape
     work = 2 * weight_shape[0] * C * 9 * H * W
+    tile_use = H * W / (16 * -(-H // 4) * -(-W // 4)) if H and W else 0.0
     if algorithm == "auto" and fits and np.dtype(dtype) == np.float32 and config.CONV_WINOGRAD \
             and C >= config.CONV_WINOGRAD_MIN_CHANNELS and work >= config.CONV_WINOGRAD_MIN_IMAGE_FLOPS \
-            and _gemm.available():
+            and tile_use >= config.CONV_WINOGRAD_MIN_TILE_USE and _gemm.available():
         return "winograd"
     return "im2col"
 

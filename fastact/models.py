@@ -32,7 +32,7 @@ from .resnet import ResNet, resnet18, resnet34
 __all__ = ["to_torch", "vgg", "vgg_output_size", "VGG", "VGG_CFGS", "vgg11", "vgg13", "vgg16", "vgg19",
            "NetDepth", "NetRes", "ResBlock", "NetResDeep", "net_depth", "net_res", "net_res_deep",
            "REFERENCE_NETS", "ResNet", "resnet18", "resnet34", "MobileNetV2", "MobileNetV3", "mobilenet_v2",
-           "mobilenet_v3_small", "mobilenet_v3_large", "TORCHVISION_NETS"]
+           "mobilenet_v3_small", "mobilenet_v3_large", "TORCHVISION_NETS", "replace_activations"]
 
 
 def vgg_output_size(cfg, input_size):
@@ -537,6 +537,44 @@ def vgg16(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropo
 def vgg19(num_classes=1000, batch_norm=False, seed=0, dtype=np.float32, *, dropout=0.5):
     """torchvision's VGG 19 (configuration "E"; ``batch_norm=True``: vgg19_bn), 143.7M parameters."""
     return _vgg("vgg19", num_classes, batch_norm, dropout, seed, dtype)
+
+
+def replace_activations(model, activation, **params):
+    """Put ``nn.Activation(activation, **params)`` (a new module each time) in place of every activation
+    module of ``model``'s tree, except inside squeeze-and-excitation blocks (their ReLU and gate are
+    the block's mechanism, not the network's activation); returns ``model``. ``'prelu'`` puts an
+    ``nn.PReLU()`` (one slope) there, where the network takes a module with parameters (not in ResNet).
+
+    This is how the activation study trains one architecture with each activation: ResNet's ReLUs,
+    MobileNetV2's ReLU6 and MobileNetV3's ReLU and Hard-Swish become the one under study.
+
+    >>> from fastact import models, nn
+    >>> net = models.replace_activations(models.mobilenet_v3_small(num_classes=3), "gelu", approximate="tanh")
+    >>> sorted({type(m).__name__ for m in net.modules() if isinstance(m, nn.Activation)})
+    ['GELU', 'Hardsigmoid', 'ReLU']
+    >>> type(net.features[1].block[1].activation).__name__   # the squeeze-and-excitation block keeps its own
+    'ReLU'
+    """
+    dtype = next((p.data.dtype for p in model.parameters()), np.dtype(np.float32))
+
+    def make():
+        if activation == "prelu":
+            return nn.PReLU(1, **params, dtype=dtype)
+        return nn.Activation(activation, **params)
+
+    make()  # an unknown name or parameter raises here, before anything changes
+
+    def swap(module):
+        if isinstance(module, nn.SqueezeExcitation):
+            return
+        for name, child in list(module.named_children()):
+            if isinstance(child, (nn.Activation, nn.PReLU)):
+                setattr(module, name, make())
+            else:
+                swap(child)
+
+    swap(model)
+    return model
 
 
 # ------------------------------------------------------------------------------------ to PyTorch

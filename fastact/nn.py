@@ -58,7 +58,7 @@ from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d
 __all__ = ["Parameter", "Module", "Sequential", "Residual", "Identity", "SqueezeExcitation", "Conv2d", "Linear",
            "BatchNorm2d",
            "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Dropout", "Flatten", "Activation", "PReLU",
-           "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "fold_batchnorm", "folding_pays",
+           "CrossEntropyLoss", "ACTIVATION_MODULES", "can_die", "is_plain_relu", "fold_batchnorm", "folding_pays",
            "Conv2dNormActivation", "init"]
 
 
@@ -900,8 +900,14 @@ ACTIVATION_MODULES["prelu"] = PReLU
 sys.modules.setdefault(__name__ + ".init", init)
 
 
-def _is_plain_relu(m):
-    """True for a ReLU module with the default parameters (max(x, 0)), which BatchNorm2d fuses."""
+def is_plain_relu(m):
+    """True for a ReLU module with the default parameters (max(x, 0)), the activation that
+    :meth:`BatchNorm2d.forward` fuses (``activation='relu'``).
+
+    >>> from fastact import nn
+    >>> nn.is_plain_relu(nn.ReLU()), nn.is_plain_relu(nn.ReLU6()), nn.is_plain_relu(nn.ReLU(max_value=6.0))
+    (True, False, False)
+    """
     return type(m) is ACTIVATION_MODULES["relu"] and \
         m.params == {p.name: p.default for p in _table.get("relu").params}
 
@@ -1023,7 +1029,7 @@ class Sequential(Module):
             if isinstance(m, (Conv2d, Linear)) and _fusable_activation(nxt):
                 plan.append((i, i + 1))
                 i += 2
-            elif isinstance(m, BatchNorm2d) and _is_plain_relu(nxt):
+            elif isinstance(m, BatchNorm2d) and is_plain_relu(nxt):
                 plan.append((i, i + 1))
                 i += 2
             else:
@@ -1069,7 +1075,7 @@ class Sequential(Module):
             if isinstance(m, (Conv2d, Linear)) and i + 1 < len(mods) and _fusable_activation(mods[i + 1]):
                 x = m.forward(x, activation=mods[i + 1].name, activation_params=mods[i + 1].params)
                 i += 2
-            elif isinstance(m, BatchNorm2d) and i + 1 < len(mods) and _is_plain_relu(mods[i + 1]):
+            elif isinstance(m, BatchNorm2d) and i + 1 < len(mods) and is_plain_relu(mods[i + 1]):
                 x = m.forward(x, activation="relu")
                 i += 2
             else:

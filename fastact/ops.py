@@ -157,15 +157,43 @@ def conv2d_backward_reference(dy, x, weight, stride=1, padding=0):
     return np.array(dx), np.array(dw), dy.sum(axis=(0, 2, 3))
 
 
-def _windows(shape, kernel_size, stride, padding):
+def _pool_size(n, k, s, pad, d, ceil):
+    """PyTorch's pooling output size: windows spanning d*(k-1)+1; ``ceil`` rounds up, but the last
+    window must start inside the input or the left padding."""
+    span = d * (k - 1) + 1
+    if not ceil:
+        return (n + 2 * pad - span) // s + 1
+    out = -(-(n + 2 * pad - span) // s) + 1
+    return out - 1 if (out - 1) * s >= n + pad else out
+
+
+def _windows(shape, kernel_size, stride, padding, dilation=1, ceil_mode=False):
     """Per output position, the list of input positions (h, w) of its window inside the image."""
     N, C, H, W = shape
     (kh, kw), (ph, pw) = pair(kernel_size, "kernel_size"), pair(padding, "padding")
     sh, sw = pair(kernel_size if stride is None else stride, "stride")
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    return P, Q, {(p, q): [(p * sh - ph + i, q * sw - pw + j) for i in range(kh) for j in range(kw)
-                           if 0 <= p * sh - ph + i < H and 0 <= q * sw - pw + j < W]
+    dh, dw = pair(dilation, "dilation")
+    P, Q = _pool_size(H, kh, sh, ph, dh, ceil_mode), _pool_size(W, kw, sw, pw, dw, ceil_mode)
+    return P, Q, {(p, q): [(p * sh - ph + i * dh, q * sw - pw + j * dw) for i in range(kh) for j in range(kw)
+                           if 0 <= p * sh - ph + i * dh < H and 0 <= q * sw - pw + j * dw < W]
                   for p in range(P) for q in range(Q)}, kh * kw
+
+
+def _avg_divisors(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """(P, Q, windows, {(p, q): divisor}): PyTorch's divisor of each window: ``divisor_override``, else
+    the window's size clipped to the padded input (count_include_pad) or its count of input elements."""
+    P, Q, win, _ = _windows(shape, kernel_size, stride, padding, 1, ceil_mode)
+    (kh, kw), (ph, pw) = pair(kernel_size, "kernel_size"), pair(padding, "padding")
+    sh, sw = pair(kernel_size if stride is None else stride, "stride")
+    H, W = shape[2], shape[3]
+
+    def padded(p, s, pad, k, n):
+        return min(p * s - pad + k, n + pad) - (p * s - pad)
+
+    div = {(p, q): divisor_override or (padded(p, sh, ph, kh, H) * padded(q, sw, pw, kw, W) if count_include_pad
+                                        else len(win[p, q]))
+           for p in range(P) for q in range(Q)}
+    return P, Q, win, div
 
 
 def _argmax(vals):
@@ -178,10 +206,10 @@ def _argmax(vals):
     return best
 
 
-def max_pool2d_reference(x, kernel_size=2, stride=None, padding=0):
+def max_pool2d_reference(x, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False):
     """The maximum of each window (padding never wins; the first maximum in row-major order)."""
     x = np.asarray(x, np.float64)
-    P, Q, win, _ = _windows(x.shape, kernel_size, stride, padding)
+    P, Q, win, _ = _windows(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y = np.full(x.shape[:2] + (P, Q), -np.inf)
     for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):
         for (p, q), pos in win.items():
@@ -191,10 +219,10 @@ def max_pool2d_reference(x, kernel_size=2, stride=None, padding=0):
     return y
 
 
-def max_pool2d_backward_reference(dy, x, kernel_size=2, stride=None, padding=0):
+def max_pool2d_backward_reference(dy, x, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False):
     """Each window's gradient to its first maximum."""
     x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
-    _, _, win, _ = _windows(x.shape, kernel_size, stride, padding)
+    _, _, win, _ = _windows(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     dx = np.zeros(x.shape)
     for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):
         for (p, q), pos in win.items():
@@ -204,25 +232,30 @@ def max_pool2d_backward_reference(dy, x, kernel_size=2, stride=None, padding=0):
     return dx
 
 
-def avg_pool2d_reference(x, kernel_size=2, stride=None, padding=0):
-    """The mean of each window, padding counted as zeros in the divisor (PyTorch's default)."""
+def avg_pool2d_reference(x, kernel_size=2, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                         divisor_override=None):
+    """The sum of each window over its input elements / PyTorch's divisor (by default the window's size,
+    padding counted as zeros)."""
     x = np.asarray(x, np.float64)
-    P, Q, win, size = _windows(x.shape, kernel_size, stride, padding)
+    P, Q, win, div = _avg_divisors(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override)
     y = np.zeros(x.shape[:2] + (P, Q))
     for n, c in itertools.product(range(x.shape[0]), range(x.shape[1])):
         for (p, q), pos in win.items():
-            y[n, c, p, q] = sum(x[n, c, h, v] for h, v in pos) / size
+            y[n, c, p, q] = sum(x[n, c, h, v] for h, v in pos) / div[p, q]
     return y
 
 
-def _avg_pool2d_backward_reference(dy, x, kernel_size=2, stride=None, padding=0):
+def _avg_pool2d_backward_reference(dy, x, kernel_size=2, stride=None, padding=0, ceil_mode=False,
+                                   count_include_pad=True, divisor_override=None):
     dy = np.asarray(dy, np.float64)
-    _, _, win, size = _windows(np.shape(x), kernel_size, stride, padding)
+    _, _, win, div = _avg_divisors(np.shape(x), kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override)
     dx = np.zeros(np.shape(x))
     for n, c in itertools.product(range(dy.shape[0]), range(dy.shape[1])):
         for (p, q), pos in win.items():
             for h, v in pos:
-                dx[n, c, h, v] += dy[n, c, p, q] / size
+                dx[n, c, h, v] += dy[n, c, p, q] / div[p, q]
     return dx
 
 
@@ -379,6 +412,16 @@ def _pool_cases(fn, max_pool):
         name = f"k{k}-s{s}-p{p}".replace("(", "").replace(")", "").replace(", ", "x")
         cases.append(Case(name, dict(x=(2, 3, 7, 6)), dict(kernel_size=k, stride=s, padding=p),
                           distinct=max_pool))
+    # PyTorch's other options: ceil_mode windows past the input (7 rows), dilation / the divisor rules
+    extra = ([("k3-s2-p1-d2-ceil", dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True)),
+              ("k2-ceil", dict(kernel_size=2, ceil_mode=True)),
+              ("k2x3-s1x2-d2x1", dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1)))] if max_pool else
+             [("k3-s2-p1-ceil", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+              ("k3-s2-p1-ceil-no-pad-count", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                                  count_include_pad=False)),
+              ("k2-s1-p1-divisor3", dict(kernel_size=2, stride=1, padding=1, divisor_override=3))])
+    for name, params in extra:
+        cases.append(Case(name, dict(x=(2, 3, 7, 6)), params, distinct=max_pool))
     return tuple(cases)
 
 
@@ -415,9 +458,15 @@ def _bn_backward(dy, a, p, saved):
 
 
 def _pool_op(name, reference, reference_backward, doc, cuda=None):
-    """The entry of a windowed pool ``fastact.<name>(x, kernel_size, stride, padding)``."""
+    """The entry of a windowed pool ``fastact.<name>(x, kernel_size, stride, padding, ...)``, its other
+    options in PyTorch's order (max: dilation, ceil_mode; average: ceil_mode, count_include_pad,
+    divisor_override)."""
     def window(p):
-        return p["kernel_size"], p.get("stride"), p.get("padding", 0)
+        if name == "max_pool2d":
+            return (p["kernel_size"], p.get("stride"), p.get("padding", 0), p.get("dilation", 1),
+                    p.get("ceil_mode", False))
+        return (p["kernel_size"], p.get("stride"), p.get("padding", 0), p.get("ceil_mode", False),
+                p.get("count_include_pad", True), p.get("divisor_override"))
 
     return LayerOp(
         name, ("x",), ("x",),

@@ -6,7 +6,8 @@
 each BatchNorm + ReLU is one pass, and a block's second BatchNorm adds the shortcut in the same pass;
 in eval mode every BatchNorm is folded into the convolution before it where that pays
 (:func:`fastact.nn.folding_pays`), so a block is two convolutions (the first with its ReLU fused), the
-add and a ReLU.
+add and a ReLU. The ``relu`` children are the activations: put another activation module there
+(:func:`fastact.models.replace_activations`) and the network uses it.
 
 >>> import numpy as np
 >>> from fastact import models
@@ -26,24 +27,42 @@ from .conv import conv2d
 __all__ = ["BasicBlock", "ResNet", "resnet18", "resnet34"]
 
 
-def _conv_bn(conv, bn, x, training, activation=None, residual=None):
-    """``act(bn(conv(x)) + residual)`` (``activation`` None or 'relu'): in training by the modules (their
-    backward then works), in eval as one folded convolution (or conv then BatchNorm where folding does
-    not pay)."""
+def _conv_bn_act(conv, bn, act, x, training, residual=None):
+    """``(y, z)``: ``y = act(bn(conv(x)) + residual)`` and the pre-activation ``z`` that the backward
+    (:func:`_act_backward`) needs, None where there is none or BatchNorm's fused ReLU keeps it.
+
+    In training (or in eval where folding does not pay) the modules run, so their backward works; a
+    plain ReLU without a residual is BatchNorm's fused pass. In eval the BatchNorm is folded into the
+    convolution, whose epilogue applies the activation when there is no residual."""
     if training or not nn.folding_pays(conv, x.shape):
         y = conv(x)
-        if activation is not None and residual is None:
-            return bn.forward(y, activation=activation)
-        y = bn.forward(y, residual=residual)
+        if act is not None and residual is None and nn.is_plain_relu(act):
+            return bn.forward(y, activation="relu"), None
+        z = bn.forward(y, residual=residual)
     else:
         w, b = nn.fold_batchnorm(conv, bn)
-        y = conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups,
-                   activation=activation if residual is None else None, algorithm=conv.algorithm)
-        if residual is not None:
-            y += residual
-    if activation is not None and residual is not None:
-        ew.relu(y, out=y)
-    return y
+        fuse = act is not None and residual is None
+        z = conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups,
+                   activation=act.name if fuse else None, activation_params=act.params if fuse else None,
+                   algorithm=conv.algorithm)
+        if residual is None:
+            return z, None
+        z += residual
+    if act is None:
+        return z, None
+    return getattr(ew, act.name)(z, **act.params), (z if training else None)
+
+
+def _act_backward(act, dy, z):
+    """The gradient of the pre-activation from ``dy`` and the ``z`` that :func:`_conv_bn_act` returned."""
+    return dy if z is None else getattr(ew, act.name + "_backward")(dy, z, **act.params)
+
+
+def _check_activation(owner, act):
+    if not isinstance(act, nn.Activation):
+        raise TypeError(f"{owner}: relu must be an activation module of fastact.nn (an elementwise "
+                        f"activation of the table), got {type(act).__name__}")
+    return act
 
 
 class BasicBlock(nn.Module):
@@ -53,6 +72,8 @@ class BasicBlock(nn.Module):
 
     Children in torchvision's order: ``conv1``, ``bn1``, ``relu``, ``conv2``, ``bn2`` and, for a
     projection, ``downsample`` (keys ``downsample.0.weight``, ``downsample.1.running_var``, ...).
+    The ``relu`` child is the block's activation: another activation module put there
+    (:func:`fastact.models.replace_activations`) is used in both places.
     """
 
     expansion = 1
@@ -70,19 +91,21 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         x = np.asarray(x)
-        out = _conv_bn(self.conv1, self.bn1, x, self.training, "relu")
-        shortcut = x if self.downsample is None else _conv_bn(self.downsample[0], self.downsample[1], x,
-                                                             self.training)
-        y = _conv_bn(self.conv2, self.bn2, out, self.training, "relu", residual=shortcut)
-        self._saved = (y,) if self.training else None
+        act = _check_activation("BasicBlock", self.relu)
+        out, z1 = _conv_bn_act(self.conv1, self.bn1, act, x, self.training)
+        shortcut = x if self.downsample is None else \
+            _conv_bn_act(self.downsample[0], self.downsample[1], None, x, self.training)[0]
+        y, z2 = _conv_bn_act(self.conv2, self.bn2, act, out, self.training, residual=shortcut)
+        self._saved = (act, z1, z2) if self.training else None
         return y
 
     def backward(self, dy, need_input_grad=True):
         if self._saved is None:
             raise RuntimeError("BasicBlock.backward called without a forward in training mode")
-        (y,) = self._saved
-        dz = ew.relu_backward(dy, y)  # relu'(z) = 1 exactly where y = relu(z) > 0
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(dz))))
+        act, z1, z2 = self._saved
+        dz = _act_backward(act, dy, z2)
+        d = _act_backward(act, self.conv2.backward(self.bn2.backward(dz)), z1)
+        dx = self.conv1.backward(self.bn1.backward(d))
         if self.downsample is None:
             dx += dz
         else:
@@ -139,20 +162,21 @@ class ResNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"ResNet: expected images of shape (N, 3, H, W), got {x.shape}")
         x = np.ascontiguousarray(x, dtype=self.conv1.weight.data.dtype)
-        out = self.maxpool(_conv_bn(self.conv1, self.bn1, x, self.training, "relu"))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        act = _check_activation("ResNet", self.relu)
+        out, z = _conv_bn_act(self.conv1, self.bn1, act, x, self.training)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(out)))))
         out = self.avgpool(out)
-        self._saved = (out.shape,) if self.training else None
+        self._saved = (out.shape, act, z) if self.training else None
         return self.fc(out.reshape(out.shape[0], -1))
 
     def backward(self, dy, need_input_grad=True):
         """Gradient of the images; parameter gradients accumulate into ``.grad``."""
         if self._saved is None:
             raise RuntimeError("ResNet.backward called without a forward in training mode")
-        (shape,) = self._saved
+        shape, act, z = self._saved
         d = self.avgpool.backward(self.fc.backward(dy).reshape(shape))
         d = self.layer1.backward(self.layer2.backward(self.layer3.backward(self.layer4.backward(d))))
-        d = self.bn1.backward(self.maxpool.backward(d))
+        d = self.bn1.backward(_act_backward(act, self.maxpool.backward(d), z))
         return self.conv1.backward(d, need_input_grad=need_input_grad)
 
 

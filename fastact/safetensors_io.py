@@ -33,12 +33,13 @@ True
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["save_file", "load_file", "load_into", "load_metadata", "atomic_write_bytes"]
+from . import checkpoint
+
+__all__ = ["save_file", "load_file", "load_into", "load_metadata"]
 
 _INSTALL = 'fastact.safetensors_io needs the safetensors package: pip install "fastact[safetensors]"'
 
@@ -60,42 +61,6 @@ def _safetensors():
     except ImportError as exc:
         raise ImportError(_INSTALL) from exc
     return safetensors, safetensors.numpy
-
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically: a temporary file in the same directory, flushed and
-    fsync'ed, renamed over ``path`` (``os.replace``), then the directory fsync'ed. A failure at any
-    point leaves the old file (or none) and no temporary file.
-
-    >>> import os, tempfile
-    >>> p = os.path.join(tempfile.mkdtemp(), "x.bin")
-    >>> atomic_write_bytes(p, b"abc")
-    >>> open(p, "rb").read(), os.listdir(os.path.dirname(p))
-    (b'abc', ['x.bin'])
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some file systems refuse fsync on directories; the rename is still atomic
-        pass
 
 
 def _arrays(state_dict):
@@ -120,7 +85,7 @@ def _arrays(state_dict):
 
 def save_file(state_dict, path, metadata=None):
     """Write ``state_dict`` (a ``{str: array}`` dict, or a module whose ``state_dict()`` is taken) to
-    ``path`` as a ``.safetensors`` file, atomically (see ``atomic_write_bytes``).
+    ``path`` as a ``.safetensors`` file, atomically (:func:`fastact.checkpoint.atomic_write`).
 
     Every array is stored as a C-contiguous copy with its dtype (``num_batches_tracked`` stays int64,
     0-d arrays stay 0-d). ``metadata``: an optional ``{str: str}`` dict stored in the header
@@ -148,7 +113,7 @@ def save_file(state_dict, path, metadata=None):
             raise TypeError("save_file: metadata must be a dict of str to str")
         metadata = dict(metadata)
     data = stnp.save(_arrays(state_dict), metadata=metadata)
-    atomic_write_bytes(os.fspath(path), data)
+    checkpoint.atomic_write(os.fspath(path), lambda fh: fh.write(data))
 
 
 def _check_path(path):

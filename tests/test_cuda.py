@@ -170,8 +170,8 @@ def test_max_pool2d_indices_match_cpu(kernel, stride, padding, dtype):
     rng = np.random.default_rng(6)
     x = rng.integers(-3, 4, (2, 3, 7, 6)).astype(dtype)   # many ties
     x[0, 0, 0, 0] = np.nan
-    y, idx = fcuda.max_pool2d(dev(x), kernel, stride, padding, return_indices=True)
-    cy, cidx = fastact.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    y, idx = fcuda.max_pool2d(dev(x), kernel, stride, padding, return_indices="window")
+    cy, cidx = fastact.max_pool2d(x, kernel, stride, padding, return_indices="window")
     np.testing.assert_array_equal(host(y), cy)
     np.testing.assert_array_equal(host(idx), cidx)
     dy = rng.standard_normal(cy.shape).astype(dtype)
@@ -180,6 +180,12 @@ def test_max_pool2d_indices_match_cpu(kernel, stride, padding, dtype):
     with pytest.raises(ValueError, match="indices has dtype"):
         fcuda.max_pool2d_backward(dev(dy), dev(x), kernel, stride, padding,
                                   indices=_numba_cuda().to_device(cidx.astype(np.int64)))
+    # PyTorch's flat form is the CPU's return_indices=True; the device refuses it rather than return
+    # another form under the same flag, and the host copy converts
+    with pytest.raises(ValueError, match="max_pool2d_flat_indices"):
+        fcuda.max_pool2d(dev(x), kernel, stride, padding, return_indices=True)
+    np.testing.assert_array_equal(fastact.pool.max_pool2d_flat_indices(host(idx), x, kernel, stride, padding),
+                                  fastact.max_pool2d(x, kernel, stride, padding, return_indices=True)[1])
 
 @needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)

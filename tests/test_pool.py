@@ -1,4 +1,4 @@
-"""max_pool2d's indices path (return_indices= / indices=): the same winners as the recomputing path, bit
+"""max_pool2d's window-local indices path (return_indices='window' / indices=): the same winners as the recomputing path, bit
 for bit, and PyTorch's indices and gradients; NaN, ties, padding, overlapping windows, errors."""
 
 import numpy as np
@@ -31,7 +31,7 @@ def test_indices_path_equals_recompute_path(kernel, stride, padding, dtype):
     for shape in ((3, 4, 17, 18), (2, 3, 16, 17)):  # odd and even sizes: rows/columns no window covers
         x = _x(rng, shape, dtype)
         y = fa.max_pool2d(x, kernel, stride, padding)
-        yi, idx = fa.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        yi, idx = fa.max_pool2d(x, kernel, stride, padding, return_indices="window")
         assert idx.dtype == pool.pool_index_dtype(kernel) and idx.shape == y.shape
         np.testing.assert_array_equal(yi, y)
         # the indices point at the value the forward returned
@@ -69,7 +69,7 @@ def test_2x2_nan_ties_and_inf(dtype):
     x[0, 0, 2:, :2] = -np.inf                           # all -inf: the first
     x[0, 0, 2:, 2:4] = [[-1, -1], [-1, 0]]              # position 3
     x[0, 0, 2:, 4:] = [[5, 4], [5, 5]]                  # tie: position 0
-    y, idx = fa.max_pool2d(x, 2, return_indices=True)
+    y, idx = fa.max_pool2d(x, 2, return_indices="window")
     np.testing.assert_array_equal(idx[0, 0], [[1, 0, 2], [0, 3, 0]])
     np.testing.assert_array_equal(y[0, 0], [[3, np.nan, np.nan], [-np.inf, 0, 5]])
     dy = np.arange(1, 7, dtype=dtype).reshape(1, 1, 2, 3)
@@ -87,8 +87,8 @@ def test_non_contiguous_and_integer_input():
     x = np.ascontiguousarray(xv)
     assert not xv.flags.c_contiguous
     for kernel, stride, padding in ((2, None, 0), (3, 2, 1)):
-        y, idx = fa.max_pool2d(xv, kernel, stride, padding, return_indices=True)
-        yc, idxc = fa.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        y, idx = fa.max_pool2d(xv, kernel, stride, padding, return_indices="window")
+        yc, idxc = fa.max_pool2d(x, kernel, stride, padding, return_indices="window")
         np.testing.assert_array_equal(y, yc)
         np.testing.assert_array_equal(idx, idxc)
         dy = rng.standard_normal(y.shape).astype(np.float32)[..., ::-1]  # a non-contiguous dy too
@@ -96,24 +96,26 @@ def test_non_contiguous_and_integer_input():
         np.testing.assert_array_equal(fa.max_pool2d_backward(dy, xv, kernel, stride, padding, indices=idx_nc),
                                       fa.max_pool2d_backward(np.ascontiguousarray(dy), x, kernel, stride, padding))
     xi = rng.integers(0, 5, (2, 2, 6, 6))  # integers compute in float64, as the recomputing path
-    y, idx = fa.max_pool2d(xi, return_indices=True)
+    y, idx = fa.max_pool2d(xi, return_indices="window")
     dx = fa.max_pool2d_backward(np.ones(y.shape, np.float32), xi, indices=idx)
     assert dx.dtype == np.float64
     np.testing.assert_array_equal(dx, fa.max_pool2d_backward(np.ones(y.shape, np.float32), xi))
 
 
 def test_empty_batch():
-    y, idx = fa.max_pool2d(np.zeros((0, 3, 4, 4), np.float32), return_indices=True)
+    y, idx = fa.max_pool2d(np.zeros((0, 3, 4, 4), np.float32), return_indices="window")
     assert y.shape == idx.shape == (0, 3, 2, 2)
     assert fa.max_pool2d_backward(y, (0, 3, 4, 4), indices=idx).shape == (0, 3, 4, 4)
 
 
 def test_bad_indices():
     x = np.zeros((2, 3, 6, 6), np.float32)
-    y, idx = fa.max_pool2d(x, 2, return_indices=True)
+    y, idx = fa.max_pool2d(x, 2, return_indices="window")
     with pytest.raises(ValueError, match=r"indices has shape \(2, 3, 3, 2\).*\(2, 3, 6, 6\).*\(2, 3, 3, 3\)"):
         fa.max_pool2d_backward(y, x, 2, indices=idx[..., :2])
-    with pytest.raises(ValueError, match="indices has dtype int64.*uint8"):
+    with pytest.raises(ValueError, match="indices has dtype int32.*uint8"):
+        fa.max_pool2d_backward(y, x, 2, indices=idx.astype(np.int32))
+    with pytest.raises(ValueError, match="48 of the indices"):  # int64: read as PyTorch's flat indices
         fa.max_pool2d_backward(y, x, 2, indices=idx.astype(np.int64))
     with pytest.raises(ValueError, match="indices has dtype uint8.*int32"):
         fa.max_pool2d_backward(np.zeros((2, 3, 1, 1)), (2, 3, 16, 16), 16, indices=np.zeros((2, 3, 1, 1), np.uint8))
@@ -123,7 +125,7 @@ def test_bad_indices():
     bad[1, 2, 0, 1] = 4  # outside the 2x2 window
     with pytest.raises(ValueError, match=r"1 of the indices \(shape \(2, 3, 3, 3\)\).*2x2"):
         fa.max_pool2d_backward(y, x, 2, indices=bad)
-    y3, idx3 = fa.max_pool2d(x, 3, 2, 1, return_indices=True)
+    y3, idx3 = fa.max_pool2d(x, 3, 2, 1, return_indices="window")
     bad = idx3.copy()
     bad[0, 0, 0, 0] = 0  # window (0, 0) starts in the padding: position 0 is padding
     with pytest.raises(ValueError, match="padding"):
@@ -143,8 +145,8 @@ def test_indices_and_backward_match_torch(kernel, stride, padding, dtype):
     # distinct values: one maximum per window, so the indices and gradients must be PyTorch's exactly
     x = rng.standard_normal((2, 3, 17, 18)).astype(dtype)
     tx = torch.tensor(x, requires_grad=True)
-    ty, ti = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, return_indices=True)
-    y, idx = fa.max_pool2d(x, kernel, stride, padding, return_indices=True)
+    ty, ti = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, return_indices="window")
+    y, idx = fa.max_pool2d(x, kernel, stride, padding, return_indices="window")
     np.testing.assert_array_equal(y, ty.detach().numpy())
     flat = pool.max_pool2d_flat_indices(idx, x.shape, kernel, stride, padding)
     assert flat.dtype == np.int64
@@ -157,8 +159,8 @@ def test_indices_and_backward_match_torch(kernel, stride, padding, dtype):
     # ties and NaN: PyTorch's vectorised CPU kernel does not promise the first of equal maxima, so only
     # the values must agree (ours is the first in row-major order, tested above against the recompute)
     xt = _x(rng, (2, 3, 16, 16), dtype)
-    ty, ti = torch.nn.functional.max_pool2d(torch.tensor(xt), kernel, stride, padding, return_indices=True)
-    y, idx = fa.max_pool2d(xt, kernel, stride, padding, return_indices=True)
+    ty, ti = torch.nn.functional.max_pool2d(torch.tensor(xt), kernel, stride, padding, return_indices="window")
+    y, idx = fa.max_pool2d(xt, kernel, stride, padding, return_indices="window")
     np.testing.assert_array_equal(y, ty.numpy())
     flat = pool.max_pool2d_flat_indices(idx, xt.shape, kernel, stride, padding)
     take = lambda i: np.take_along_axis(xt.reshape(2, 3, -1), i.reshape(2, 3, -1), 2)  # noqa: E731

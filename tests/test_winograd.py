@@ -154,6 +154,11 @@ def test_choose_algorithm():
     assert fa.conv.choose_algorithm("auto", (2, 4, 32, 32), (8, 4, 3, 3), 1, f32) == "im2col"  # few channels
     assert fa.conv.choose_algorithm("auto", (512, 16, 8, 8), (16, 16, 3, 3), 1, f32) == "im2col"  # small images
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 1, f64) == "im2col"
+    # tiles too empty: a 2x2 map fills a quarter of its 4x4 tile, 5x5 25/64; 6x6 fills 36/64
+    assert fa.conv.choose_algorithm("auto", (64, 256, 2, 2), (256, 256, 3, 3), 1, f32) == "im2col"
+    assert fa.conv.choose_algorithm("auto", (64, 256, 5, 5), (256, 256, 3, 3), 1, f32) == "im2col"
+    assert fa.conv.choose_algorithm("auto", (64, 256, 6, 6), (256, 256, 3, 3), 1, f32) == \
+        ("winograd" if blas else "im2col")
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 2, f32) == "im2col"
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), (8, 4, 5, 5), 1, f32) == "im2col"
     assert fa.conv.choose_algorithm("im2col", (2, 4, 8, 8), w3, 1, f32) == "im2col"

@@ -58,6 +58,8 @@ class DeviceNet:
                                              or isinstance(m.padding, str)):
                 raise ValueError(f"DeviceNet: module {i} ({m!r}): the GPU convolution has no groups, dilation "
                                  f"or 'same'/'valid' padding")
+            if isinstance(m, nn.MaxPool2d) and (m.dilation not in (1, (1, 1)) or m.ceil_mode):
+                raise ValueError(f"DeviceNet: module {i} ({m!r}): the GPU max-pool has no dilation or ceil_mode")
             self.plan.append((i, m, act))
         self._saved = None
 

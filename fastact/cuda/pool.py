@@ -4,7 +4,7 @@ Shape key: N batch, C channels, P x Q output. One thread per output element find
 maximum (or first NaN) with the same definition the CPU kernels use (``fastact._util.argmax_window``,
 compiled here as a device function), so both pick the same element on ties and NaN. The backward adds
 ``dy`` into that element with an atomic add: windows may overlap when the stride is below the window.
-``return_indices=True`` / ``indices=`` as on the CPU: the window-local position ``i * kw + j`` of each
+``return_indices='window'`` / ``indices=`` as on the CPU: the window-local position ``i * kw + j`` of each
 maximum (``fastact.pool.pool_index_dtype``), so the backward adds without searching the window again.
 """
 
@@ -72,7 +72,7 @@ def _as_device_indices(a):
     if hasattr(a, "__cuda_array_interface__"):
         return require().as_cuda_array(a)
     raise TypeError(f"max_pool2d_backward: indices must be a device array (max_pool2d(..., "
-                    f"return_indices=True)'s), got {type(a).__name__}")
+                    f"return_indices='window')'s), got {type(a).__name__}")
 
 
 def _args(x, kernel_size, stride, padding):
@@ -87,8 +87,12 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False
     x : device array, shape (N, C, H, W)
     kernel_size, stride, padding : int or (int, int)
         ``stride`` None is ``kernel_size``; padding is implicit -inf.
-    return_indices : bool, optional
-        Also return each maximum's window-local position (as :func:`fastact.max_pool2d`).
+    return_indices : False or 'window', optional
+        ``'window'``: also return each maximum's window-local position (as
+        :func:`fastact.max_pool2d`'s ``return_indices='window'``, which :func:`max_pool2d_backward`
+        takes). PyTorch's flat form (the CPU function's ``return_indices=True``) is not computed on the
+        device: ``True`` raises ValueError, and :func:`fastact.pool.max_pool2d_flat_indices` converts
+        the host copy of the window form.
 
     Returns
     -------
@@ -104,6 +108,14 @@ def max_pool2d(x, kernel_size=2, stride=None, padding=0, *, return_indices=False
     array([[ 5.,  7.],
            [13., 15.]])
     """
+    if return_indices is True:
+        raise ValueError("cuda.max_pool2d: return_indices='window' gives the window-local positions that "
+                         "cuda.max_pool2d_backward takes; PyTorch's flat indices (return_indices=True on the "
+                         "CPU) are not computed on the device: fastact.pool.max_pool2d_flat_indices converts "
+                         "the host copy")
+    if return_indices not in (False, None, "window"):
+        raise ValueError(f"cuda.max_pool2d: return_indices must be False or 'window', got {return_indices!r}")
+    return_indices = bool(return_indices)
     x = as_device(x, "x")
     shape, a = _args(x, kernel_size, stride, padding)
     y = require().device_array(shape, dtype=x.dtype)
@@ -155,13 +167,13 @@ def max_pool2d_backward(dy, x, kernel_size=2, stride=None, padding=0, *, indices
                              f"of shape {tuple(x.shape)} gives {shape}")
         if indices.dtype != pool_index_dtype(kernel_size):
             raise ValueError(f"max_pool2d_backward: indices has dtype {indices.dtype}, but max_pool2d(..., "
-                             f"return_indices=True) gives {pool_index_dtype(kernel_size)}")
+                             f"return_indices='window') gives {pool_index_dtype(kernel_size)}")
         if dy.size:
             blocks, threads = launch_1d(dy.size)
             _kernels()["backward_indices"][blocks, threads](dy, indices, *a, dx)
         return dx
     if dy.size:  # the forward's winners first: one definition of the winner, as on the CPU
-        _, idx = max_pool2d(x, kernel_size, stride, padding, return_indices=True)
+        _, idx = max_pool2d(x, kernel_size, stride, padding, return_indices="window")
         blocks, threads = launch_1d(dy.size)
         _kernels()["backward_indices"][blocks, threads](dy, idx, *a, dx)
     return dx
