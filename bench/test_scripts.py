@@ -124,3 +124,9 @@ def test_gpu_benchmark_on_the_simulator():
                           capture_output=True, text=True, timeout=600, cwd=BENCH.parent,
                           env={**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_nets_report():
+    out = _run(BENCH / "nets_report.py", "--nets", "mobilenet_v3_small", "--size", "32", "--batches", "1",
+               "--step-batch", "2", "--repeat", "1", "--no-separate", timeout=900)
+    assert "| mobilenet_v3_small inference 32x32, batch 1 |" in out and "SGEMM rate" in out

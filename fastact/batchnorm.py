@@ -41,14 +41,28 @@ __all__ = ["batch_norm2d", "batch_norm2d_backward", "BatchNormSaved", "channel_s
 #: was added, so the backward also returns its gradient).
 BatchNormSaved = namedtuple("BatchNormSaved", ["mean", "invstd", "training", "activation", "residual"])
 
-_ACTIVATIONS = (None, "relu")
+_ACTIVATIONS = (None, "relu", "relu6")
 
 
 # ------------------------------------------------------------------------------------------ kernels
-# One kernel per direction, parallel over channels; a channel's passes follow each other while its
-# N*L values are still in L2. Float64 reductions over a channel accumulate into a row of L lanes
-# (acc[j] += v over n: an elementwise loop that vectorises, where a scalar accumulator is a serial
-# dependency chain LLVM may not reorder without fast-math), then add up the L lanes.
+# One kernel per direction, parallel over blocks of channels; a block's passes follow each other while
+# its N*CB*L values are still in L2 (CB channels, chosen by :func:`_block`). Within a block, the values
+# of one image are contiguous (CB*L of them): every pass is one loop over them per image, with
+# per-value "lanes" of the channel's statistics or coefficients (a small plane -- 2x2, 1x1 -- vectorises
+# across channels as a large one does along its plane). Float64 reductions accumulate into those lanes
+# (acc[i] += v over n: an elementwise loop that vectorises, where a scalar accumulator is a serial
+# dependency chain LLVM may not reorder without fast-math), then add up each channel's L lanes.
+
+#: the activations fused after the affine transform: their codes in the kernels
+_ACT_CODES = {None: 0, "relu": 1, "relu6": 2}
+
+#: bytes of x one channel block should hold at most (its passes then run in L2)
+_BLOCK_BYTES = 64 << 10
+
+
+def _block(N, C, L, itemsize):
+    """Channels per block: as many as fit :data:`_BLOCK_BYTES` (at least 1)."""
+    return int(max(1, min(C, _BLOCK_BYTES // max(1, N * L * itemsize))))
 
 
 @_runtime.jit()
@@ -60,147 +74,207 @@ def _lane_total(a):
     return s
 
 
-@_runtime.jit()
-def _affine(w, b, mean, invstd, c, coef):
-    """coef[c] = (scale, shift) = (w * invstd, b - mean * scale) rounded to coef's dtype: the same
-    machine code in the forward and the backward, so the backward's ReLU mask is the forward's."""
-    sc = w[c] * invstd[c]
-    coef[c, 0] = sc
-    coef[c, 1] = b[c] - mean[c] * sc
+@_runtime.jit(inline="always")
+def _act(t, act, zero, six):
+    """relu (act 1) or relu6 (act 2: min(max(t, 0), 6)) of t, NaN kept; t itself for act 0. ``zero``
+    and ``six`` are in t's type, so that a float32 select stays float32."""
+    if act == 0:
+        return t
+    t = t if (t > zero) | (t != t) else zero
+    if act == 2:
+        t = six if t > six else t
+    return t
+
+
+@_runtime.jit(inline="always")
+def _act_mask(d, u, act, zero, six):
+    """d where the derivative of relu (act 1) or relu6 (act 2) at u is 1, or where u is NaN; ``0 * d``
+    elsewhere (a NaN or inf dy stays NaN, as through the unfused activation's ``dy * act'(u)``)."""
+    if act == 1:
+        return d if (u > zero) | (u != u) else zero * d
+    return d if ((u > zero) & (u < six)) | (u != u) else zero * d
+
+
+@_runtime.jit(inline="always")
+def _coefficients(w, b, mean, invstd, c, sc, sh, o, L):
+    """sc, sh[o:o + L] = (scale, shift) = (w * invstd, b - mean * scale) of channel c, rounded to their
+    dtype: the same machine code in the forward and the backward, so the backward's activation mask is
+    the forward's."""
+    s = w[c] * invstd[c]
+    sc[o] = s
+    sh[o] = b[c] - mean[c] * s
+    for j in range(o + 1, o + L):
+        sc[j] = sc[o]
+        sh[j] = sh[o]
 
 
 @_runtime.jit(parallel=True)
-def _forward(x, w, b, eps, training, relu, skip, acc, mean, var, invstd, coef, y):
-    # x, y (N, C, L); w, b (C,) float64 (ones / zeros without the affine transform); skip (N, C, L)
-    # or empty; acc (C, 2, L) float64 workspace; mean, var (C,) float64: outputs in training (the
-    # biased batch variance), inputs in eval; invstd (C,) float64 out; coef (C, 2) in x's dtype out.
+def _forward(x, w, b, eps, training, act, skip, mean, var, invstd, CB, y):
+    # x, y (N, C*L) (the (N, C, L) values of each image in a row); w, b (C,) float64 (ones / zeros
+    # without the affine transform); skip like x or empty; mean, var (C,) float64: outputs in training
+    # (the biased batch variance), inputs in eval; invstd (C,) float64 out; CB channels per block.
     # Training: pass 1 sums x -> mean; pass 2 sums d = x - mean and d^2 (exact variance; the sum of d
-    # corrects the rounding of the mean). Then y = act(x * scale + shift) + skip in one pass.
-    N, C, L = x.shape
+    # corrects the rounding of the mean). Then y = act(x * scale + shift) + skip in one pass, with
+    # scale = w * invstd and shift = b - mean * scale rounded to x's dtype.
+    N = x.shape[0]
+    C = mean.shape[0]
+    L = x.shape[1] // C
     M = N * L
     add = skip.size != 0
-    for c in _runtime.prange(C):
+    nb = (C + CB - 1) // CB
+    for blk in _runtime.prange(nb):
+        c0 = blk * CB
+        c1 = min(C, c0 + CB)
+        i0 = c0 * L
+        nl = (c1 - c0) * L
+        sc = np.empty(nl, dtype=x.dtype)
+        sh = np.empty(nl, dtype=x.dtype)
         if training:
-            a = acc[c, 0]
-            q = acc[c, 1]
+            a = np.zeros(nl)
+            q = np.zeros(nl)
+            ml = np.empty(nl)
+            for n in range(N):
+                xr = x[n, i0:i0 + nl]
+                for i in range(nl):
+                    a[i] += np.float64(xr[i])
+            for c in range(c0, c1):
+                o = (c - c0) * L
+                m = _lane_total(a[o:o + L]) / M
+                mean[c] = m
+                for j in range(L):
+                    ml[o + j] = m
             a[:] = 0.0
             for n in range(N):
-                xr = x[n, c]
-                for j in range(L):
-                    a[j] += np.float64(xr[j])
-            m = _lane_total(a) / M
-            a[:] = 0.0
-            q[:] = 0.0
-            for n in range(N):
-                xr = x[n, c]
-                for j in range(L):
-                    d = np.float64(xr[j]) - m
-                    a[j] += d
-                    q[j] += d * d
-            ds = _lane_total(a)
-            v = (_lane_total(q) - ds * ds / M) / M
-            mean[c] = m + ds / M
-            var[c] = v if v > 0.0 else 0.0 * v  # rounding never makes it negative; NaN stays
-        invstd[c] = 1.0 / np.sqrt(var[c] + eps)
-        _affine(w, b, mean, invstd, c, coef)
-        sc = coef[c, 0]
-        sh = coef[c, 1]
-        for n in range(N):
-            xr = x[n, c]
-            yr = y[n, c]
-            if relu and add:
-                sr = skip[n, c]
-                for j in range(L):
-                    t = xr[j] * sc + sh
-                    yr[j] = (t if (t > 0) | (t != t) else 0.0) + sr[j]
-            elif relu:
-                for j in range(L):
-                    t = xr[j] * sc + sh
-                    yr[j] = t if (t > 0) | (t != t) else 0.0
-            elif add:
-                sr = skip[n, c]
-                for j in range(L):
-                    yr[j] = (xr[j] * sc + sh) + sr[j]
+                xr = x[n, i0:i0 + nl]
+                for i in range(nl):
+                    d = np.float64(xr[i]) - ml[i]
+                    a[i] += d
+                    q[i] += d * d
+            for c in range(c0, c1):
+                o = (c - c0) * L
+                ds = _lane_total(a[o:o + L])
+                v = (_lane_total(q[o:o + L]) - ds * ds / M) / M
+                mean[c] += ds / M
+                var[c] = v if v > 0.0 else 0.0 * v  # rounding never makes it negative; NaN stays
+        for c in range(c0, c1):
+            invstd[c] = 1.0 / np.sqrt(var[c] + eps)
+            _coefficients(w, b, mean, invstd, c, sc, sh, (c - c0) * L, L)
+        zero = sc[0] * 0
+        six = zero + 6
+        for n in range(N):  # one loop per activation: each vectorises with its select inlined
+            xr = x[n, i0:i0 + nl]
+            yr = y[n, i0:i0 + nl]
+            sr = skip[n, i0:i0 + nl] if add else xr
+            if act == 0 and not add:
+                for i in range(nl):
+                    yr[i] = xr[i] * sc[i] + sh[i]
+            elif act == 0:
+                for i in range(nl):
+                    yr[i] = (xr[i] * sc[i] + sh[i]) + sr[i]
+            elif act == 1 and not add:
+                for i in range(nl):
+                    yr[i] = _act(xr[i] * sc[i] + sh[i], 1, zero, six)
+            elif act == 1:
+                for i in range(nl):
+                    yr[i] = _act(xr[i] * sc[i] + sh[i], 1, zero, six) + sr[i]
+            elif not add:
+                for i in range(nl):
+                    yr[i] = _act(xr[i] * sc[i] + sh[i], 2, zero, six)
             else:
-                for j in range(L):
-                    yr[j] = xr[j] * sc + sh
+                for i in range(nl):
+                    yr[i] = _act(xr[i] * sc[i] + sh[i], 2, zero, six) + sr[i]
 
 
 @_runtime.jit(parallel=True)
-def _backward(dy, x, w, b, mean, invstd, training, relu, need_input_grad, given, Mt, acc, coef, sdz, sdzx,
-              dx):
-    # dy, x, dx (N, C, L); w, b, mean, invstd (C,) float64; acc (C, 2, L) float64 workspace;
-    # coef (C, 4) in x's dtype (workspace); sdz, sdzx (C,) float64: out, or in when ``given``.
-    # dz = dy * relu'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x - mean)
-    # (skipped when ``given``: the sums of the whole batch that x is part of, over Mt values).
+def _backward(dy, x, w, b, mean, invstd, training, act, need_input_grad, given, Mt, CB, sdz, sdzx, dx):
+    # dy, x, dx (N, C*L); w, b, mean, invstd (C,) float64; sdz, sdzx (C,) float64: out, or in when
+    # ``given``. dz = dy * act'(x * scale + shift) (or dy). Pass 1: sdz = sum dz, sdzx = sum dz * (x -
+    # mean) (skipped when ``given``: the sums of the whole batch that x is part of, over Mt values).
     # Pass 2: dx = (dz - gmean - (x - mean) * k) * g with g = w * invstd and, in training,
     # gmean = sdz / Mt, k = sdzx * invstd^2 / Mt (eval: both 0), in x's dtype. Mt is N * L unless given.
-    N, C, L = x.shape
-    for c in _runtime.prange(C):
-        _affine(w, b, mean, invstd, c, coef)
-        sc = coef[c, 0]
-        sh = coef[c, 1]
-        m = mean[c]
-        if given:
-            s0 = sdz[c]
-            s1 = sdzx[c]
-        else:
-            a = acc[c, 0]
-            t = acc[c, 1]
-            a[:] = 0.0
-            t[:] = 0.0
+    N = x.shape[0]
+    C = mean.shape[0]
+    L = x.shape[1] // C
+    nb = (C + CB - 1) // CB
+    for blk in _runtime.prange(nb):
+        c0 = blk * CB
+        c1 = min(C, c0 + CB)
+        i0 = c0 * L
+        nl = (c1 - c0) * L
+        sc = np.empty(nl, dtype=x.dtype)
+        sh = np.empty(nl, dtype=x.dtype)
+        ml = np.empty(nl)
+        for c in range(c0, c1):
+            _coefficients(w, b, mean, invstd, c, sc, sh, (c - c0) * L, L)
+            for j in range((c - c0) * L, (c - c0 + 1) * L):
+                ml[j] = mean[c]
+        zero = sc[0] * 0
+        six = zero + 6
+        if not given:
+            a = np.zeros(nl)
+            t2 = np.zeros(nl)
             for n in range(N):
-                xr = x[n, c]
-                dyr = dy[n, c]
-                if relu:
-                    for j in range(L):
-                        xv = xr[j]
-                        u = xv * sc + sh
-                        d = dyr[j]
-                        d64 = np.float64(d if (u > 0) | (u != u) else 0.0 * d)
-                        a[j] += d64
-                        t[j] += d64 * (np.float64(xv) - m)
+                xr = x[n, i0:i0 + nl]
+                dyr = dy[n, i0:i0 + nl]
+                if act == 1:
+                    for i in range(nl):
+                        xv = xr[i]
+                        d64 = np.float64(_act_mask(dyr[i], xv * sc[i] + sh[i], 1, zero, six))
+                        a[i] += d64
+                        t2[i] += d64 * (np.float64(xv) - ml[i])
+                elif act == 2:
+                    for i in range(nl):
+                        xv = xr[i]
+                        d64 = np.float64(_act_mask(dyr[i], xv * sc[i] + sh[i], 2, zero, six))
+                        a[i] += d64
+                        t2[i] += d64 * (np.float64(xv) - ml[i])
                 else:
-                    for j in range(L):
-                        d64 = np.float64(dyr[j])
-                        a[j] += d64
-                        t[j] += d64 * (np.float64(xr[j]) - m)
-            s0 = _lane_total(a)
-            s1 = _lane_total(t)
-            sdz[c] = s0
-            sdzx[c] = s1
+                    for i in range(nl):
+                        d64 = np.float64(dyr[i])
+                        a[i] += d64
+                        t2[i] += d64 * (np.float64(xr[i]) - ml[i])
+            for c in range(c0, c1):
+                o = (c - c0) * L
+                sdz[c] = _lane_total(a[o:o + L])
+                sdzx[c] = _lane_total(t2[o:o + L])
         if not need_input_grad:
             continue
-        coef[c, 2] = m
-        if training:
-            coef[c, 3] = s0 / Mt
-            kc = s1 * invstd[c] * invstd[c] / Mt
-        else:
-            coef[c, 3] = 0.0
-            kc = 0.0
-        coef[c, 0] = kc
-        coef[c, 1] = w[c] * invstd[c]
-        kd = coef[c, 0]
-        gc = coef[c, 1]
-        md = coef[c, 2]
-        gm = coef[c, 3]
+        # per-lane coefficients of pass 2 in x's dtype: k, g, the mean and the gradient's mean
+        kd = np.empty(nl, dtype=x.dtype)
+        gc = np.empty(nl, dtype=x.dtype)
+        md = np.empty(nl, dtype=x.dtype)
+        gm = np.empty(nl, dtype=x.dtype)
+        for c in range(c0, c1):
+            o = (c - c0) * L
+            kd[o] = sdzx[c] * invstd[c] * invstd[c] / Mt if training else 0.0
+            gc[o] = w[c] * invstd[c]
+            md[o] = mean[c]
+            gm[o] = sdz[c] / Mt if training else 0.0
+            for j in range(o + 1, o + L):
+                kd[j] = kd[o]
+                gc[j] = gc[o]
+                md[j] = md[o]
+                gm[j] = gm[o]
         for n in range(N):
-            xr = x[n, c]
-            dyr = dy[n, c]
-            dxr = dx[n, c]
-            if relu:
-                for j in range(L):
-                    xv = xr[j]
-                    u = xv * sc + sh
-                    d = dyr[j]
-                    d = d if (u > 0) | (u != u) else 0.0 * d
-                    dxr[j] = (d - gm - (xv - md) * kd) * gc
+            xr = x[n, i0:i0 + nl]
+            dyr = dy[n, i0:i0 + nl]
+            dxr = dx[n, i0:i0 + nl]
+            if act == 1:
+                for i in range(nl):
+                    xv = xr[i]
+                    d = _act_mask(dyr[i], xv * sc[i] + sh[i], 1, zero, six)
+                    dxr[i] = (d - gm[i] - (xv - md[i]) * kd[i]) * gc[i]
+            elif act == 2:
+                for i in range(nl):
+                    xv = xr[i]
+                    d = _act_mask(dyr[i], xv * sc[i] + sh[i], 2, zero, six)
+                    dxr[i] = (d - gm[i] - (xv - md[i]) * kd[i]) * gc[i]
             elif training:
-                for j in range(L):
-                    dxr[j] = (dyr[j] - gm - (xr[j] - md) * kd) * gc
+                for i in range(nl):
+                    dxr[i] = (dyr[i] - gm[i] - (xr[i] - md[i]) * kd[i]) * gc[i]
             else:
-                for j in range(L):
-                    dxr[j] = dyr[j] * gc
+                for i in range(nl):
+                    dxr[i] = dyr[i] * gc[i]
 
 
 # --------------------------------------------------------------------------------------- functions
@@ -294,7 +368,7 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     x = _check_x(x, fn)
     N, C, H, W = x.shape
     if activation not in _ACTIVATIONS:
-        raise ValueError(f"{fn}: activation must be None or 'relu', got {activation!r}")
+        raise ValueError(f"{fn}: activation must be None, 'relu' or 'relu6', got {activation!r}")
     running_mean = _check_channel_array(running_mean, "running_mean", C, fn)
     running_var = _check_channel_array(running_var, "running_var", C, fn)
     weight = _check_channel_array(weight, "weight", C, fn)
@@ -335,8 +409,9 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     b64 = np.zeros(C) if bias is None else bias.astype(np.float64)
     if y.size:
         # given batch statistics normalise as running ones do (the kernel's eval path)
-        _forward(x3, w64, b64, float(eps), bool(training) and batch_stats is None, activation == "relu", skip,
-                 np.empty((C, 2, H * W)), mean, var, invstd, np.empty((C, 2), dt), y)
+        _forward(x3.reshape(N, C * H * W), w64, b64, float(eps), bool(training) and batch_stats is None,
+                 _ACT_CODES[activation], skip.reshape(N, C * H * W) if residual is not None else np.empty((0, 0), dt), mean, var, invstd,
+                 _block(N, C, H * W, y.itemsize), y.reshape(N, C * H * W))
     else:  # an empty batch (as PyTorch: an empty y, the running statistics left alone)
         if training and batch_stats is None:
             mean[:] = 0.0
@@ -425,21 +500,23 @@ def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_input_grad=True, r
     sdzx = np.zeros(C)
     dx = np.empty((N, C, H * W), dtype=dt) if need_input_grad else np.empty((0, 0, 0), dt)
     M = N * H * W
-    acc, coef = np.empty((C, 2, H * W)), np.empty((C, 4), dt)
-    relu = saved.activation == "relu"
+    act = _ACT_CODES[saved.activation]
+    CB = _block(N, C, H * W, x3.itemsize)
+    x2, dy2 = x3.reshape(N, C * H * W), dy3.reshape(N, C * H * W)
+    dx2 = dx.reshape(N, C * H * W) if need_input_grad else np.empty((0, 0), dt)
     if reduce is not None and saved.training:
         # this part's sums (pass 1 only), the whole batch's from ``reduce``, then pass 2 with them
         if x.size:
-            _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, True, relu, False, False, float(M),
-                      acc, coef, sdz, sdzx, dx)
+            _backward(dy2, x2, w64, b64, saved.mean, saved.invstd, True, act, False, False, float(M), CB,
+                      sdz, sdzx, dx2)
         sums, total = reduce(np.stack([sdz, sdzx]), M)
         gsdz, gsdzx = (np.array(s, dtype=np.float64) for s in sums)
         if need_input_grad and x.size:
-            _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, True, relu, True, True,
-                      float(total), acc, coef, gsdz, gsdzx, dx)
+            _backward(dy2, x2, w64, b64, saved.mean, saved.invstd, True, act, True, True, float(total), CB,
+                      gsdz, gsdzx, dx2)
     elif x.size:
-        _backward(dy3, x3, w64, b64, saved.mean, saved.invstd, saved.training, relu, bool(need_input_grad),
-                  False, float(M), acc, coef, sdz, sdzx, dx)
+        _backward(dy2, x2, w64, b64, saved.mean, saved.invstd, saved.training, act, bool(need_input_grad),
+                  False, float(M), CB, sdz, sdzx, dx2)
     dxhat = sdzx * saved.invstd  # sum dz * x_hat
     dx = dx.reshape(N, C, H, W) if need_input_grad else None
     dweight = None if weight is None else dxhat.astype(dt)

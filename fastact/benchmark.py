@@ -57,7 +57,8 @@ import numpy as np
 
 from .table import ENTRIES
 
-__all__ = ["DEFAULT_SIZES", "BYTES_PER_ELEMENT", "time_pair", "median_time", "load_torch", "machine",
+__all__ = ["DEFAULT_SIZES", "BYTES_PER_ELEMENT", "time_pair", "median_time", "load_torch",
+           "load_torchvision_models", "machine",
            "Case", "cases", "inputs", "copy_fn", "warm_up", "run", "serial_parallel_times", "startup",
            "size_label", "format_ratio", "format_table", "markdown_table", "write_markdown",
            "add_arguments", "main"]
@@ -190,6 +191,39 @@ def load_torch(num_threads=None):
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     return torch
+
+
+def load_torchvision_models():
+    """torchvision's model definitions (``resnet18``, ``resnet34``, ``mobilenet_v2``,
+    ``mobilenet_v3_small``, ``mobilenet_v3_large``) as a namespace, or None without PyTorch or
+    torchvision: the peers of fastact's networks in the benchmarks and tests.
+
+    torchvision's package does not import with a CPU build of PyTorch that lacks its compiled ops
+    (``operator torchvision::nms does not exist``), but its model definitions are pure Python:
+    ``torchvision``, ``torchvision.models`` and ``torchvision.ops`` are registered as bare packages
+    over its files (when torchvision is not imported already) and the three model modules imported
+    from them. Install it with ``pip install --no-deps torchvision``; fastact never needs it.
+    """
+    import importlib
+    import importlib.util
+    import types
+    if load_torch() is None:
+        return None
+    if "torchvision" not in sys.modules:
+        spec = importlib.util.find_spec("torchvision")
+        if spec is None or spec.origin is None:
+            return None
+        root = os.path.dirname(spec.origin)
+        for name, sub in (("torchvision", ""), ("torchvision.models", "models"), ("torchvision.ops", "ops")):
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [os.path.join(root, sub)]
+            sys.modules[name] = pkg
+    try:
+        mods = [importlib.import_module(f"torchvision.models.{m}") for m in ("resnet", "mobilenetv2", "mobilenetv3")]
+    except Exception:  # noqa: BLE001 -- another torchvision whose model files need its compiled ops
+        return None
+    names = ("resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+    return types.SimpleNamespace(**{n: getattr(m, n) for m in mods for n in names if hasattr(m, n)})
 
 
 def _cpu():

@@ -224,3 +224,129 @@ def backward_input_s1(dz, w, dx, pt, pl, dh, dw):
                             xw[i] += wv * zs[i]
             for h in range(H):
                 dxf[(nc * H + h) * W:(nc * H + h + 1) * W] = xw[h * Wq:h * Wq + W]
+
+
+# Channels-last, for small planes and strides > 1 (channel multiplier 1). Each image's block of channels
+# is transposed into a local (H*W, Cb) buffer, so that every tap of every output pixel is one loop over
+# the block's channels (unit stride, vectorises whatever the plane's size or the stride); taps outside
+# the image are skipped per output row, as in :func:`forward`. The result is transposed back into the
+# NCHW output. A chunk of images per parallel iteration: one fork/join per call.
+
+@_runtime.jit(parallel=True)
+def forward_cl(x, wt, y, sh, sw, pt, pl, dh, dw, R, S, CB):
+    """:func:`forward` for ``K == C``: ``wt`` (R*S, C) is the weight transposed, ``CB`` the channels
+    per block."""
+    N, C, H, W = x.shape
+    P, Q = y.shape[2], y.shape[3]
+    HW = H * W
+    PQ = P * Q
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    wf = wt.reshape(-1)
+    nch = min(N, 16)
+    for ch in _runtime.prange(nch):
+        xt = np.empty(HW * CB, dtype=x.dtype)
+        yt = np.empty(PQ * CB, dtype=x.dtype)
+        for n in range(ch * N // nch, (ch + 1) * N // nch):
+            for c0 in range(0, C, CB):
+                cb = min(CB, C - c0)
+                xb = (n * C + c0) * HW
+                for j in range(HW):
+                    xr = xt[j * cb:(j + 1) * cb]
+                    for c in range(cb):
+                        xr[c] = xf[xb + c * HW + j]
+                for i in range(PQ * cb):
+                    yt[i] = 0.0
+                for p in range(P):
+                    for r in range(R):
+                        h = p * sh - pt + r * dh
+                        if 0 <= h < H:
+                            for s in range(S):
+                                q0, q1 = _columns(Q, W, sw, pl, s, dw)
+                                ws = wf[(r * S + s) * C + c0:(r * S + s) * C + c0 + cb]
+                                for q in range(q0, q1):
+                                    v = h * W + q * sw - pl + s * dw
+                                    xs = xt[v * cb:(v + 1) * cb]
+                                    ys = yt[(p * Q + q) * cb:(p * Q + q + 1) * cb]
+                                    for c in range(cb):
+                                        ys[c] += ws[c] * xs[c]
+                yb = (n * C + c0) * PQ
+                for c in range(cb):
+                    for t in range(PQ):
+                        yf[yb + c * PQ + t] = yt[t * cb + c]
+
+
+@_runtime.jit(parallel=True)
+def backward_cl(dz, x, wt, dx, dwt, db, sh, sw, pt, pl, dh, dw, R, S, CB, need_input_grad):
+    """Both gradients of :func:`forward_cl` in one pass over the images: ``dx`` (N, C, H, W) overwritten
+    when ``need_input_grad``; ``dwt`` (R*S*C,) and ``db`` (C,) float64, overwritten with
+    ``sum dz * x`` per tap and ``sum dz`` (the bias gradient), accumulated in float64 per chunk of
+    images."""
+    N, C, H, W = x.shape
+    P, Q = dz.shape[2], dz.shape[3]
+    HW = H * W
+    PQ = P * Q
+    xf = x.reshape(-1)
+    zf = dz.reshape(-1)
+    dxf = dx.reshape(-1)
+    wf = wt.reshape(-1)
+    nch = min(N, 16)
+    dwp = np.zeros((nch, R * S * C))
+    dbp = np.zeros((nch, C))
+    for ch in _runtime.prange(nch):
+        xt = np.empty(HW * CB, dtype=x.dtype)
+        zt = np.empty(PQ * CB, dtype=x.dtype)
+        gt = np.empty(HW * CB if need_input_grad else 0, dtype=x.dtype)
+        dwc = dwp[ch]
+        dbc = dbp[ch]
+        for n in range(ch * N // nch, (ch + 1) * N // nch):
+            for c0 in range(0, C, CB):
+                cb = min(CB, C - c0)
+                xb = (n * C + c0) * HW
+                zb = (n * C + c0) * PQ
+                for j in range(HW):
+                    xr = xt[j * cb:(j + 1) * cb]
+                    for c in range(cb):
+                        xr[c] = xf[xb + c * HW + j]
+                for t in range(PQ):
+                    zr = zt[t * cb:(t + 1) * cb]
+                    for c in range(cb):
+                        zr[c] = zf[zb + c * PQ + t]
+                dbs = dbc[c0:c0 + cb]
+                for t in range(PQ):
+                    zr = zt[t * cb:(t + 1) * cb]
+                    for c in range(cb):
+                        dbs[c] += np.float64(zr[c])
+                if need_input_grad:
+                    for i in range(HW * cb):
+                        gt[i] = 0.0
+                for p in range(P):
+                    for r in range(R):
+                        h = p * sh - pt + r * dh
+                        if 0 <= h < H:
+                            for s in range(S):
+                                q0, q1 = _columns(Q, W, sw, pl, s, dw)
+                                rs = (r * S + s) * C + c0
+                                ws = wf[rs:rs + cb]
+                                dws = dwc[rs:rs + cb]
+                                for q in range(q0, q1):
+                                    v = h * W + q * sw - pl + s * dw
+                                    xs = xt[v * cb:(v + 1) * cb]
+                                    zs = zt[(p * Q + q) * cb:(p * Q + q + 1) * cb]
+                                    for c in range(cb):
+                                        dws[c] += np.float64(zs[c]) * np.float64(xs[c])
+                                    if need_input_grad:
+                                        gs = gt[v * cb:(v + 1) * cb]
+                                        for c in range(cb):
+                                            gs[c] += ws[c] * zs[c]
+                if need_input_grad:
+                    for c in range(cb):
+                        for j in range(HW):
+                            dxf[xb + c * HW + j] = gt[j * cb + c]
+    dwt[:] = 0.0
+    db[:] = 0.0
+    for ch in range(nch):
+        for i in range(R * S * C):
+            dwt[i] += dwp[ch, i]
+        for c in range(C):
+            db[c] += dbp[ch, c]

@@ -37,7 +37,7 @@ from . import elementwise as ew
 from . import table as _table
 
 __all__ = ["DEFAULT_ACTIVATIONS", "add_arguments", "run_config", "run_study", "activation_time", "summarise",
-           "markdown", "plot", "main"]
+           "markdown", "command", "plot", "main"]
 
 #: the activations the study compares unless ``--activations`` says otherwise
 DEFAULT_ACTIVATIONS = ("relu", "leaky_relu", "relu6", "silu", "hardswish", "gelu", "mish")
@@ -144,7 +144,7 @@ def run_study(args, say=print):
             say(f"fastact study: {name} seed {seed}: test accuracy {history[-1]['test_acc']:.2%}", flush=True)
     config = {k: base[k] for k in ("model", "dataset", "epochs", "batch_size", "lr", "optimizer", "dtype")}
     return dict(config=dict(config, activations=names, seeds=args.seeds, train_images=len(ytr),
-                            test_images=len(yte)),
+                            test_images=len(yte), limit=args.limit),
                 runs=runs, activation_seconds={n: activation_time(n) for n in names})
 
 
@@ -182,9 +182,19 @@ def markdown(results):
     return "\n".join(lines) + "\n"
 
 
+def command(results):
+    """The ``python -m fastact study`` command line that reproduces ``results``."""
+    c = results["config"]
+    line = (f"python -m fastact study --model {c['model']} --dataset {c['dataset']} --activations "
+            f"{','.join(c['activations'])} --seeds {c['seeds']} --epochs {c['epochs']} --batch-size "
+            f"{c['batch_size']} --lr {c['lr']} --optimizer {c['optimizer']}")
+    return line + (f" --limit {c['train_images']}" if c.get("limit") else "")
+
+
 def plot(results, path):
     """study.png: test accuracy and training loss per epoch per activation (mean over seeds, band
-    min-max), and the final accuracies with their spread."""
+    min-max), and the final accuracies with their spread; the command that ran the study is in the
+    PNG's ``Source`` metadata."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -211,7 +221,8 @@ def plot(results, path):
     c = results["config"]
     fig.suptitle(f"fastact study: {c['model']} on {c['dataset']}, {c['seeds']} seeds per activation")
     fig.tight_layout()
-    checkpoint.atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90))
+    checkpoint.atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=90,
+                                                         metadata={"Source": command(results)}))
     plt.close(fig)
 
 
@@ -234,5 +245,6 @@ def main(args):
     _atomic(os.path.join(out, "study.json"), json.dumps(results, indent=1, sort_keys=True))
     plot(results, os.path.join(out, "study.png"))
     print(table)
+    print(f"fastact study: the same study again: {command(results)}")
     print(f"fastact study: wrote {out}/study.md, study.json and study.png")
     return 0

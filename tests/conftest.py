@@ -62,33 +62,15 @@ def torch_or_skip():
 
 
 def torchvision_models_or_skip():
-    """torchvision's model modules (``resnet``, ``mobilenetv2``, ``mobilenetv3``) as a namespace, or skip.
-
-    torchvision's package does not import with PyTorch's CPU build here (its compiled ops are missing),
-    but its model definitions are pure Python: ``torchvision``, ``torchvision.models`` and
-    ``torchvision.ops`` are registered as bare packages over its files, and the three model modules
-    are imported from them. An optional reference written elsewhere, never a dependency."""
-    import importlib
-    import importlib.util
-    import os
-    import sys
-    import types
+    """torchvision's model definitions (:func:`fastact.benchmark.load_torchvision_models`: its pure-Python
+    model modules, imported without its compiled ops), or skip: an optional reference written
+    elsewhere, never a dependency."""
+    from fastact import benchmark
     torch_or_skip()
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or spec.origin is None:
-            pytest.skip("torchvision is not installed: its comparisons skip")
-        root = os.path.dirname(spec.origin)
-        for name, sub in (("torchvision", ""), ("torchvision.models", "models"), ("torchvision.ops", "ops")):
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [os.path.join(root, sub)]
-            sys.modules[name] = pkg
-    try:
-        mods = [importlib.import_module(f"torchvision.models.{m}") for m in ("resnet", "mobilenetv2", "mobilenetv3")]
-    except Exception as e:  # another torchvision whose model files need its compiled ops
-        pytest.skip(f"torchvision's model modules do not import here: {e}")
-    return types.SimpleNamespace(**{name: getattr(m, name) for m in mods for name in (
-        "resnet18", "resnet34", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large") if hasattr(m, name)})
+    tv = benchmark.load_torchvision_models()
+    if tv is None:
+        pytest.skip("torchvision's model modules are not importable here: their comparisons skip")
+    return tv
 
 
 def tol(dtype, kind="forward"):

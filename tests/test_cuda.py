@@ -148,6 +148,112 @@ def test_conv2d_forward_and_backward_match_cpu(kernel, stride, padding, dtype):
         assert_close(host(got), want, dtype, "backward")
 
 
+# (C, K, groups, kernel, stride, padding, dilation, activation, bias, dtype): groups 1, 2 and depthwise
+# (channel multiplier 1 and 2), dilation 1, 2 and a pair, stride 1 and 2, padding an int, a pair, 'same'
+# (odd kernels: even padding; even kernels: the extra row and column at the bottom and right) and
+# 'valid', on 7x6 inputs. 'same' and 'valid' with groups 1, dilation 1 and an odd kernel take the
+# im2col path, the rest the direct kernels.
+CONV_PARAM_CASES = [
+    (4, 6, 2, 3, 1, 1, 2, "relu6", True, np.float32),
+    (3, 3, 3, 3, 2, (1, 0), 1, "hardswish", False, np.float64),
+    (3, 6, 3, 2, 1, "same", 1, None, True, np.float32),
+    (2, 4, 1, 4, 1, "same", (1, 2), "relu6", True, np.float64),
+    (4, 4, 2, 3, 2, "valid", 2, None, False, np.float64),
+    (2, 3, 1, 3, 1, "same", 1, "hardswish", True, np.float32),
+    (2, 3, 1, 3, 2, "valid", 1, None, True, np.float64),
+]
+
+
+def _conv_param_id(case):
+    C, K, groups, kernel, stride, padding, dilation, act, bias, dtype = case
+    return (f"C{C}K{K}g{groups}k{kernel}s{stride}p{padding}d{dilation}-{act}"
+            f"{'-bias' if bias else ''}-{np.dtype(dtype).name}").replace(" ", "")
+
+
+@needs_device
+@pytest.mark.parametrize("case", CONV_PARAM_CASES, ids=[_conv_param_id(c) for c in CONV_PARAM_CASES])
+def test_conv2d_groups_dilation_and_padding_match_cpu(case):
+    C, K, groups, kernel, stride, padding, dilation, act, with_bias, dtype = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, C, 7, 6)).astype(dtype)
+    w = (0.3 * rng.standard_normal((K, C // groups, kernel, kernel))).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype) if with_bias else None
+    geom = (stride, padding, dilation, groups)
+    y, z = fcuda.conv2d(dev(x), dev(w), None if b is None else dev(b), *geom, activation=act,
+                        return_preactivation=True)
+    ry, rz = fastact.conv2d(x, w, b, *geom, activation=act, return_preactivation=True)
+    assert y.shape == ry.shape
+    assert_close(host(y), ry, dtype)
+    assert_close(host(z), rz, dtype)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    # through the activation when there is one (dz = dy * act'(z) fused with the bias sum)
+    kw = {} if act is None else dict(preactivation=z, activation=act)
+    got = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), *geom, **kw)
+    want = fastact.conv2d_backward(dy, x, w, *geom, **({} if act is None else dict(preactivation=rz,
+                                                                                     activation=act)))
+    for g, r, name in zip(got, want, ("dx", "dweight", "dbias")):
+        assert g.shape == r.shape, name
+        assert_close(host(g), r, dtype, "backward", err_msg=name)
+    if act is None:  # (a third backward costs seconds on the simulator: not for every case)
+        dx, dw, db = fcuda.conv2d_backward(dev(dy), dev(x), dev(w), *geom, need_input_grad=False)
+        assert dx is None
+        assert_close(host(dw), want[1], dtype, "backward")
+
+
+@needs_device
+def test_conv2d_parameter_errors_match_cpu():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 6, 5, 5)).astype(np.float32)
+    bad = [  # (weight shape, stride, padding, dilation, groups)
+        ((4, 2, 3, 3), 1, 0, 1, 4),        # 6 input channels, groups 4
+        ((3, 3, 3, 3), 1, 0, 1, 2),        # 3 output channels, groups 2
+        ((4, 2, 3, 3), 1, 0, 1, 2),        # weight expects 4 input channels, x has 6
+        ((4, 6, 3, 3), 2, "same", 1, 1),   # 'same' needs stride 1
+        ((4, 6, 3, 3), 1, "full", 1, 1),
+        ((4, 6, 3, 3), 1, 0, 0, 1),        # dilation 0
+        ((4, 6, 3, 3), 1, 0, 3, 1),        # the dilated kernel (7x7) is larger than the input
+    ]
+    for wshape, stride, padding, dilation, groups in bad:
+        w = np.ones(wshape, np.float32)
+        with pytest.raises(ValueError) as cpu:
+            fastact.conv2d(x, w, None, stride, padding, dilation, groups)
+        msg = str(cpu.value)
+        with pytest.raises(ValueError) as gpu:
+            fcuda.conv2d(dev(x), dev(w), None, stride, padding, dilation, groups)
+        assert str(gpu.value) == msg
+        with pytest.raises(ValueError) as gpu:
+            fcuda.conv2d_backward(dev(np.ones((1, 4, 3, 3), np.float32)), dev(x), dev(w), stride, padding,
+                                  dilation, groups)
+        assert str(gpu.value) == msg
+    with pytest.raises(ValueError, match="dy has shape"):
+        fcuda.conv2d_backward(dev(np.ones((1, 6, 5, 5), np.float32)), dev(x), dev(np.ones((6, 1, 3, 3), np.float32)),
+                              1, 1, 2, 6)
+
+
+@needs_device
+def test_device_net_with_grouped_dilated_same_padded_convs_matches_cpu():
+    from fastact import nn
+    dt = np.float64
+    net = nn.Sequential(nn.Conv2d(2, 4, 2, padding="same", groups=2, dtype=dt, seed=0), nn.Activation("relu6"),
+                        nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4, dtype=dt, seed=1),
+                        nn.Activation("hardswish"), nn.Flatten(), nn.Linear(4 * 5 * 5, 3, dtype=dt, seed=2))
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(dt)
+    y = np.array([0, 2])
+    loss_fn = nn.CrossEntropyLoss()
+    logits = net(x)
+    loss_fn(logits, y)
+    net.backward(loss_fn.backward())
+    cpu_grads = {k: p.grad for k, p in net.named_parameters()}
+    dnet = fcuda.DeviceNet(net)
+    d_logits = dnet.forward(dev(x))
+    assert_close(host(d_logits), logits, dt)
+    grads = dnet.backward(fcuda.cross_entropy(d_logits, y)[1])
+    assert set(grads) == set(cpu_grads)
+    for k, g in grads.items():
+        assert_close(host(g), cpu_grads[k], dt, "backward", err_msg=k)
+
+
 @needs_device
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
 @pytest.mark.parametrize("kernel,stride,padding", [(2, None, 0), (3, 1, 1), (3, 2, 1), (2, 1, 0)])

@@ -30,7 +30,8 @@ class DeviceNet:
     keeps what ``backward`` needs; ``backward(dlogits)`` returns the parameter gradients as device arrays
     keyed like ``state_dict()`` (PyTorch's names). A Conv2d or Linear followed by an activation runs
     fused (bias + activation in the GEMM epilogue, the activation's backward in the pass that sums the
-    bias gradient). Supported modules: Conv2d, Linear, MaxPool2d, Flatten and the table's activations.
+    bias gradient). Supported modules: Conv2d (any padding, dilation and groups), Linear, MaxPool2d,
+    Flatten and the table's activations.
 
     Parameters
     ----------
@@ -54,10 +55,6 @@ class DeviceNet:
             act = None if j is None else mods[j]
             if not isinstance(m, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.Flatten, nn.Activation)):
                 raise TypeError(f"DeviceNet: module {i} ({type(m).__name__}) has no GPU implementation")
-            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation not in (1, (1, 1))
-                                             or isinstance(m.padding, str)):
-                raise ValueError(f"DeviceNet: module {i} ({m!r}): the GPU convolution has no groups, dilation "
-                                 f"or 'same'/'valid' padding")
             if isinstance(m, nn.MaxPool2d) and (m.dilation not in (1, (1, 1)) or m.ceil_mode):
                 raise ValueError(f"DeviceNet: module {i} ({m!r}): the GPU max-pool has no dilation or ceil_mode")
             self.plan.append((i, m, act))
@@ -74,8 +71,8 @@ class DeviceNet:
                 b = self.params.get(f"{i}.bias")
                 w = self.params[f"{i}.weight"]
                 if isinstance(m, nn.Conv2d):
-                    y, z = conv2d(h, w, b, m.stride, m.padding, activation=name, activation_params=params,
-                                  return_preactivation=True)
+                    y, z = conv2d(h, w, b, m.stride, m.padding, m.dilation, m.groups, activation=name,
+                                  activation_params=params, return_preactivation=True)
                 else:
                     y, z = linear(h, w, b, activation=name, activation_params=params,
                                   return_preactivation=True)
@@ -108,7 +105,7 @@ class DeviceNet:
                           need_input_grad=i != first)  # nothing needs the input's gradient
                 w = self.params[f"{i}.weight"]
                 if isinstance(m, nn.Conv2d):
-                    dx, dw, db = conv2d_backward(dy, inp, w, m.stride, m.padding, **kw)
+                    dx, dw, db = conv2d_backward(dy, inp, w, m.stride, m.padding, m.dilation, m.groups, **kw)
                 else:
                     dx, dw, db = linear_backward(dy, inp, w, **kw)
                 grads[f"{i}.weight"] = dw
