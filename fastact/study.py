@@ -10,8 +10,10 @@ test set.
 It writes, into ``--out`` (default ``runs/study-<model>-<dataset>``):
 
 * ``study.md``: a table per activation: final test accuracy (mean, and the spread over seeds as min-max),
-  final training loss, the time of one training step (median over the epochs after the first, whole
-  step), the time of the activation's forward + backward alone on 2**20 float32 values, and the share
+  final training loss, the time of one whole training step (forward, backward, optimizer) on the first
+  batch, and of the activation's forward + backward alone on 2**20 float32 values (each the median of
+  repeats, the activations timed interleaved after the training, so that the machine's load hits them
+  alike), and the share
   of units that were dead or saturated (derivative zero for every training image of the last epoch;
   mean over the activation layers; "-" for activations whose derivative is never zero, and for ResNets,
   whose blocks fuse their ReLUs and record nothing);
@@ -32,12 +34,12 @@ import time
 
 import numpy as np
 
-from . import checkpoint, data, nn, train
+from . import benchmark, checkpoint, data, nn, train
 from . import elementwise as ew
 from . import table as _table
 
-__all__ = ["DEFAULT_ACTIVATIONS", "add_arguments", "run_config", "run_study", "activation_time", "summarise",
-           "markdown", "command", "plot", "main"]
+__all__ = ["DEFAULT_ACTIVATIONS", "add_arguments", "run_config", "run_study", "activation_times", "step_times",
+           "summarise", "markdown", "command", "plot", "main"]
 
 #: the activations the study compares unless ``--activations`` says otherwise
 DEFAULT_ACTIVATIONS = ("relu", "leaky_relu", "relu6", "silu", "hardswish", "gelu", "mish")
@@ -84,10 +86,8 @@ def run_config(args, activation, seed):
     return train.config_from_args(ns)
 
 
-def activation_time(name, size=1 << 20, repeats=7):
-    """Median seconds of the activation's forward plus backward on ``size`` float32 values (each sample
-    the second of two back-to-back calls, so a thread pool left spinning by the first is the kernel's
-    own cost)."""
+def _activation_fn(name, size):
+    """A zero-argument callable of the activation's forward plus backward on ``size`` float32 values."""
     x = np.random.default_rng(0).standard_normal(size).astype(np.float32)
     dy = np.ones_like(x)
     if name == "prelu":
@@ -102,13 +102,29 @@ def activation_time(name, size=1 << 20, repeats=7):
         def both():
             fwd(x)
             bwd(dy, x)
-    times = []
-    for _ in range(repeats):
-        both()
-        t0 = time.perf_counter()
-        both()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return both
+
+
+def activation_times(names, size=1 << 20, repeat=7):
+    """{name: median seconds of the activation's forward plus backward on ``size`` float32 values},
+    the activations timed interleaved (:func:`fastact.benchmark.median_time`)."""
+    return benchmark.median_time({n: _activation_fn(n, size) for n in names}, repeat)
+
+
+def step_times(args, names, x, y, repeat=5):
+    """{name: median seconds of one training step of the study's network with that activation} on the
+    first batch of ``x``, the networks timed interleaved (:func:`fastact.benchmark.median_time`), so
+    that the load of the machine hits every activation alike."""
+    fns = {}
+    for name in names:
+        cfg = run_config(args, name, 0)
+        model, opt = train.build(cfg)
+        xb, yb = x[:cfg["batch_size"]].astype(cfg["dtype"], copy=False), y[:cfg["batch_size"]]
+
+        def step(model=model, opt=opt, loss_fn=nn.CrossEntropyLoss(), xb=xb, yb=yb):
+            train.train_step(model, opt, loss_fn, xb, yb)
+        fns[name] = step
+    return benchmark.median_time(fns, repeat)
 
 
 def run_study(args, say=print):
@@ -127,25 +143,25 @@ def run_study(args, say=print):
             history = []
             for epoch in range(1, cfg["epochs"] + 1):
                 t0 = time.perf_counter()
-                loss, acc, rate, dead = train.train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch)
-                steps = -(-len(ytr) // cfg["batch_size"])
+                loss, acc, _, dead = train.train_epoch(model, opt, loss_fn, xtr, ytr, cfg, epoch)
+                seconds = time.perf_counter() - t0
                 if any(isinstance(m, nn.BatchNorm2d) and m.momentum is not None and m.momentum < 0.1
                        for m in model.modules()):
                     train.recompute_batchnorm_stats(
                         model, xtr[:train.BN_RECOMPUTE_IMAGES].astype(cfg["dtype"], copy=False), cfg["batch_size"])
                 history.append(dict(epoch=epoch, loss=loss, train_acc=acc,
-                                    test_acc=train.evaluate(model, xte, yte),
-                                    step_s=(time.perf_counter() - t0) / steps if epoch == 1 else
-                                    len(ytr) / rate / steps, dead=dead))
+                                    test_acc=train.evaluate(model, xte, yte), seconds=seconds, dead=dead))
                 if not args.quiet:
                     say(f"  {name} seed {seed} epoch {epoch}: loss {loss:.4f}, test acc "
                         f"{history[-1]['test_acc']:.2%}", flush=True)
             runs.append(dict(activation=name, seed=seed, history=history))
             say(f"fastact study: {name} seed {seed}: test accuracy {history[-1]['test_acc']:.2%}", flush=True)
     config = {k: base[k] for k in ("model", "dataset", "epochs", "batch_size", "lr", "optimizer", "dtype")}
+    say("fastact study: timing one training step per activation, interleaved", flush=True)
     return dict(config=dict(config, activations=names, seeds=args.seeds, train_images=len(ytr),
                             test_images=len(yte), limit=args.limit),
-                runs=runs, activation_seconds={n: activation_time(n) for n in names})
+                runs=runs, step_seconds=step_times(args, names, xtr, ytr),
+                activation_seconds=activation_times(names))
 
 
 def summarise(results):
@@ -155,12 +171,10 @@ def summarise(results):
     for name in results["config"]["activations"]:
         runs = [r for r in results["runs"] if r["activation"] == name]
         acc = np.array([r["history"][-1]["test_acc"] for r in runs])
-        steps = [h["step_s"] for r in runs for h in r["history"][1:]] or \
-            [h["step_s"] for r in runs for h in r["history"]]
         dead = [np.mean(list(r["history"][-1]["dead"].values())) for r in runs if r["history"][-1]["dead"]]
         rows.append(dict(activation=name, acc_mean=float(acc.mean()), acc_min=float(acc.min()),
                          acc_max=float(acc.max()), loss=float(np.mean([r["history"][-1]["loss"] for r in runs])),
-                         step_ms=1e3 * float(np.median(steps)),
+                         step_ms=1e3 * results["step_seconds"][name],
                          act_us=1e6 * results["activation_seconds"][name],
                          dead=float(np.mean(dead)) if dead else None))
     return rows
@@ -208,8 +222,8 @@ def plot(results, path):
             ax.plot(epochs, v.mean(axis=0), label=name, color=f"C{i}")
             ax.fill_between(epochs, v.min(axis=0), v.max(axis=0), color=f"C{i}", alpha=0.15)
         r = rows[i]
-        axes[2].errorbar([i], [r["acc_mean"]], yerr=[[r["acc_mean"] - r["acc_min"]], [r["acc_max"] - r["acc_mean"]]],
-                         fmt="o", color=f"C{i}", capsize=4)
+        spread = [[max(0.0, r["acc_mean"] - r["acc_min"])], [max(0.0, r["acc_max"] - r["acc_mean"])]]
+        axes[2].errorbar([i], [r["acc_mean"]], yerr=spread, fmt="o", color=f"C{i}", capsize=4)
     axes[0].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy (mean, min-max over seeds)")
     axes[1].set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
     from matplotlib.ticker import MaxNLocator
