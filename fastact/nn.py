@@ -53,7 +53,7 @@ from .conv import ALGORITHMS, conv2d, conv2d_backward
 from .linear import linear, linear_backward
 from .loss import cross_entropy, cross_entropy_backward
 from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward,
-                   max_pool2d, max_pool2d_backward)
+                   max_pool2d, max_pool2d_backward, max_pool2d_flat_indices)
 
 __all__ = ["Parameter", "Module", "Sequential", "Residual", "Identity", "SqueezeExcitation", "Conv2d", "Linear",
            "BatchNorm2d",
@@ -462,7 +462,6 @@ class MaxPool2d(_Pool2d):
             # for them (the next layer keeps y, and the indices are a quarter of y's bytes or less)
             self._saved = (np.shape(x), np.result_type(x), indices)
         if self.return_indices:
-            from .pool import max_pool2d_flat_indices
             return y, max_pool2d_flat_indices(indices, np.shape(x), *self._window())
         return y
 
@@ -943,6 +942,26 @@ def _fusable_activation(m):
     return isinstance(m, Activation) and type(m) in ACTIVATION_MODULES.values()
 
 
+def _fused_with(mods, i):
+    """The index of the activation module that runs fused into ``mods[i]`` (a Conv2d or Linear followed
+    by an activation of the table, a BatchNorm2d followed by a plain ReLU), or None."""
+    nxt = mods[i + 1] if i + 1 < len(mods) else None
+    if isinstance(mods[i], (Conv2d, Linear)) and _fusable_activation(nxt):
+        return i + 1
+    if isinstance(mods[i], BatchNorm2d) and is_plain_relu(nxt):
+        return i + 1
+    return None
+
+
+def _run_fused(mods, i, j, x):
+    """``mods[i]`` on x, with the activation ``mods[j]`` fused into it when j is not None."""
+    if j is None:
+        return mods[i](x)
+    if isinstance(mods[i], BatchNorm2d):
+        return mods[i].forward(x, activation="relu")
+    return mods[i].forward(x, activation=mods[j].name, activation_params=mods[j].params)
+
+
 def _foldable(conv, bn):
     return isinstance(bn, BatchNorm2d) and bn.track_running_stats and bn.num_features == conv.out_channels
 
@@ -1024,17 +1043,9 @@ class Sequential(Module):
         mods = list(self._modules.values())
         plan, i = [], 0
         while i < len(mods):
-            m = mods[i]
-            nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if isinstance(m, (Conv2d, Linear)) and _fusable_activation(nxt):
-                plan.append((i, i + 1))
-                i += 2
-            elif isinstance(m, BatchNorm2d) and is_plain_relu(nxt):
-                plan.append((i, i + 1))
-                i += 2
-            else:
-                plan.append((i, None))
-                i += 1
+            j = _fused_with(mods, i)
+            plan.append((i, j))
+            i = (i if j is None else j) + 1
         return plan
 
     def forward(self, x):
@@ -1042,24 +1053,17 @@ class Sequential(Module):
         if not self.training:
             return self._forward_eval(mods, x)
         for i, j in self.fusion_plan():
-            if j is None:
-                x = mods[i](x)
-                out_index = i
-            elif isinstance(mods[i], BatchNorm2d):
-                x = mods[i].forward(x, activation="relu")
-                out_index = j
-            else:
-                act = mods[j]
-                x = mods[i].forward(x, activation=act.name, activation_params=act.params)
-                out_index = j
-            if self.activity is not None and self.training and can_die(mods[out_index]):
+            x = _run_fused(mods, i, j, x)
+            out_index = i if j is None else j
+            if self.activity is not None and can_die(mods[out_index]):
                 self._record_activity(mods, i, j, out_index, x)
         return x
 
     def _forward_eval(self, mods, x):
-        """Eval mode: as training's plan, and a Conv2d followed by a BatchNorm2d with running statistics
-        (and an activation module) runs as one convolution with the BatchNorm folded in
-        (:func:`fold_batchnorm`) where that pays (:func:`folding_pays`)."""
+        """Eval mode: training's plan, except that a Conv2d followed by a BatchNorm2d with running
+        statistics (and an activation module) runs as one convolution with the BatchNorm folded in
+        (:func:`fold_batchnorm`) and the activation in its epilogue, where that pays
+        (:func:`folding_pays`)."""
         i = 0
         while i < len(mods):
             m = mods[i]
@@ -1072,15 +1076,9 @@ class Sequential(Module):
                            activation_params=None if act is None else act.params, algorithm=m.algorithm)
                 i += 2 if act is None else 3
                 continue
-            if isinstance(m, (Conv2d, Linear)) and i + 1 < len(mods) and _fusable_activation(mods[i + 1]):
-                x = m.forward(x, activation=mods[i + 1].name, activation_params=mods[i + 1].params)
-                i += 2
-            elif isinstance(m, BatchNorm2d) and i + 1 < len(mods) and is_plain_relu(mods[i + 1]):
-                x = m.forward(x, activation="relu")
-                i += 2
-            else:
-                x = m(x)
-                i += 1
+            j = _fused_with(mods, i)
+            x = _run_fused(mods, i, j, x)
+            i = (i if j is None else j) + 1
         return x
 
     def _record_activity(self, mods, i, j, out_index, y):
@@ -1114,8 +1112,8 @@ class Conv2dNormActivation(Sequential):
     ``padding`` defaults to ``(kernel_size - 1) // 2 * dilation`` (the output keeps the input's size
     at stride 1) and ``bias`` to ``norm_layer is None``. ``norm_layer`` and ``activation_layer`` are
     module classes or factories (``norm_layer(out_channels)``, ``activation_layer()``; ReLU by
-    default), None to leave the layer out; a BatchNorm2d ``norm_layer`` gets the block's ``dtype``. The convolution is
-    initialised from ``seed`` as ``Conv2d``.
+    default), None to leave the layer out; a BatchNorm2d ``norm_layer`` gets the block's ``dtype``.
+    The convolution is initialised from ``seed`` as ``Conv2d``.
 
     >>> from fastact import nn
     >>> block = nn.Conv2dNormActivation(3, 8, stride=2, activation_layer=nn.ReLU6)
