@@ -481,35 +481,94 @@ def rule_markdown(repeat=11):
     return "\n".join(lines)
 
 
-#: (C, H, stride): MobileNetV2's depthwise 3x3 layers at CIFAR size (32x32 input), batch 64
-DEPTHWISE_SHAPES = [(96, 16, 1), (144, 16, 1), (144, 16, 2), (192, 8, 1), (384, 4, 1), (960, 2, 1)]
+#: (C, H, stride): MobileNetV2's depthwise 3x3 layers at CIFAR size (32x32 input, the first conv at
+#: stride 2), batch 64; H is the layer's input size
+DEPTHWISE_SHAPES = [(32, 16, 1), (96, 16, 2), (144, 8, 1), (144, 8, 2), (192, 4, 1), (192, 4, 2), (384, 2, 1),
+                    (576, 2, 1), (576, 2, 2), (960, 1, 1)]
+
+
+def copy_bandwidth(nbytes=64 << 20, repeat=9):
+    """Bytes per second moved (read + written) by ``np.copyto`` of a ``nbytes`` float32 array: the
+    memory floor's rate."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    t = interleaved({"copy": lambda: np.copyto(dst, src)}, repeat)["copy"]
+    return 2 * nbytes / t
+
+
+def depthwise_unit_fns(C, H, st, torch=None, N=64, dtype=np.float32):
+    """(fastact forward, fastact backward, PyTorch forward, PyTorch backward, floor bytes forward,
+    floor bytes backward) of MobileNetV2's unit: depthwise 3x3 (padding 1, no bias) + BatchNorm2d in
+    training mode + ReLU6. fastact: ``conv2d`` then ``batch_norm2d(activation='relu6')`` (one pass for
+    BatchNorm and ReLU6), backward ``batch_norm2d_backward`` then ``conv2d_backward``; PyTorch:
+    ``conv2d(groups=C)``, ``batch_norm(training=True)``, ``hardtanh(0, 6)``, autograd's backward. The
+    floor: the bytes the unit must move at least (forward: read x, write y; backward: read dy and x,
+    write dx)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, H)).astype(dtype)
+    w = (rng.standard_normal((C, 1, 3, 3)) / 3).astype(dtype)
+    g = rng.uniform(0.5, 2.0, C).astype(dtype)
+    b = rng.uniform(-0.5, 1.0, C).astype(dtype)
+    rm, rv = np.zeros(C, dtype), np.ones(C, dtype)
+
+    def fa_fwd():
+        z = fa.conv2d(x, w, None, st, 1, 1, C)
+        return (z,) + fa.batch_norm2d(z, rm, rv, g, b, True, activation="relu6", return_saved=True)
+
+    z, y, saved = fa_fwd()
+    dy = rng.standard_normal(y.shape).astype(dtype)
+
+    def fa_bwd():
+        dz, dg, db = fa.batch_norm2d_backward(dy, z, g, b, saved)
+        return fa.conv2d_backward(dz, x, w, st, 1, 1, C)[:2] + (dg, db)
+
+    isz = np.dtype(dtype).itemsize
+    floor = ((x.size + y.size) * isz, (dy.size + 2 * x.size) * isz)
+    if torch is None:
+        return fa_fwd, fa_bwd, None, None, floor[0], floor[1]
+    F = torch.nn.functional
+    tx, tw, tg, tb = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, g, b))
+    trm, trv = torch.from_numpy(rm.copy()), torch.from_numpy(rv.copy())
+
+    def t_fwd():
+        return F.hardtanh(F.batch_norm(F.conv2d(tx, tw, None, st, 1, 1, C), trm, trv, tg, tb, True), 0.0, 6.0)
+
+    ty, tdy = t_fwd(), torch.from_numpy(dy)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-4)
+    return (fa_fwd, fa_bwd, t_fwd, lambda: torch.autograd.grad(ty, (tx, tw, tg, tb), tdy, retain_graph=True),
+            floor[0], floor[1])
+
+
+#: seconds each library's thread pool is left to go idle before the other library's samples: PyTorch's
+#: OpenMP (libgomp) threads spin for milliseconds after every parallel region, longer than a sample
+#: pair of these layers, and took a core from fastact's TBB workers (2026-12-07, 2 threads: fastact's
+#: forward of 32 @16 took 2.53 ms right after PyTorch's calls, 1.12 ms after the pause, PyTorch's
+#: 1.3-1.8 ms either way)
+SETTLE_S = 0.05
 
 
 def depthwise_markdown(repeat=9):
-    """Depthwise 3x3 + bias + ReLU6 (padding 1, batch 64, float32), training forward (keeping the
-    pre-activation) and backward, fastact against PyTorch, interleaved."""
+    """MobileNetV2's unit, depthwise 3x3 + BatchNorm (training) + ReLU6, batch 64, float32, forward and
+    backward: fastact against PyTorch, interleaved (each library's samples after a pause of
+    :data:`SETTLE_S`), and both against the memory floor at the copy bandwidth of the same run."""
+    import time
     torch = benchmark.load_torch(TORCH_THREADS)
-    F = torch.nn.functional
-    lines = ["| layer | fastact fwd ms | PyTorch fwd ms | ratio | fastact bwd ms | PyTorch bwd ms | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    bw = copy_bandwidth()
+    settle = lambda: time.sleep(SETTLE_S)  # noqa: E731
+    lines = [f"Copy bandwidth (np.copyto of 64 MiB, read + written, same run): {bw / 1e9:.1f} GB/s. Floor = the "
+             "bytes the unit must move (forward: read x, write y; backward: read dy and x, write dx) at that "
+             "rate; 'floor / fastact' is the fraction of that speed fastact reaches.", "",
+             "| layer | fastact fwd ms | PyTorch fwd ms | vs PyTorch | floor / fastact | "
+             "fastact bwd ms | PyTorch bwd ms | vs PyTorch | floor / fastact |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for C, H, st in DEPTHWISE_SHAPES:
-        x, _, _, _ = make_inputs((64, C, H, H, C), np.float32)
-        rng = np.random.default_rng(1)
-        w = (rng.standard_normal((C, 1, 3, 3)) / 3).astype(np.float32)
-        b = np.zeros(C, np.float32)
-        y, z = fa.conv2d(x, w, b, st, 1, 1, C, activation="relu6", return_preactivation=True)
-        dy = rng.standard_normal(y.shape).astype(np.float32)
-        tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_(True) for a in (x, w, b))
-        ty = F.relu6(F.conv2d(tx, tw, tb, st, 1, 1, C))
-        tdy = torch.from_numpy(dy)
-        t = interleaved({
-            "fa fwd": lambda: fa.conv2d(x, w, b, st, 1, 1, C, activation="relu6", return_preactivation=True),
-            "fa bwd": lambda: fa.conv2d_backward(dy, x, w, st, 1, 1, C, preactivation=z, activation="relu6"),
-            "torch fwd": lambda: F.relu6(F.conv2d(tx, tw, tb, st, 1, 1, C)),
-            "torch bwd": lambda: torch.autograd.grad(ty, (tx, tw, tb), tdy, retain_graph=True)}, repeat)
+        ff, fb, tf, tb, bf, bb = depthwise_unit_fns(C, H, st, torch)
+        t = interleaved({"pause 1": settle, "fa fwd": ff, "fa bwd": fb, "pause 2": settle, "torch fwd": tf,
+                         "torch bwd": tb}, repeat, budget=12.0)
         lines.append(f"| {C} @{H} stride {st} | {_ms(t['fa fwd'])} | {_ms(t['torch fwd'])} | "
-                     f"{t['torch fwd'] / t['fa fwd']:.2f}x | {_ms(t['fa bwd'])} | {_ms(t['torch bwd'])} | "
-                     f"{t['torch bwd'] / t['fa bwd']:.2f}x |")
+                     f"{t['torch fwd'] / t['fa fwd']:.2f}x | {bf / bw / t['fa fwd']:.2f} | "
+                     f"{_ms(t['fa bwd'])} | {_ms(t['torch bwd'])} | {t['torch bwd'] / t['fa bwd']:.2f}x | "
+                     f"{bb / bw / t['fa bwd']:.2f} |")
     return "\n".join(lines)
 
 
@@ -524,7 +583,8 @@ def main(argv=None):
                         "interleaved and each library alone")
     p.add_argument("--layers-peer", action="store_true", help=argparse.SUPPRESS)  # --layers' PyTorch child
     p.add_argument("--depthwise", action="store_true",
-                   help="only depthwise 3x3 + ReLU6 at MobileNetV2's CIFAR shapes against PyTorch")
+                   help="only MobileNetV2's unit (depthwise 3x3 + BatchNorm + ReLU6) at its CIFAR shapes against "
+                        "PyTorch and the memory floor")
     p.add_argument("--rule", action="store_true",
                    help="only im2col against Winograd over the layer shapes behind algorithm='auto'")
     p.add_argument("--accuracy", action="store_true",

@@ -81,7 +81,7 @@ def test_conv_report_layers():
 @pytest.mark.skipif(benchmark.load_torch() is None, reason="PyTorch is the peer here")
 def test_conv_report_depthwise():
     out = _run(BENCH / "conv_report.py", "--depthwise", "--repeat", "1", timeout=600)
-    assert "| 960 @2 stride 1 |" in out
+    assert "| 960 @1 stride 1 |" in out
 
 
 def test_conv_report_rule():

@@ -1,4 +1,4 @@
-"""2-D batch normalisation, forward and backward, optionally fused with a ReLU and a residual add.
+"""2-D batch normalisation, forward and backward, optionally fused with a ReLU or ReLU6 and a residual add.
 
 Shape key: N batch, C channels, H x W image, L = H*W, M = N*L values per channel. x, y (N, C, H, W);
 per-channel arrays (C,). PyTorch's semantics (``torch.nn.functional.batch_norm``):
@@ -9,21 +9,25 @@ per-channel arrays (C,). PyTorch's semantics (``torch.nn.functional.batch_norm``
   ``var * M / (M - 1)``;
 * eval: the running statistics normalise.
 
-Fusion, for the residual block ``y = relu(bn(x)) + skip`` (BatchNorm -> ReLU -> add): the forward is
+Fusion, for the residual block ``y = relu(bn(x)) + skip`` (BatchNorm -> ReLU -> add) and for
+MobileNet's ``relu6(bn(x))`` (BatchNorm -> ReLU6, ``min(max(u, 0), 6)``, NaN kept): the forward is
 two statistics passes (training only: the mean, then the variance) and one elementwise pass that
-writes y; the backward is one
-reduction pass (``sum dz`` and ``sum dz * x_hat`` per channel, ``dz = dy * relu'(bn(x))``
-recomputed from x, so nothing but x is kept) and one elementwise pass that writes dx. The skip's
-gradient is dy itself.
+writes y; the backward is one reduction pass (``sum dz`` and ``sum dz * x_hat`` per channel,
+``dz = dy * act'(bn(x))`` recomputed from x, so nothing but x is kept) and one elementwise pass that
+writes dx. ReLU6's derivative is 1 on (0, 6) and 0 elsewhere (PyTorch's ``hardtanh_backward``); at a
+NaN pre-activation both fused activations pass dy. The skip's gradient is dy itself.
 
-Each direction is one kernel, parallel over channels, that runs a channel's passes back to back
-while its N*L values are in L2. Statistics are accumulated in float64 whatever the input dtype, in
-two passes (the sum gives the mean, then the sum of squared deviations from it: no cancellation of
-``E[x^2] - E[x]^2``), into L float64 lanes per channel (``acc[j] += x[n, c, j]`` over n vectorises;
-one scalar accumulator would be a serial dependency chain that LLVM may not reorder without
-fast-math). The elementwise passes compute ``x * scale + shift`` with per-channel
-``scale = weight / sigma`` and ``shift = bias - mean * scale`` rounded to the input dtype (PyTorch's
-CPU kernel does the same), so float32 stays float32 and vectorises.
+Each direction is one kernel, parallel over blocks of channels, that runs a block's passes back to
+back while its values are in L2 (``_BLOCK_BYTES``). Within a block each image's values are one
+contiguous row, so every pass is one loop over that row per image with per-value "lanes" of the
+channel's coefficients: a 2x2 or 1x1 plane vectorises across channels as a large plane does along
+itself. Statistics are accumulated in float64 whatever the input dtype, in two passes (the sum gives
+the mean, then the sum of squared deviations from it: no cancellation of ``E[x^2] - E[x]^2``), into
+float64 lanes (``acc[i] += x[n, i]`` over n vectorises; one scalar accumulator would be a serial
+dependency chain that LLVM may not reorder without fast-math). The elementwise passes compute
+``x * scale + shift`` with per-channel ``scale = weight / sigma`` and ``shift = bias - mean * scale``
+rounded to the input dtype (PyTorch's CPU kernel does the same), so float32 stays float32 and
+vectorises.
 """
 
 from collections import namedtuple
@@ -37,7 +41,7 @@ __all__ = ["batch_norm2d", "batch_norm2d_backward", "BatchNormSaved", "channel_s
 
 #: What :func:`batch_norm2d` hands to :func:`batch_norm2d_backward`: the per-channel ``mean`` and
 #: ``invstd = 1 / sqrt(var + eps)`` (float64, batch statistics in training, running ones in eval), and
-#: the forward's mode: ``training``, ``activation`` (None or 'relu') and ``residual`` (whether a skip
+#: the forward's mode: ``training``, ``activation`` (None, 'relu' or 'relu6') and ``residual`` (whether a skip
 #: was added, so the backward also returns its gradient).
 BatchNormSaved = namedtuple("BatchNormSaved", ["mean", "invstd", "training", "activation", "residual"])
 
@@ -93,6 +97,15 @@ def _act_mask(d, u, act, zero, six):
     if act == 1:
         return d if (u > zero) | (u != u) else zero * d
     return d if ((u > zero) & (u < six)) | (u != u) else zero * d
+
+
+@_runtime.jit(inline="always")
+def _constants(a):
+    """0 and 6 in a's dtype (``zero + 6`` would be a float64 for a float32 ``zero``)."""
+    t = np.empty(2, dtype=a.dtype)
+    t[0] = 0.0
+    t[1] = 6.0
+    return t[0], t[1]
 
 
 @_runtime.jit(inline="always")
@@ -159,8 +172,7 @@ def _forward(x, w, b, eps, training, act, skip, mean, var, invstd, CB, y):
         for c in range(c0, c1):
             invstd[c] = 1.0 / np.sqrt(var[c] + eps)
             _coefficients(w, b, mean, invstd, c, sc, sh, (c - c0) * L, L)
-        zero = sc[0] * 0
-        six = zero + 6
+        zero, six = _constants(sc)
         for n in range(N):  # one loop per activation: each vectorises with its select inlined
             xr = x[n, i0:i0 + nl]
             yr = y[n, i0:i0 + nl]
@@ -208,8 +220,7 @@ def _backward(dy, x, w, b, mean, invstd, training, act, need_input_grad, given, 
             _coefficients(w, b, mean, invstd, c, sc, sh, (c - c0) * L, L)
             for j in range((c - c0) * L, (c - c0 + 1) * L):
                 ml[j] = mean[c]
-        zero = sc[0] * 0
-        six = zero + 6
+        zero, six = _constants(sc)
         if not given:
             a = np.zeros(nl)
             t2 = np.zeros(nl)
@@ -305,12 +316,12 @@ def _as3(a, dt):
 def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
                  momentum=0.1, eps=1e-5, *, activation=None, residual=None, return_saved=False,
                  batch_stats=None):
-    """Batch normalisation of (N, C, H, W) over (N, H, W), optionally ``relu`` and ``+ residual``.
+    """Batch normalisation of (N, C, H, W) over (N, H, W), optionally ``relu`` or ``relu6`` and ``+ residual``.
 
     ``y = act(weight * (x - mean) / sqrt(var + eps) + bias) + residual``, per channel, with ``mean``
     and the biased ``var`` of the batch in training (and the running statistics updated in place),
     the running statistics in eval, as ``torch.nn.functional.batch_norm`` followed by
-    ``torch.relu`` and the add.
+    ``torch.relu`` (or ``relu6``) and the add.
 
     Parameters
     ----------
@@ -327,8 +338,9 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
         ``1 / num_batches_tracked``).
     eps : float
         Added to the variance.
-    activation : None or 'relu'
-        Applied after the affine transform, in the same pass.
+    activation : None, 'relu' or 'relu6'
+        Applied after the affine transform, in the same pass (``'relu6'``: ``min(max(u, 0), 6)``, as
+        ``torch.nn.functional.relu6`` / ``hardtanh(u, 0, 6)``; NaN stays NaN).
     residual : array_like, shape (N, C, H, W), or None
         Added after the activation, in the same pass (the skip of a residual block).
     return_saved : bool
@@ -402,7 +414,8 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
     x3 = _as3(x, dt)
-    skip = _as3(residual, dt) if residual is not None else np.empty((0, 0, 0), dt)
+    # (N, C*L) rows: one image's values of every channel in a row
+    skip = _as3(residual, dt).reshape(N, C * H * W) if residual is not None else np.empty((0, 0), dt)
     invstd = np.empty(C)
     y = np.empty((N, C, H * W), dtype=dt)
     w64 = np.ones(C) if weight is None else weight.astype(np.float64)
@@ -410,8 +423,8 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
     if y.size:
         # given batch statistics normalise as running ones do (the kernel's eval path)
         _forward(x3.reshape(N, C * H * W), w64, b64, float(eps), bool(training) and batch_stats is None,
-                 _ACT_CODES[activation], skip.reshape(N, C * H * W) if residual is not None else np.empty((0, 0), dt), mean, var, invstd,
-                 _block(N, C, H * W, y.itemsize), y.reshape(N, C * H * W))
+                 _ACT_CODES[activation], skip, mean, var, invstd, _block(N, C, H * W, y.itemsize),
+                 y.reshape(N, C * H * W))
     else:  # an empty batch (as PyTorch: an empty y, the running statistics left alone)
         if training and batch_stats is None:
             mean[:] = 0.0
@@ -431,9 +444,9 @@ def batch_norm2d(x, running_mean=None, running_var=None, weight=None, bias=None,
 
 
 def batch_norm2d_backward(dy, x, weight, bias, saved, *, need_input_grad=True, reduce=None):
-    """Gradients of :func:`batch_norm2d` (with its fused ReLU and residual) in two passes.
+    """Gradients of :func:`batch_norm2d` (with its fused ReLU or ReLU6 and residual) in two passes.
 
-    With ``x_hat = (x - mean) * invstd``, ``dz = dy * relu'(weight * x_hat + bias)`` (``dz = dy``
+    With ``x_hat = (x - mean) * invstd``, ``dz = dy * act'(weight * x_hat + bias)`` (``dz = dy``
     without the activation) and M = N*H*W:
 
     * training: ``dx = weight * invstd * (dz - mean(dz) - x_hat * mean(dz * x_hat))`` (the batch

@@ -106,6 +106,14 @@ CONV_WINOGRAD_MIN_IMAGE_FLOPS = 1_000_000
 #: pay the 6x6 transforms and 36 products of a whole tile for one to four outputs.
 CONV_WINOGRAD_MIN_TILE_USE = 0.5
 
+#: ... and when the call has at least this many output positions (``N * H * W``): the weights are
+#: transformed on every call (36 values per filter and input channel, through a float64 product), a
+#: cost that a 512-channel layer's 7x7 map at batch 1 (49 positions; ResNet-18's last stage at 224x224)
+#: does not earn back, while a batch of 64 CIFAR-size images does from 4x4 maps on. Per call, so a
+#: small last batch of an epoch may take im2col where the others take Winograd (both within the error
+#: bounds of docs/accuracy.md).
+CONV_WINOGRAD_MIN_POSITIONS = 1024
+
 #: Winograd F(4x4, 3x3) works on chunks of tiles whose transformed input and products (36 values per
 #: tile per input and per output channel) take at most this many bytes, so that they stay in L2.
 WINOGRAD_CHUNK_BYTES = 1 << 20

@@ -754,8 +754,9 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
     ``'winograd'`` (ValueError if Winograd cannot compute this convolution), else the rule of
     ``'auto'``: Winograd F(4x4, 3x3) for float32 3x3 stride-1 convolutions of at least
     ``config.CONV_WINOGRAD_MIN_CHANNELS`` input channels, ``config.CONV_WINOGRAD_MIN_IMAGE_FLOPS`` of
-    work per image and 4x4 tiles at least ``config.CONV_WINOGRAD_MIN_TILE_USE`` full when the compiled
-    BLAS call is available (``fastact._gemm``), im2col otherwise."""
+    work per image, 4x4 tiles at least ``config.CONV_WINOGRAD_MIN_TILE_USE`` full and
+    ``config.CONV_WINOGRAD_MIN_POSITIONS`` output positions in the call when the compiled BLAS call is
+    available (``fastact._gemm``), im2col otherwise."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     stride = _pair(stride, "stride")
@@ -768,12 +769,13 @@ def choose_algorithm(algorithm, x_shape, weight_shape, stride, dtype):
             raise ValueError(f"conv2d: algorithm='winograd' needs BLAS callable from compiled code, which "
                              f"is unavailable here ({_gemm.REASON}); use algorithm='im2col'")
         return "winograd"
-    _, C, H, W = x_shape
+    N, C, H, W = x_shape
     work = 2 * weight_shape[0] * C * 9 * H * W
     tile_use = H * W / (16 * -(-H // 4) * -(-W // 4)) if H and W else 0.0
     if algorithm == "auto" and fits and np.dtype(dtype) == np.float32 and config.CONV_WINOGRAD \
             and C >= config.CONV_WINOGRAD_MIN_CHANNELS and work >= config.CONV_WINOGRAD_MIN_IMAGE_FLOPS \
-            and tile_use >= config.CONV_WINOGRAD_MIN_TILE_USE and _gemm.available():
+            and tile_use >= config.CONV_WINOGRAD_MIN_TILE_USE and N * H * W >= config.CONV_WINOGRAD_MIN_POSITIONS \
+            and _gemm.available():
         return "winograd"
     return "im2col"
 
@@ -927,10 +929,10 @@ def _conv2d_general(x, weight, bias, shape, stride, pads, dilation, groups, acti
     if N == 0 or P * Q == 0:
         return y, z
     C = x.shape[1]
-    if _is_depthwise(C, groups) and stride == (1, 1):
-        depthwise.forward_s1(x, weight, y, pads[0], pads[2], *dilation)
-    elif _is_depthwise(C, groups):
-        depthwise.forward(x, weight, y, *stride, pads[0], pads[2], *dilation)
+    if _is_depthwise(C, groups):
+        depthwise.conv_forward(x, weight, y, stride, pads, dilation)
+        if bias is None and activation is None:   # nothing to add: y is the result (BatchNorm follows)
+            return y, z
     else:
         for cs, ks in _groups(C, K, groups):
             yg = np.empty((N, ks.stop - ks.start, P, Q), dtype=dt)
@@ -954,20 +956,21 @@ def _conv2d_backward_general(dy, x, weight, shape, stride, pads, dilation, group
         z = None
     else:
         z = check_preactivation("conv2d_backward", preactivation, dy.shape, activation)
-    dz, dbias = _dz_dbias(dy, z, dt, activation, activation_params)
     C = x.shape[1]
+    if _is_depthwise(C, groups) and activation is None and N * P * Q:
+        # the depthwise kernel sums the bias gradient in its pass over dz
+        dx, dw, dbias = depthwise.conv_backward(np.ascontiguousarray(dy, dtype=dt), x, weight, stride, pads,
+                                                dilation, need_input_grad)
+        if dbias is not None:
+            return dx, dw, dbias
+        return dx, dw, dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dt)
+    dz, dbias = _dz_dbias(dy, z, dt, activation, activation_params)
     dx = np.zeros(x.shape, dtype=dt) if need_input_grad else None
     dw = np.zeros(weight.shape, dtype=dt)
     if N == 0 or P * Q == 0:
         return dx, dw, dbias
     if _is_depthwise(C, groups):
-        depthwise.backward_weight(dz, x, dw, *stride, pads[0], pads[2], *dilation)
-        R, S = weight.shape[2:]
-        if need_input_grad and stride == (1, 1) and pads[0] <= (R - 1) * dilation[0] \
-                and pads[2] <= (S - 1) * dilation[1]:
-            depthwise.backward_input_s1(dz, weight, dx, pads[0], pads[2], *dilation)
-        elif need_input_grad:
-            depthwise.backward_input(dz, weight, dx, *stride, pads[0], pads[2], *dilation)
+        dx, dw, _ = depthwise.conv_backward(dz, x, weight, stride, pads, dilation, need_input_grad)
         return dx, dw, dbias
     for cs, ks in _groups(C, K, groups):
         dxg, dw[ks] = _conv_unfold_backward(np.ascontiguousarray(dz[:, ks]), np.ascontiguousarray(x[:, cs]),

@@ -7,7 +7,8 @@ the last forward in ``self._saved`` (an explicit tuple, dropped in eval mode whe
 :class:`Sequential` runs a ``Conv2d``/``Linear`` followed by an activation module as one fused kernel
 (GEMM + bias + activation in one epilogue, and activation backward + bias gradient in one pass); its
 ``state_dict`` keys are those of the same ``torch.nn.Sequential`` ("0.weight", "0.bias", "3.weight"...).
-A :class:`BatchNorm2d` followed by a default :class:`ReLU` runs as one fused pass too.
+A :class:`BatchNorm2d` followed by a default :class:`ReLU` or a :class:`ReLU6` runs as one fused pass
+too.
 
 Modules hold parameters (:class:`Parameter`: trained, in ``parameters()``) and buffers (plain arrays
 registered with :meth:`Module.register_buffer`: state that is saved but not trained, such as
@@ -566,8 +567,8 @@ class BatchNorm2d(Module):
     when ``momentum`` is None; in eval the running statistics normalise (the batch ones without
     ``track_running_stats``).
 
-    ``forward(x, activation=None, residual=None)``: ``activation='relu'`` and a ``residual`` array
-    fuse ``relu(bn(x)) + residual`` in the same pass (:func:`fastact.batch_norm2d`); ``backward(dy)``
+    ``forward(x, activation=None, residual=None)``: ``activation='relu'`` (or ``'relu6'``) and a
+    ``residual`` array fuse ``relu(bn(x)) + residual`` in the same pass (:func:`fastact.batch_norm2d`); ``backward(dy)``
     returns dx, and the residual's gradient is ``dy`` itself. The forward keeps its input for the
     backward in eval mode too (a backward with frozen statistics, ``dx = dy * weight / sigma``).
 
@@ -948,8 +949,18 @@ def _fused_with(mods, i):
     nxt = mods[i + 1] if i + 1 < len(mods) else None
     if isinstance(mods[i], (Conv2d, Linear)) and _fusable_activation(nxt):
         return i + 1
-    if isinstance(mods[i], BatchNorm2d) and is_plain_relu(nxt):
+    if isinstance(mods[i], BatchNorm2d) and _batchnorm_activation(nxt) is not None:
         return i + 1
+    return None
+
+
+def _batchnorm_activation(m):
+    """'relu' or 'relu6' when the module ``m`` is one that :meth:`BatchNorm2d.forward` fuses (a plain
+    ReLU, a ReLU6), else None."""
+    if is_plain_relu(m):
+        return "relu"
+    if type(m) is ACTIVATION_MODULES["relu6"]:
+        return "relu6"
     return None
 
 
@@ -958,7 +969,7 @@ def _run_fused(mods, i, j, x):
     if j is None:
         return mods[i](x)
     if isinstance(mods[i], BatchNorm2d):
-        return mods[i].forward(x, activation="relu")
+        return mods[i].forward(x, activation=_batchnorm_activation(mods[j]))
     return mods[i].forward(x, activation=mods[j].name, activation_params=mods[j].params)
 
 
@@ -1084,7 +1095,9 @@ class Sequential(Module):
     def _record_activity(self, mods, i, j, out_index, y):
         act = mods[out_index]
         if j is not None and isinstance(mods[i], BatchNorm2d):
-            alive = np.any(y > 0, axis=0)  # the plain ReLU BatchNorm fuses: relu'(z) = 1 iff y > 0
+            # the plain ReLU or the ReLU6 BatchNorm fuses: the derivative is 1 iff 0 < y (< 6)
+            alive = np.any((y > 0) & (y < 6), axis=0) if _batchnorm_activation(act) == "relu6" else \
+                np.any(y > 0, axis=0)
         else:
             # the pre-activation: a fused Conv2d/Linear keeps it for its backward, a lone activation
             # its input

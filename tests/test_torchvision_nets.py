@@ -256,3 +256,23 @@ def test_bad_input_names_the_shape(name):
         getattr(models, name)(num_classes=0)
     with pytest.raises(RuntimeError, match="without a forward"):
         getattr(models, name)(num_classes=3).backward(np.zeros((1, 3), np.float32))
+
+
+def test_batchnorm_and_relu6_run_fused_in_mobilenet_v2():
+    """Conv2dNormActivation(..., ReLU6): the BatchNorm and the ReLU6 run as one pass in training, and the
+    dead-unit record counts a unit alive where 0 < y < 6."""
+    block = nn.Conv2dNormActivation(4, 6, activation_layer=nn.ReLU6, dtype=np.float64)
+    assert block.fusion_plan() == [(0, None), (1, 2)]
+    x = np.random.default_rng(0).standard_normal((3, 4, 5, 5))
+    block[1].weight.data[...] = 10.0  # normalised values times 10: both ends of ReLU6 are reached
+    block.activity = {}
+    y = block(x)
+    bn, act = block[1], block[2]
+    assert y.min() == 0 and y.max() == 6  # both ends of ReLU6 reached
+    np.testing.assert_array_equal(block.activity[2], np.any((y > 0) & (y < 6), axis=0))
+    dx = block.backward(np.ones_like(y))
+    unfused = nn.Sequential(block[0], nn.BatchNorm2d(6, dtype=np.float64), nn.ReLU(max_value=6.0))
+    unfused[1].load_state_dict(bn.state_dict())
+    np.testing.assert_allclose(unfused(x), y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(unfused.backward(np.ones_like(y)), dx, rtol=1e-10, atol=1e-12)
+    assert act.name == "relu6"

@@ -160,6 +160,10 @@ def test_choose_algorithm():
     assert fa.conv.choose_algorithm("auto", (64, 256, 6, 6), (256, 256, 3, 3), 1, f32) == \
         ("winograd" if blas else "im2col")
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), w3, 2, f32) == "im2col"
+    # too few output positions in the call to repay the weights' transform: a 7x7 map at batch 1
+    assert fa.conv.choose_algorithm("auto", (1, 512, 7, 7), (512, 512, 3, 3), 1, f32) == "im2col"
+    assert fa.conv.choose_algorithm("auto", (32, 512, 7, 7), (512, 512, 3, 3), 1, f32) == \
+        ("winograd" if blas else "im2col")
     assert fa.conv.choose_algorithm("auto", (2, 4, 8, 8), (8, 4, 5, 5), 1, f32) == "im2col"
     assert fa.conv.choose_algorithm("im2col", (2, 4, 8, 8), w3, 1, f32) == "im2col"
     with pytest.raises(ValueError, match=r"3x3 kernel at stride 1.*\(8, 4, 3, 3\).*\(2, 2\)"):
@@ -293,6 +297,7 @@ def test_backward_auto_follows_the_rule(monkeypatch):
     by = {a: fa.conv2d_backward(dz, x, w, padding=1, algorithm=a)[1] for a in ("im2col", "winograd")}
     np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["im2col"])  # little work
     monkeypatch.setattr(config, "CONV_WINOGRAD_MIN_IMAGE_FLOPS", 0)
+    monkeypatch.setattr(config, "CONV_WINOGRAD_MIN_POSITIONS", 0)
     np.testing.assert_array_equal(fa.conv2d_backward(dz, x, w, padding=1)[1], by["winograd"])
 
 
