@@ -362,8 +362,8 @@ def dead_units(model, comm=None):
     is the Sequential ("3"), else by its path ("features.1.conv.0.2"); ``{}`` for a model without
     Sequentials of activations (ResNet's blocks fuse their ReLUs and record nothing)."""
     from . import distributed
-    act = sorted((f"{name}.{k}" if name else str(k), v) for name, seq in _sequentials(model)
-                 for k, v in (seq.activity or {}).items())
+    act = [(f"{name}.{k}" if name else str(k), v) for name, seq in _sequentials(model)
+           for k, v in sorted((seq.activity or {}).items())]  # each Sequential's layers in order
     if comm is not None and act:
         fired = distributed.allreduce_sum(np.concatenate([v.ravel() for _, v in act]), comm) > 0
         sizes = np.cumsum([v.size for _, v in act])[:-1]
